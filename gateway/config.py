@@ -1,0 +1,453 @@
+"""Per-truck configuration: one TOML file parsed once into frozen dataclasses.
+
+Precedence of sources, lowest first: the defaults written on the dataclass fields
+below (and documented in ``config/example.toml``), then the truck's TOML file. There
+are no environment overrides: one file is the whole truth about one truck, which is
+what a fleet engineer diffs and versions.
+
+Rules:
+- Unknown keys are errors (a typo must not be silently ignored).
+- Every error names the file, the dotted key path and the reason; all errors of a
+  file are collected and raised together as one :class:`~gateway.errors.ConfigError`.
+- Relative paths resolve against the folder of the config file.
+- A secret file (``mqtt.password_file``, ``mqtt.tls.key_file``) readable by group or
+  others gives a warning; a file that cannot be read is an error.
+
+The schema is the dataclasses themselves: each field's type drives parsing and its
+``metadata`` (built with :func:`_f`) carries ranges, choices and documentation hints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import stat
+import tomllib
+import types
+import typing
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from gateway.errors import ConfigError
+
+TRUCK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
+
+
+class ConfigWarning(UserWarning):
+    """A configuration that works but is risky (e.g. a secret file readable by others)."""
+
+
+def _f(
+    default: Any = dataclasses.MISSING,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    pattern: re.Pattern[str] | None = None,
+    path: bool = False,
+    must_exist: bool = False,
+    secret: bool = False,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with validation metadata."""
+    meta = {
+        "lo": lo,
+        "hi": hi,
+        "pattern": pattern,
+        "path": path,
+        "must_exist": must_exist,
+        "secret": secret,
+    }
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, slots=True)
+class GpsSampling:
+    """Point recording thresholds; all zero => every fix is recorded."""
+
+    min_interval_s: float = _f(1.0, lo=0)
+    max_interval_s: float = _f(30.0, lo=0)
+    min_distance_m: float = _f(50.0, lo=0)
+    min_heading_change_deg: float = _f(10.0, lo=0, hi=180)
+    min_speed_change_kmh: float = _f(10.0, lo=0)
+    stopped_interval_s: float = _f(300.0, lo=0)
+    moving_speed_kmh: float = _f(5.0, lo=0)
+
+
+@dataclass(frozen=True, slots=True)
+class GpsConfig:
+    """``[gps]``: an NMEA 0183 receiver on a serial port."""
+
+    port: str = _f()
+    baudrate: int | Literal["auto"] = _f(9600)
+    sampling: GpsSampling = _f(factory=GpsSampling)
+
+
+@dataclass(frozen=True, slots=True)
+class CanSampling:
+    """Engine event recording; all zero => every decoded frame is recorded.
+
+    ``deadbands`` maps a signal name (``engine_speed_rpm``, ...) to the change that
+    counts as significant; signals not listed use the driver's defaults.
+    """
+
+    min_interval_s: float = _f(1.0, lo=0)
+    max_interval_s: float = _f(60.0, lo=0)
+    deadbands: Mapping[str, float] = _f(factory=dict)
+    dtc_refresh_s: float = _f(600.0, lo=0)
+
+
+@dataclass(frozen=True, slots=True)
+class CanConfig:
+    """``[can]``: a J1939 bus reached through any python-can interface."""
+
+    interface: str = _f("socketcan")
+    channel: str = _f("can0")
+    bitrate: int = _f(250000, lo=10000, hi=1000000)
+    listen_only: bool = _f(True)
+    request_interval_s: float = _f(60.0, lo=0)
+    dbc_file: Path | None = _f(None, path=True, must_exist=True)
+    sampling: CanSampling = _f(factory=CanSampling)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferConfig:
+    """``[buffer]``: the store-and-forward SQLite log.
+
+    ``ttl_s`` optionally maps an event class (``critical``, ``position``,
+    ``telemetry``) to a maximum age in seconds; expired events are dropped and counted.
+    """
+
+    path: Path = _f(Path("/var/lib/truckgw/buffer.db"), path=True)
+    max_bytes: int = _f(268435456, lo=1048576)
+    durability: Literal["normal", "full"] = _f("normal")
+    commit_interval_ms: int = _f(50, lo=1, hi=10000)
+    commit_max_events: int = _f(2000, lo=1, hi=1000000)
+    ttl_s: Mapping[str, float] = _f(factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[mqtt.tls]``: when present, the server certificate is always verified."""
+
+    ca_file: Path | None = _f(None, path=True, must_exist=True)
+    cert_file: Path | None = _f(None, path=True, must_exist=True)
+    key_file: Path | None = _f(None, path=True, must_exist=True, secret=True)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """``[mqtt]``: the uplink to the fleet broker."""
+
+    host: str = _f()
+    port: int = _f(8883, lo=1, hi=65535)
+    topic_prefix: str = _f("fleet", pattern=re.compile(r"[^#+\x00]{1,128}"))
+    keepalive_s: int = _f(60, lo=5, hi=65535)
+    protocol: Literal["5", "3.1.1"] = _f("5")
+    client_id: str | None = _f(None, pattern=re.compile(r"[^\x00]{1,128}"))
+    username: str | None = _f(None)
+    password_file: Path | None = _f(None, path=True, must_exist=True, secret=True)
+    tls: TlsConfig | None = _f(None)
+    encoding: Literal["json", "compact"] = _f("json")
+    max_payload_bytes: int = _f(131072, lo=1024, hi=268435455)
+    inflight_window: int = _f(16, lo=1, hi=65535)
+    live_share: float = _f(0.5, lo=0, hi=1)
+    bandwidth_bytes_per_s: int = _f(0, lo=0)
+    status_interval_s: float = _f(60.0, lo=1)
+    publish_timeout_s: float = _f(30.0, lo=1)
+    reconnect_min_s: float = _f(1.0, lo=0.01)
+    reconnect_max_s: float = _f(120.0, lo=0.01)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: local health outputs, read by ``truckgw status`` and node_exporter."""
+
+    state_file: Path | None = _f(None, path=True)
+    textfile: Path | None = _f(None, path=True)
+    interval_s: float = _f(10.0, lo=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``."""
+
+    level: Literal["debug", "info", "warning", "error"] = _f("info")
+
+
+@dataclass(frozen=True, slots=True)
+class TruckConfig:
+    """The whole configuration of one truck."""
+
+    truck_id: str = _f(pattern=TRUCK_ID_RE)
+    mqtt: MqttConfig = _f()
+    gps: GpsConfig | None = _f(None)
+    can: CanConfig | None = _f(None)
+    buffer: BufferConfig = _f(factory=BufferConfig)
+    metrics: MetricsConfig = _f(factory=MetricsConfig)
+    log: LogConfig = _f(factory=LogConfig)
+    source: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id: ``mqtt.client_id`` or, by default, the truck id."""
+        return self.mqtt.client_id or self.truck_id
+
+    @property
+    def state_file(self) -> Path:
+        """Where the agent writes its health snapshot for ``truckgw status``."""
+        if self.metrics.state_file is not None:
+            return self.metrics.state_file
+        return self.buffer.path.with_name(self.buffer.path.name + ".state.json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str]) -> TruckConfig:
+    """Read and validate one truck's TOML file.
+
+    Raises :class:`ConfigError` listing every problem found (file, key, reason).
+    """
+    p = Path(path)
+    name = str(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([(name, "", f"cannot read file: {exc.strerror or exc}")]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(name, "", f"not UTF-8 text: {exc.reason}")]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries "(at line N, column M)"
+        raise ConfigError([(name, "", f"TOML syntax error: {exc}")]) from exc
+    return parse_config(data, source=p, name=name)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, source: Path | None = None, name: str = "<config>"
+) -> TruckConfig:
+    """Validate an already-parsed TOML document (see :func:`load_config`)."""
+    ctx = _Ctx(name=name, base=source.parent if source else Path.cwd())
+    cfg = ctx.build(TruckConfig, data, "")
+    if ctx.problems or cfg is None:
+        raise ConfigError(ctx.problems)
+    cfg = dataclasses.replace(cfg, source=source)
+    _cross_checks(cfg, ctx)
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    for msg in ctx.warnings:
+        warnings.warn(msg, ConfigWarning, stacklevel=2)
+    return cfg
+
+
+def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """Rules that span several keys."""
+    if cfg.gps and cfg.gps.sampling.max_interval_s and (
+        cfg.gps.sampling.max_interval_s < cfg.gps.sampling.min_interval_s
+    ):
+        ctx.err("gps.sampling.max_interval_s", "must be >= gps.sampling.min_interval_s")
+    if cfg.can and cfg.can.sampling.max_interval_s and (
+        cfg.can.sampling.max_interval_s < cfg.can.sampling.min_interval_s
+    ):
+        ctx.err("can.sampling.max_interval_s", "must be >= can.sampling.min_interval_s")
+    if cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
+        ctx.err("mqtt.reconnect_max_s", "must be >= mqtt.reconnect_min_s")
+    if cfg.mqtt.password_file is not None and cfg.mqtt.username is None:
+        ctx.err("mqtt.password_file", "needs mqtt.username")
+    tls = cfg.mqtt.tls
+    if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
+        ctx.err("mqtt.tls", "cert_file and key_file go together (mutual TLS)")
+    if cfg.gps is None and cfg.can is None:
+        ctx.warnings.append(f"{ctx.name}: neither [gps] nor [can] is configured")
+    for key in cfg.buffer.ttl_s:
+        if key not in ("critical", "position", "telemetry"):
+            ctx.err(f"buffer.ttl_s.{key}", "expected one of critical, position, telemetry")
+    for key, value in cfg.buffer.ttl_s.items():
+        if value <= 0:
+            ctx.err(f"buffer.ttl_s.{key}", f"expected a number > 0, got {value!r}")
+    for key, value in (cfg.can.sampling.deadbands.items() if cfg.can else ()):
+        if value < 0:
+            ctx.err(f"can.sampling.deadbands.{key}", f"expected a number >= 0, got {value!r}")
+
+
+class _Ctx:
+    """Collects problems while walking the schema."""
+
+    def __init__(self, name: str, base: Path) -> None:
+        self.name = name
+        self.base = base
+        self.problems: list[tuple[str, str, str]] = []
+        self.warnings: list[str] = []
+
+    def err(self, key: str, reason: str) -> None:
+        self.problems.append((self.name, key, reason))
+
+    def build(self, cls: type[Any], table: Any, prefix: str) -> Any:
+        """Build dataclass ``cls`` from a TOML table, recording problems."""
+        where = prefix or "top level"
+        if not isinstance(table, Mapping):
+            self.err(prefix, f"expected a table, got {_show(table)}")
+            return None
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        for key in table:
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                self.err(_join(prefix, key), f"unknown key in {where} (known: {known})")
+        kwargs: dict[str, Any] = {}
+        ok = True
+        for fname, fdef in fields.items():
+            key = _join(prefix, fname)
+            if fname not in table:
+                if fdef.default is dataclasses.MISSING and fdef.default_factory is dataclasses.MISSING:
+                    self.err(key, "required key is missing")
+                    ok = False
+                continue
+            value = self.convert(hints[fname], table[fname], key, fdef.metadata)
+            if value is _BAD:
+                ok = False
+            else:
+                kwargs[fname] = value
+        return cls(**kwargs) if ok else None
+
+    def convert(self, tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+        """Convert one TOML value to the field type ``tp``, or return ``_BAD``."""
+        origin = get_origin(tp)
+        if origin in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            if len(args) == 1:
+                return self.convert(args[0], value, key, meta)
+            # int | Literal["auto"]: try the literal first, then the number
+            lits = [a for a in args if get_origin(a) is Literal]
+            for lit in lits:
+                if value in get_args(lit):
+                    return value
+            nums = [a for a in args if a in (int, float)]
+            if nums and not isinstance(value, str):
+                return self.convert(nums[0], value, key, meta)
+            choices = [repr(c) for lit in lits for c in get_args(lit)]
+            self.err(key, f"expected an integer or one of {', '.join(choices)}, got {_show(value)}")
+            return _BAD
+        if origin is Literal:
+            choices = get_args(tp)
+            if value not in choices:
+                shown = ", ".join(f'"{c}"' for c in choices)
+                self.err(key, f"expected one of {shown}, got {_show(value)}")
+                return _BAD
+            return value
+        if dataclasses.is_dataclass(tp):
+            built = self.build(typing.cast(type[Any], tp), value, key)
+            return _BAD if built is None else built
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.err(key, f"expected true or false, got {_show(value)}")
+                return _BAD
+            return value
+        if tp is int or tp is float:
+            return self._number(tp, value, key, meta)
+        if tp is str:
+            if not isinstance(value, str):
+                self.err(key, f"expected a string, got {_show(value)}")
+                return _BAD
+            pattern = meta.get("pattern")
+            if pattern is not None and not pattern.fullmatch(value):
+                self.err(key, f"expected a string matching {pattern.pattern}, got {_show(value)}")
+                return _BAD
+            return value
+        if tp is Path:
+            return self._path(value, key, meta)
+        if origin in (Mapping, dict) or tp is Mapping:
+            return self._float_map(value, key)
+        raise TypeError(f"config schema: unsupported type {tp!r} for {key}")  # pragma: no cover
+
+    def _number(self, tp: type, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+        lo, hi = meta.get("lo"), meta.get("hi")
+        kind = "an integer" if tp is int else "a number"
+        rng = ""
+        if lo is not None and hi is not None:
+            rng = f" {_num(lo)}..{_num(hi)}"
+        elif lo is not None:
+            rng = f" >= {_num(lo)}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.err(key, f"expected {kind}{rng}, got {_show(value)}")
+            return _BAD
+        if tp is int and not isinstance(value, int):
+            self.err(key, f"expected {kind}{rng}, got {_show(value)}")
+            return _BAD
+        if isinstance(value, float) and not math.isfinite(value):
+            self.err(key, f"expected {kind}{rng}, got {_show(value)}")
+            return _BAD
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            self.err(key, f"expected {kind}{rng}, got {_show(value)}")
+            return _BAD
+        return float(value) if tp is float else value
+
+    def _path(self, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+        if not isinstance(value, str) or not value:
+            self.err(key, f"expected a file path, got {_show(value)}")
+            return _BAD
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = self.base / p
+        if meta.get("must_exist"):
+            try:
+                with p.open("rb"):
+                    pass
+                st = p.stat()
+            except OSError as exc:
+                self.err(key, f"cannot read {str(p)!r}: {exc.strerror or exc}")
+                return _BAD
+            if meta.get("secret") and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                self.warnings.append(
+                    f"{self.name}: {key}: {p} is readable by group or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it"
+                )
+        return p
+
+    def _float_map(self, value: Any, key: str) -> Any:
+        if not isinstance(value, Mapping):
+            self.err(key, f"expected a table of numbers, got {_show(value)}")
+            return _BAD
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                self.err(_join(key, k), f"expected a number, got {_show(v)}")
+                return _BAD
+            out[k] = float(v)
+        return types.MappingProxyType(out)
+
+
+_BAD: Any = object()
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _show(value: Any) -> str:
+    """Show a TOML value the way the user wrote it."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)

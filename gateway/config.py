@@ -240,7 +240,7 @@ def parse_config(
 ) -> TruckConfig:
     """Validate an already-parsed TOML document (see :func:`load_config`)."""
     ctx = _Ctx(name=name, base=source.parent if source else Path.cwd())
-    cfg = ctx.build(TruckConfig, data, "")
+    cfg: TruckConfig | None = ctx.build(TruckConfig, data, "")
     if ctx.problems or cfg is None:
         raise ConfigError(ctx.problems)
     cfg = dataclasses.replace(cfg, source=source)
@@ -311,7 +311,8 @@ class _Ctx:
         for fname, fdef in fields.items():
             key = _join(prefix, fname)
             if fname not in table:
-                if fdef.default is dataclasses.MISSING and fdef.default_factory is dataclasses.MISSING:
+                no_default = fdef.default is dataclasses.MISSING
+                if no_default and fdef.default_factory is dataclasses.MISSING:
                     self.err(key, "required key is missing")
                     ok = False
                 continue
@@ -334,16 +335,15 @@ class _Ctx:
             for lit in lits:
                 if value in get_args(lit):
                     return value
-            nums = [a for a in args if a in (int, float)]
+            nums = [a for a in args if a is int or a is float]
             if nums and not isinstance(value, str):
                 return self.convert(nums[0], value, key, meta)
-            choices = [repr(c) for lit in lits for c in get_args(lit)]
-            self.err(key, f"expected an integer or one of {', '.join(choices)}, got {_show(value)}")
+            alts = ", ".join(f'"{c}"' for lit in lits for c in get_args(lit))
+            self.err(key, f"expected an integer or one of {alts}, got {_show(value)}")
             return _BAD
         if origin is Literal:
-            choices = get_args(tp)
-            if value not in choices:
-                shown = ", ".join(f'"{c}"' for c in choices)
+            if value not in get_args(tp):
+                shown = ", ".join(f'"{c}"' for c in get_args(tp))
                 self.err(key, f"expected one of {shown}, got {_show(value)}")
                 return _BAD
             return value

@@ -71,5 +71,5 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """Parse a stored body back into a dict (for tests, the status command and the sink)."""
     obj = json.loads(body)
     if not isinstance(obj, dict):
-        raise ValueError("event body is not a JSON object")
+        raise TypeError("event body is not a JSON object")
     return obj

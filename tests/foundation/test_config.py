@@ -1,0 +1,226 @@
+"""The config loader: valid files load; every broken file names file, key and reason."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.cli import main
+from gateway.config import EX_CONFIG, ConfigWarning, TruckConfig, load_config, parse_config
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "example.toml"
+
+MINIMAL = """
+truck_id = "TRK-0001"
+[mqtt]
+host = "127.0.0.1"
+[gps]
+port = "/dev/ttyACM0"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "TRK-0001.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_example_is_valid_and_documents_every_key() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.truck_id == "TRK-0001"
+    assert cfg.mqtt.port == 8883
+    assert cfg.gps is not None and cfg.gps.baudrate == 9600
+    assert cfg.can is not None and cfg.can.listen_only is True
+    assert cfg.buffer.durability == "normal"
+    text = EXAMPLE.read_text()
+    # every schema key appears in the example (commented or not)
+    sections: list[tuple[str, Any]] = [
+        ("", cfg),
+        ("gps", cfg.gps),
+        ("gps.sampling", cfg.gps.sampling),
+        ("can", cfg.can),
+        ("can.sampling", cfg.can.sampling),
+        ("buffer", cfg.buffer),
+        ("mqtt", cfg.mqtt),
+        ("metrics", cfg.metrics),
+        ("log", cfg.log),
+    ]
+    for section, obj in sections:
+        for name in obj.__dataclass_fields__:
+            if name == "source":
+                continue
+            table = f"[{section}.{name}]" if section else f"[{name}]"
+            assert f"{name} =" in text or table in text, (section, name)
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL + '[buffer]\npath = "data/buf.db"\n'))
+    assert cfg.buffer.path == tmp_path / "data" / "buf.db"
+    assert cfg.client_id == "TRK-0001"
+    assert cfg.mqtt.protocol == "5"
+    assert cfg.gps is not None and cfg.gps.sampling.min_distance_m == 50.0
+    assert cfg.can is None
+    assert cfg.source == tmp_path / "TRK-0001.toml"
+    with pytest.raises(AttributeError):
+        cfg.truck_id = "x"  # type: ignore[misc]
+
+
+def test_auto_baudrate(tmp_path: Path) -> None:
+    text = MINIMAL.replace('"/dev/ttyACM0"', '"/dev/x"\nbaudrate = "auto"')
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.gps is not None and cfg.gps.baudrate == "auto"
+
+
+BROKEN: list[tuple[str, str, str, str]] = [
+    # (id, toml text, key expected in message, reason fragment)
+    ("bad-type", MINIMAL.replace('host = "127.0.0.1"', 'host = "h"\nport = "abc"'),
+     "mqtt.port", 'expected an integer 1..65535, got "abc"'),
+    ("out-of-range", MINIMAL.replace('host = "127.0.0.1"', 'host = "h"\nport = 70000'),
+     "mqtt.port", "expected an integer 1..65535, got 70000"),
+    ("unknown-key", MINIMAL + "hostt = 1\n", "gps.hostt", "unknown key"),
+    ("unknown-top-key", "trucks_id = 1\n" + MINIMAL, "trucks_id", "unknown key"),
+    ("bad-truck-id", MINIMAL.replace("TRK-0001", "TRK 0001!"), "truck_id", "matching"),
+    ("long-truck-id", MINIMAL.replace("TRK-0001", "T" * 65), "truck_id", "matching"),
+    ("missing-truck-id", MINIMAL.replace('truck_id = "TRK-0001"', ""), "truck_id", "required"),
+    ("missing-mqtt-host", MINIMAL.replace('host = "127.0.0.1"', "port = 1883"), "mqtt.host",
+     "required"),
+    ("missing-gps-port", MINIMAL.replace('port = "/dev/ttyACM0"', "baudrate = 9600"), "gps.port",
+     "required"),
+    ("bad-choice", MINIMAL.replace('host = "127.0.0.1"', 'host = "h"\nprotocol = "4"'),
+     "mqtt.protocol", 'expected one of "5", "3.1.1", got "4"'),
+    ("bad-bool", MINIMAL + '[can]\nlisten_only = "yes"\n', "can.listen_only",
+     'expected true or false, got "yes"'),
+    ("bad-baud", MINIMAL.replace('"/dev/ttyACM0"', '"/dev/x"\nbaudrate = "fast"'),
+     "gps.baudrate", 'got "fast"'),
+    ("negative-threshold", MINIMAL + "[gps.sampling]\nmin_distance_m = -1\n",
+     "gps.sampling.min_distance_m", "expected a number >= 0"),
+    ("section-not-table", "gps = 3\n" + MINIMAL.replace('[gps]\nport = "/dev/ttyACM0"\n', ""),
+     "gps", "expected a table"),
+    ("unreadable-tls-file", MINIMAL + '[mqtt.tls]\nca_file = "missing-ca.pem"\n',
+     "mqtt.tls.ca_file", "cannot read"),
+    ("password-without-user", MINIMAL + "", "mqtt.password_file", "needs mqtt.username"),
+    ("cross-field", MINIMAL + "[gps.sampling]\nmin_interval_s = 10\nmax_interval_s = 5\n",
+     "gps.sampling.max_interval_s", "must be >="),
+    ("toml-syntax", MINIMAL + "[mqtt\n", "", "line"),
+    ("bad-durability", MINIMAL + '[buffer]\ndurability = "maybe"\n', "buffer.durability",
+     'expected one of "normal", "full"'),
+    ("bad-ttl-class", MINIMAL + "[buffer.ttl_s]\ngps = 10\n", "buffer.ttl_s.gps",
+     "expected one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN]
+)
+def test_broken_configs_name_file_key_reason(
+    tmp_path: Path, text: str, key: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if key == "mqtt.password_file":
+        (tmp_path / "pw").write_text("secret")
+        os.chmod(tmp_path / "pw", 0o600)
+        text = text.replace('host = "127.0.0.1"', 'host = "h"\npassword_file = "pw"')
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = info.value.lines()
+    expected_prefix = f"{path}: {key}: " if key else f"{path}: "
+    assert any(line.startswith(expected_prefix) and reason in line for line in lines), lines
+    # the CLI prints the same and exits 78 (EX_CONFIG)
+    assert main(["check-config", str(path)]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert str(path) in err and reason in err
+
+
+def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'truck_id = "T"\n\n[mqtt\nhost = "h"\n')
+    with pytest.raises(ConfigError, match=r"line 3"):
+        load_config(path)
+
+
+def test_all_errors_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, 'truck_id = 5\n[mqtt]\nport = "x"\nfoo = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    keys = {key for _f, key, _r in info.value.problems}
+    assert {"truck_id", "mqtt.port", "mqtt.foo", "mqtt.host"} <= keys
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_secret_readable_by_others_warns(tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    cert = tmp_path / "client.pem"
+    key.write_text("k")
+    cert.write_text("c")
+    os.chmod(key, 0o644)
+    text = MINIMAL + '[mqtt.tls]\ncert_file = "client.pem"\nkey_file = "client.key"\n'
+    with pytest.warns(ConfigWarning, match=r"mqtt\.tls\.key_file.*readable by group or others"):
+        cfg = load_config(write(tmp_path, text))
+    assert cfg.mqtt.tls is not None and cfg.mqtt.tls.key_file == key
+    os.chmod(key, 0o600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(tmp_path / "TRK-0001.toml")
+
+
+def test_check_config_cli_subprocess(tmp_path: Path) -> None:
+    """The installed console script: exit 0 for the example, 78 for a broken file."""
+    bad = write(tmp_path, MINIMAL + "typo = 1\n", "bad.toml")
+    exe = Path(sys.executable).with_name("truckgw")
+    ok = subprocess.run([exe, "check-config", EXAMPLE], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    res = subprocess.run(
+        [exe, "check-config", EXAMPLE, bad], capture_output=True, text=True, check=False
+    )
+    assert res.returncode == EX_CONFIG
+    assert f"{bad}: gps.typo: unknown key" in res.stderr
+    ver = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    assert ver.returncode == 0 and ver.stdout.startswith("truckgw ")
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["check-config"], ["status"]])
+def test_help_on_every_command(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*cmd, "--help"])
+    assert info.value.code == 0
+    assert "usage: truckgw" in capsys.readouterr().out
+
+
+toml_scalars = st.one_of(
+    st.integers(-(2**40), 2**40), st.floats(allow_nan=True), st.text(max_size=20), st.booleans()
+)
+toml_values = st.recursive(
+    toml_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+known_keys = st.sampled_from(
+    ["truck_id", "mqtt", "gps", "can", "buffer", "metrics", "log", "port", "host", "sampling"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.one_of(known_keys, st.text(max_size=8)), toml_values, max_size=6))
+def test_fuzz_loader_raises_only_config_error(doc: dict[str, Any]) -> None:
+    """Any document either loads or raises ConfigError: never another exception."""
+    try:
+        cfg = parse_config(doc, name="fuzz.toml")
+    except ConfigError as exc:
+        assert all(f == "fuzz.toml" for f, _k, _r in exc.problems)
+    else:
+        assert isinstance(cfg, TruckConfig)

@@ -1,0 +1,133 @@
+"""Trustworthy event timestamps on a machine without a real-time clock.
+
+A Raspberry Pi boots with whatever time it saved at shutdown (or 1970) and only gets
+the right time from NTP, which a truck in a dead zone may never reach. GPS UTC is
+then the only good time source. :class:`Clock` keeps an estimate of
+``UTC - monotonic`` fed by GPS fixes and answers :meth:`Clock.now_ms` from it:
+
+- Until GPS time has been seen, ``now_ms`` is the system clock (``wall``).
+- Each trusted GPS time ``T`` that arrived at monotonic ``m`` gives a candidate offset
+  ``T - m``. Serial transmission only ever *delays* a sentence, so every candidate is
+  at most the true offset; the best estimate is the largest candidate of the last
+  :data:`WINDOW_S` seconds (the least delayed one), which also follows slow drift of
+  the monotonic clock.
+- The clock becomes ``synced`` after :data:`CONFIRM` consecutive candidates agree
+  within :data:`AGREE_MS`; from then on ``now_ms`` is ``offset + monotonic`` and the
+  system clock is no longer consulted. A candidate far from the current estimate (a
+  bogus date, a receiver restarting with a wrong clock) must likewise be confirmed
+  by :data:`CONFIRM` agreeing ones before the estimate jumps.
+- Untrusted GPS times (week rollover, before 2020) are counted and ignored.
+- ``now_ms`` never goes backwards by less than :data:`MAX_HOLD_MS` (window jitter is
+  held flat); a larger correction is a real step and is applied.
+
+See ``docs/time.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+#: Seconds of candidates over which the least-delayed one is kept.
+WINDOW_S = 60.0
+#: Consecutive agreeing candidates needed to sync or to step the estimate.
+CONFIRM = 3
+#: Candidates within this many ms of each other agree (serial delay is < 1 s).
+AGREE_MS = 1500
+#: Backward moves of ``now_ms`` smaller than this are held flat.
+MAX_HOLD_MS = 1000
+
+
+class Clock:
+    """Best-estimate UTC in milliseconds, corrected by GPS time.
+
+    ``wall`` and ``mono`` default to :func:`time.time` and :func:`time.monotonic`;
+    tests pass their own. Not thread-safe: call it from the event loop.
+    """
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._mono = mono
+        self._offset_ms: float | None = None  # UTC ms - monotonic ms, once synced
+        self._window: deque[tuple[float, float]] = deque(maxlen=256)  # (mono_s, cand_ms)
+        self._pending: list[float] = []  # candidates not yet agreeing with the estimate
+        self._last_ms = 0
+        self.untrusted = 0
+        self.rejected = 0
+        self.steps = 0
+
+    @property
+    def synced(self) -> bool:
+        """True once GPS time has been confirmed and drives :meth:`now_ms`."""
+        return self._offset_ms is not None
+
+    def now_ms(self) -> int:
+        """Best-estimate UTC milliseconds since the Unix epoch."""
+        if self._offset_ms is None:
+            return int(self._wall() * 1000)
+        now = int(self._offset_ms + self._mono() * 1000)
+        if self._last_ms - MAX_HOLD_MS < now < self._last_ms:
+            return self._last_ms
+        self._last_ms = now
+        return now
+
+    def on_gps_time(self, utc_ms: int, monotonic_s: float, trusted: bool) -> None:
+        """Feed the UTC time of a GPS fix and the monotonic time its data arrived."""
+        if not trusted:
+            self.untrusted += 1
+            return
+        cand = utc_ms - monotonic_s * 1000.0
+        if self._offset_ms is not None and abs(cand - self._offset_ms) <= AGREE_MS:
+            self._pending.clear()
+            self._add(monotonic_s, cand)
+            return
+        # no estimate yet, or a candidate far off it: needs CONFIRM agreeing in a row
+        if self._pending and abs(cand - self._pending[-1]) > AGREE_MS:
+            self.rejected += len(self._pending)
+            self._pending.clear()
+        self._pending.append(cand)
+        if len(self._pending) < CONFIRM:
+            return
+        first = self._offset_ms is None
+        old_now = self.now_ms()
+        self._window.clear()
+        for c in self._pending:
+            self._add(monotonic_s, c)
+        self._pending.clear()
+        new_now = self.now_ms()
+        if first:
+            log.info("clock synced to GPS: system clock was off by %+d ms",
+                     old_now - new_now)
+        else:
+            self.steps += 1
+            log.warning("clock stepped by %+d ms to follow GPS time", new_now - old_now)
+
+    def _add(self, mono_s: float, cand: float) -> None:
+        self._window.append((mono_s, cand))
+        while self._window and self._window[0][0] < mono_s - WINDOW_S:
+            self._window.popleft()
+        self._offset_ms = max(c for _, c in self._window)
+
+    def wall_error_ms(self) -> int | None:
+        """System clock minus GPS-corrected time (positive: system clock ahead)."""
+        if self._offset_ms is None:
+            return None
+        return int(self._wall() * 1000) - int(self._offset_ms + self._mono() * 1000)
+
+    def stats(self) -> dict[str, int | bool | None]:
+        """Counters and state for the health report."""
+        return {
+            "synced": self.synced,
+            "wall_error_ms": self.wall_error_ms(),
+            "untrusted_gps_times": self.untrusted,
+            "rejected_gps_times": self.rejected,
+            "steps": self.steps,
+        }

@@ -1,0 +1,418 @@
+"""The CAN bus shell: python-can access, reconnect with backoff, requests, statistics.
+
+All bus I/O (opening, ``recv``, ``send``, ``shutdown``) happens in one reader thread per
+connection attempt, so a slow adapter open (slcan sleeps after opening the port) or a
+blocking read never stalls the event loop. The thread hands frames over in batches
+(every :data:`FLUSH_S` or :data:`FLUSH_FRAMES` frames) with ``call_soon_threadsafe``;
+decoding (:mod:`drivers.j1939`) and the recording policy
+(:mod:`gateway.recording.can`) run on the event loop, which also calls the sink.
+
+Device problems never escape :meth:`CanDriver.run`: an adapter absent at start, a
+read error, an unplugged USB adapter all end the connection attempt and the driver
+retries with capped, jittered exponential backoff. Each state change is logged once;
+a failure repeating with the same reason is logged at debug level only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import can
+
+from drivers.j1939 import (
+    GLOBAL,
+    PGN_HOURS,
+    PGN_LFC,
+    PGN_REQUEST,
+    DtcUpdate,
+    J1939Decoder,
+    SignalUpdate,
+    make_id,
+    request_payload,
+)
+from gateway.config import CanConfig
+from gateway.events import Event
+from gateway.recording.can import CanRecorder
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 0.02  # hand frames to the loop at least this often ...
+FLUSH_FRAMES = 256  # ... or when this many are waiting
+RECV_TIMEOUT_S = 0.1  # bounds how long the reader takes to notice a stop request
+INBOX_MAX = 50_000  # frames waiting for the loop; beyond this they are dropped and counted
+TICK_S = 1.0  # housekeeping period: TP timeouts, silence, requests, rates
+SILENT_AFTER_S = 5.0  # no frame for this long on an open bus: state SILENT
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+STOP_WAIT_S = 5.0  # how long cancellation waits for the reader thread (slcan opens take 2 s)
+REQUEST_SA = 0xF9  # off-board diagnostic tool #1: the address a gateway requests from
+REQUESTED_PGNS = (PGN_HOURS, PGN_LFC)
+# an extended data frame is 67 + 8 * len bits before stuffing; real traffic stuffs ~8 %
+STUFFING = 141.9 / 131.0
+
+
+class CanState(enum.Enum):
+    """Where the driver is in its lifecycle."""
+
+    STOPPED = "stopped"  # run() not running
+    CONNECTING = "connecting"  # opening the bus
+    ACTIVE = "active"  # bus open, frames arriving
+    SILENT = "silent"  # bus open, no frame for SILENT_AFTER_S (ignition off?)
+    BACKOFF = "backoff"  # the last attempt failed; waiting before the next
+
+    def __repr__(self) -> str:
+        return f"CanState.{self.name}"
+
+
+class _Reader(threading.Thread):
+    """Owns one bus for one connection attempt."""
+
+    def __init__(
+        self,
+        factory: Callable[[], can.BusABC],
+        loop: asyncio.AbstractEventLoop,
+        wake: Callable[[], None],
+        done: asyncio.Event,
+        name: str,
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.factory = factory
+        self.loop = loop
+        self.wake = wake
+        self.done = done
+        self.stop = threading.Event()
+        self.inbox: deque[can.Message] = deque()
+        self.outbox: queue.SimpleQueue[can.Message] = queue.SimpleQueue()
+        self.opened = False
+        self.error: BaseException | None = None
+        self.dropped = 0
+        self.sent = 0
+        self.send_errors = 0
+        self.wake_pending = False
+
+    def run(self) -> None:
+        try:
+            bus = self.factory()
+        except Exception as exc:  # noqa: BLE001 - any open failure means "retry later"
+            self.error = exc
+            self._signal_done()
+            return
+        self.opened = True
+        try:
+            self._loop(bus)
+        except Exception as exc:  # noqa: BLE001 - a read error ends this attempt only
+            self.error = exc
+        finally:
+            try:
+                bus.shutdown()
+            except Exception as exc:  # noqa: BLE001 - closing a dead adapter may fail too
+                log.debug("bus shutdown failed: %r", exc)
+            self._flush()
+            self._signal_done()
+
+    def _loop(self, bus: can.BusABC) -> None:
+        inbox = self.inbox
+        first_wait = 0.0  # monotonic time of the oldest frame not yet handed over
+        while not self.stop.is_set():
+            self._send_pending(bus)
+            timeout = RECV_TIMEOUT_S
+            if first_wait:
+                timeout = max(0.0, min(timeout, first_wait + FLUSH_S - time.monotonic()))
+            msg = bus.recv(timeout=timeout)
+            if msg is not None:
+                if len(inbox) < INBOX_MAX:
+                    inbox.append(msg)
+                else:
+                    self.dropped += 1
+                if not first_wait:
+                    first_wait = time.monotonic()
+            if first_wait and (
+                len(inbox) >= FLUSH_FRAMES or time.monotonic() - first_wait >= FLUSH_S
+            ):
+                self._flush()
+                first_wait = 0.0
+
+    def _send_pending(self, bus: can.BusABC) -> None:
+        while True:
+            try:
+                msg = self.outbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                bus.send(msg, timeout=0.1)
+                self.sent += 1
+            except can.CanError as exc:
+                # a full TX queue or no ACK (nobody else on the bus) is not fatal
+                self.send_errors += 1
+                log.debug("request not sent: %r", exc)
+
+    def _flush(self) -> None:
+        if self.inbox and not self.wake_pending:
+            self.wake_pending = True
+            self._call(self.wake)
+
+    def _signal_done(self) -> None:
+        self._call(self.done.set)
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            self.loop.call_soon_threadsafe(fn)
+
+
+class CanDriver:
+    """Reads a J1939 bus through python-can and hands ``engine`` / ``dtc`` events to a sink.
+
+    ``bus_factory`` builds the bus (tests and the simulator pass a ``virtual`` bus);
+    by default it is ``can.Bus(interface=cfg.interface, channel=cfg.channel,
+    bitrate=cfg.bitrate)`` (plus ``listen_only`` for slcan).
+    """
+
+    def __init__(
+        self,
+        cfg: CanConfig,
+        sink: Callable[[Event], object],
+        now_ms: Callable[[], int],
+        *,
+        bus_factory: Callable[[], can.BusABC] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self.now_ms = now_ms
+        self.bus_factory = bus_factory or self._default_bus
+        self.decoder = J1939Decoder()
+        self.recorder = CanRecorder(cfg.sampling)
+        self._state = CanState.STOPPED
+        self._reader: _Reader | None = None
+        self._failure: str | None = None
+        self._last_frame_at = 0.0
+        self._last_request_at: float | None = None
+        self._bits = 0.0
+        self._rate_mark: tuple[float, int, float] | None = None
+        self._frames_per_s = 0.0
+        self._bus_load = 0.0
+        self._counts = {"error_frames": 0, "dropped": 0, "reconnects": 0, "sink_errors": 0,
+                        "requests_sent": 0, "request_errors": 0}
+        self._last_error: str | None = None
+        if cfg.dbc_file is not None:
+            log.warning("can.dbc_file %s ignored: DBC signals are not supported yet", cfg.dbc_file)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def state(self) -> CanState:
+        """The current :class:`CanState`."""
+        return self._state
+
+    def stats(self) -> dict[str, int | float | str | None]:
+        """Counters and rates for status/metrics; cheap, call as often as you like."""
+        dc, tp = self.decoder.counters, self.decoder.tp
+        return {
+            "state": self._state.value,
+            "interface": self.cfg.interface,
+            "channel": self.cfg.channel,
+            "frames_total": dc["frames"],
+            "frames_per_s": round(self._frames_per_s, 1),
+            "bus_load_pct": round(self._bus_load, 1),
+            "decoded": dc["decoded"],
+            "ignored": dc["ignored"],
+            "decode_errors": dc["decode_errors"],
+            "dm1": dc["dm1"],
+            "tp_completed": tp.counters["completed"],
+            "tp_errors": tp.errors,
+            "tp_sessions": tp.active_sessions,
+            "engine_events": self.recorder.engine_events,
+            "dtc_events": self.recorder.dtc_events,
+            "sources": len(self.recorder.sources),
+            **self._counts,
+            "last_error": self._last_error,
+        }
+
+    async def run(self) -> None:
+        """Read the bus until cancelled; retries device failures with backoff."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        try:
+            while True:
+                self._set_state(CanState.CONNECTING, quiet=attempt > 0)
+                frames_before = self.decoder.counters["frames"]
+                error = await self._connection(loop)
+                if self.decoder.counters["frames"] > frames_before:
+                    attempt = 0  # it worked for a while: start the backoff over
+                attempt += 1
+                self._counts["reconnects"] += 1
+                delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(attempt - 1, 16))
+                delay = random.uniform(delay / 2, delay)
+                self._last_error = error
+                self._set_state(CanState.BACKOFF, reason=error, retry_s=delay)
+                await asyncio.sleep(delay)
+        finally:
+            await self._stop_reader()
+            self._set_state(CanState.STOPPED)
+
+    # ------------------------------------------------------------------ connection
+
+    async def _connection(self, loop: asyncio.AbstractEventLoop) -> str:
+        """Run one connection attempt; return why it ended."""
+        done = asyncio.Event()
+        reader = _Reader(self.bus_factory, loop, self._drain, done, name=f"can-{self.cfg.channel}")
+        self._reader = reader
+        self._last_request_at = None
+        reader.start()
+        self._mark_rates(loop.time(), reset=True)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await done.wait()
+            self._tick(loop.time())
+        reader.join(timeout=STOP_WAIT_S)
+        self._drain()
+        self._reader = None
+        self._counts["dropped"] += reader.dropped
+        self._counts["requests_sent"] += reader.sent
+        self._counts["request_errors"] += reader.send_errors
+        exc = reader.error
+        if exc is None:
+            return "reader stopped"
+        return f"{'read' if reader.opened else 'open'} failed: {type(exc).__name__}: {exc}"
+
+    def _tick(self, now: float) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        self.decoder.expire(self.now_ms())
+        self._mark_rates(now)
+        if reader.opened and self._state is CanState.CONNECTING:
+            self._last_frame_at = now
+            self._set_state(CanState.ACTIVE)
+        elif self._state is CanState.ACTIVE and now - self._last_frame_at > SILENT_AFTER_S:
+            self._set_state(CanState.SILENT)
+        if reader.opened and not self.cfg.listen_only and self.cfg.request_interval_s > 0 and (
+            self._last_request_at is None
+            or now - self._last_request_at >= self.cfg.request_interval_s
+        ):
+            self._last_request_at = now
+            for pgn in REQUESTED_PGNS:
+                reader.outbox.put(can.Message(
+                    arbitration_id=make_id(PGN_REQUEST, REQUEST_SA, da=GLOBAL, priority=6),
+                    data=request_payload(pgn),
+                    is_extended_id=True,
+                ))
+
+    def _drain(self) -> None:
+        """Decode and record every frame the reader has handed over (on the loop)."""
+        reader = self._reader
+        if reader is None:
+            return
+        reader.wake_pending = False
+        inbox = reader.inbox
+        if not inbox:
+            return
+        ts = self.now_ms()
+        feed = self.decoder.feed
+        rec = self.recorder
+        bits = 0
+        n = 0
+        while inbox:
+            msg = inbox.popleft()
+            n += 1
+            dlc = msg.dlc
+            if msg.is_error_frame:
+                self._counts["error_frames"] += 1
+                continue
+            bits += (67 if msg.is_extended_id else 47) + 8 * dlc
+            if msg.is_remote_frame:
+                continue
+            out = feed(ts, msg.arbitration_id, msg.data, extended=msg.is_extended_id)
+            if out is None:
+                continue
+            if type(out) is SignalUpdate:
+                ev = rec.on_signals(ts, out.sa, out.values, pgn=out.pgn, missing=out.missing)
+            elif isinstance(out, DtcUpdate):
+                dm1 = out.dm1
+                ev = rec.on_dtc(ts, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
+            else:  # pragma: no cover - Decoded has two members
+                continue
+            if ev is not None:
+                self._emit(ev)
+        self._bits += bits * STUFFING
+        if n:
+            self._last_frame_at = asyncio.get_running_loop().time()
+            if self._state in (CanState.SILENT, CanState.CONNECTING):
+                self._set_state(CanState.ACTIVE)
+
+    def _emit(self, ev: Event) -> None:
+        try:
+            self.sink(ev)
+        except Exception:
+            self._counts["sink_errors"] += 1
+            log.exception("CAN event sink failed")
+
+    async def _stop_reader(self) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        reader.stop.set()
+        deadline = time.monotonic() + STOP_WAIT_S
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_WAIT_S):
+                    await reader.done.wait()
+        finally:
+            reader.join(timeout=max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                log.error("CAN reader thread did not stop within %.1f s", STOP_WAIT_S)
+            self._reader = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _default_bus(self) -> can.BusABC:
+        cfg = self.cfg
+        kwargs: dict[str, Any] = {"interface": cfg.interface, "channel": cfg.channel,
+                                  "bitrate": cfg.bitrate}
+        if cfg.interface == "slcan":
+            kwargs["listen_only"] = cfg.listen_only
+        return can.Bus(**kwargs)
+
+    def _mark_rates(self, now: float, *, reset: bool = False) -> None:
+        frames = self.decoder.counters["frames"]
+        mark = self._rate_mark
+        if reset or mark is None:
+            self._rate_mark = (now, frames, self._bits)
+            return
+        dt = now - mark[0]
+        if dt < 0.5:
+            return
+        self._frames_per_s = (frames - mark[1]) / dt
+        self._bus_load = 100.0 * (self._bits - mark[2]) / dt / self.cfg.bitrate
+        self._rate_mark = (now, frames, self._bits)
+
+    def _set_state(
+        self, new: CanState, *, reason: str | None = None, retry_s: float = 0.0, quiet: bool = False
+    ) -> None:
+        old = self._state
+        if new is old:
+            return
+        self._state = new
+        where = f"{self.cfg.interface}:{self.cfg.channel}"
+        if new is CanState.BACKOFF:
+            if reason != self._failure:
+                self._failure = reason
+                log.warning("CAN %s: %s; retrying in %.1f s (and backing off)", where, reason,
+                            retry_s)
+            else:
+                log.debug("CAN %s: %s again; retrying in %.1f s", where, reason, retry_s)
+            return
+        if new is CanState.ACTIVE:
+            self._failure = None
+        level = logging.DEBUG if quiet else logging.INFO
+        log.log(level, "CAN %s: %r -> %r", where, old, new)

@@ -71,7 +71,8 @@ class NmeaFramer:
                 line.append(b)
                 self._in_line = True
             elif not self._in_line:
-                self.dropped_bytes += 1
+                if b not in (0x0D, 0x0A):  # the LF of a CRLF is not garbage
+                    self.dropped_bytes += 1
             elif b in (0x0D, 0x0A):
                 out.append(bytes(line))
                 line.clear()

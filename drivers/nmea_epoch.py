@@ -213,11 +213,17 @@ class NmeaDecoder:
         self.parse_errors = 0
         self.fixes = 0
         self.consecutive_ok = 0  # checksum-valid sentences in a row (baud autodetect)
+        self._partial_stamp: float | None = None
 
     def feed(self, data: bytes, received: float | None = None) -> list[Fix]:
         """Consume bytes; return the fixes of every epoch they closed."""
         out: list[Fix] = []
-        for line in self.framer.feed(data):
+        # a line completed now may have started in an earlier chunk: stamp it with that
+        first = self._partial_stamp if self.framer.buffered else received
+        lines = self.framer.feed(data)
+        self._partial_stamp = (first if not lines else received) if self.framer.buffered else None
+        for i, line in enumerate(lines):
+            stamp = first if i == 0 else received
             try:
                 s = parse_sentence(line)
             except ChecksumError:
@@ -230,7 +236,7 @@ class NmeaDecoder:
                 continue
             self.sentences_ok += 1
             self.consecutive_ok += 1
-            out.extend(self.merger.add(s, received))
+            out.extend(self.merger.add(s, stamp))
         self.fixes += len(out)
         return out
 

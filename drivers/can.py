@@ -216,6 +216,12 @@ class CanDriver:
     def stats(self) -> dict[str, int | float | str | None]:
         """Counters and rates for status/metrics; cheap, call as often as you like."""
         dc, tp = self.decoder.counters, self.decoder.tp
+        counts = dict(self._counts)
+        reader = self._reader
+        if reader is not None:  # the live attempt's counters join the totals when it ends
+            counts["dropped"] += reader.dropped
+            counts["requests_sent"] += reader.sent
+            counts["request_errors"] += reader.send_errors
         return {
             "state": self._state.value,
             "interface": self.cfg.interface,
@@ -233,7 +239,7 @@ class CanDriver:
             "engine_events": self.recorder.engine_events,
             "dtc_events": self.recorder.dtc_events,
             "sources": len(self.recorder.sources),
-            **self._counts,
+            **counts,
             "last_error": self._last_error,
         }
 

@@ -86,6 +86,7 @@ class Clock:
             return
         cand = utc_ms - monotonic_s * 1000.0
         if self._offset_ms is not None and abs(cand - self._offset_ms) <= AGREE_MS:
+            self.rejected += len(self._pending)  # outliers that were never confirmed
             self._pending.clear()
             self._add(monotonic_s, cand)
             return

@@ -1,0 +1,108 @@
+"""Clock: GPS UTC corrects a wrong system clock; monotonic time carries intervals."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gateway.clock import AGREE_MS, CONFIRM, Clock
+
+TRUE_UTC_AT_MONO0 = 1_780_000_000_000  # ms: the real UTC when the monotonic clock read 0
+
+
+class Fake:
+    """A settable monotonic clock and a system clock that is ``wall_error_s`` off."""
+
+    def __init__(self, wall_error_s: float) -> None:
+        self.mono_s = 100.0
+        self.wall_error_s = wall_error_s
+
+    def mono(self) -> float:
+        return self.mono_s
+
+    def wall(self) -> float:
+        return (TRUE_UTC_AT_MONO0 / 1000 + self.mono_s) + self.wall_error_s
+
+    def true_ms(self, mono_s: float | None = None) -> int:
+        return TRUE_UTC_AT_MONO0 + round((self.mono_s if mono_s is None else mono_s) * 1000)
+
+
+def feed_fixes(clock: Clock, fake: Fake, n: int, *, delay_s: float = 0.3, step_s: float = 1.0,
+               trusted: bool = True, utc_shift_ms: int = 0) -> None:
+    """``n`` 1 Hz fixes, each arriving ``delay_s`` after its UTC time."""
+    for _ in range(n):
+        fake.mono_s += step_s
+        fix_time = fake.true_ms(fake.mono_s - delay_s) + utc_shift_ms
+        clock.on_gps_time(fix_time, fake.mono_s, trusted)
+
+
+def test_uses_system_clock_until_gps_is_confirmed() -> None:
+    fake = Fake(wall_error_s=-3 * 365 * 86400)  # a Pi that booted three years behind
+    clock = Clock(wall=fake.wall, mono=fake.mono)
+    assert not clock.synced
+    assert clock.now_ms() == int(fake.wall() * 1000)
+    feed_fixes(clock, fake, CONFIRM - 1)
+    assert not clock.synced
+    feed_fixes(clock, fake, 1)
+    assert clock.synced
+    # off by the serial delay of the least-delayed fix only, not by three years
+    assert abs(clock.now_ms() - fake.true_ms()) <= 300
+    assert clock.wall_error_ms() == pytest.approx(-3 * 365 * 86400 * 1000, abs=1000)
+
+
+def test_least_delayed_fix_wins_and_intervals_follow_monotonic() -> None:
+    fake = Fake(wall_error_s=5000)
+    clock = Clock(wall=fake.wall, mono=fake.mono)
+    feed_fixes(clock, fake, 5, delay_s=0.6)
+    feed_fixes(clock, fake, 1, delay_s=0.05)
+    feed_fixes(clock, fake, 5, delay_s=0.7)
+    assert abs(clock.now_ms() - fake.true_ms()) <= 50
+    t0 = clock.now_ms()
+    fake.mono_s += 12.5
+    assert clock.now_ms() - t0 == 12_500
+    fake.wall_error_s = -99999  # the system clock jumping (NTP, user) changes nothing
+    assert clock.now_ms() - t0 == 12_500
+
+
+def test_untrusted_gps_times_are_ignored() -> None:
+    fake = Fake(wall_error_s=0)
+    clock = Clock(wall=fake.wall, mono=fake.mono)
+    feed_fixes(clock, fake, 10, trusted=False, utc_shift_ms=-1024 * 7 * 86400 * 1000)
+    assert not clock.synced
+    assert clock.untrusted == 10
+
+
+def test_a_lone_outlier_does_not_move_the_clock_but_a_confirmed_step_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = Fake(wall_error_s=0)
+    clock = Clock(wall=fake.wall, mono=fake.mono)
+    feed_fixes(clock, fake, 5)
+    before = clock.now_ms() - fake.true_ms()
+    feed_fixes(clock, fake, 1, utc_shift_ms=3_600_000)  # one bogus hour
+    feed_fixes(clock, fake, 2)
+    assert clock.now_ms() - fake.true_ms() == before
+    assert clock.rejected == 1
+    with caplog.at_level(logging.WARNING, logger="gateway.clock"):
+        feed_fixes(clock, fake, CONFIRM, utc_shift_ms=10 * AGREE_MS)
+    assert clock.steps == 1
+    assert abs(clock.now_ms() - fake.true_ms() - 10 * AGREE_MS) <= 300
+    assert "stepped" in caplog.text
+
+
+def test_now_ms_does_not_jitter_backwards() -> None:
+    fake = Fake(wall_error_s=0)
+    clock = Clock(wall=fake.wall, mono=fake.mono)
+    feed_fixes(clock, fake, 3, delay_s=0.05)
+    readings = []
+    # the least-delayed samples age out of the 60 s window: the estimate drops ~0.5 s
+    for _ in range(70):
+        fake.mono_s += 1.0
+        readings.append(clock.now_ms())
+        clock.on_gps_time(fake.true_ms(fake.mono_s - 0.55), fake.mono_s, True)
+        readings.append(clock.now_ms())
+    assert readings == sorted(readings)
+    assert abs(clock.now_ms() - fake.true_ms()) <= 600
+    fake.mono_s += 1.0
+    assert abs(clock.now_ms() - fake.true_ms()) <= 600

@@ -40,12 +40,13 @@ def feed_fixes(clock: Clock, fake: Fake, n: int, *, delay_s: float = 0.3, step_s
 def test_uses_system_clock_until_gps_is_confirmed() -> None:
     fake = Fake(wall_error_s=-3 * 365 * 86400)  # a Pi that booted three years behind
     clock = Clock(wall=fake.wall, mono=fake.mono)
-    assert not clock.synced
+    states = [clock.synced]
     assert clock.now_ms() == int(fake.wall() * 1000)
     feed_fixes(clock, fake, CONFIRM - 1)
-    assert not clock.synced
+    states.append(clock.synced)
     feed_fixes(clock, fake, 1)
-    assert clock.synced
+    states.append(clock.synced)
+    assert states == [False, False, True]
     # off by the serial delay of the least-delayed fix only, not by three years
     assert abs(clock.now_ms() - fake.true_ms()) <= 300
     assert clock.wall_error_ms() == pytest.approx(-3 * 365 * 86400 * 1000, abs=1000)

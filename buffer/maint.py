@@ -1,0 +1,178 @@
+"""Housekeeping transactions of the store: eviction by class, TTL expiry, counters.
+
+Every function here runs on the store's connection while the caller holds the store's
+lock, and never touches a leased row (an event in flight is about to be acked, so
+evicting it frees nothing and would miscount it as lost).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from buffer import policy, schema
+from buffer.leases import LeaseBook
+from gateway.events import Priority
+
+log = logging.getLogger(__name__)
+
+#: Rows examined per TTL page; pages per expiry pass.
+EXPIRE_PAGE_ROWS = 1000
+EXPIRE_MAX_PAGES = 50
+#: Upper bound on eviction steps per call (each is one bounded transaction).
+MAX_EVICT_STEPS = 256
+
+UPSERT_COUNTER_SQL = (
+    "INSERT INTO meta(key, value) VALUES (?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value"
+)
+
+
+@dataclass(slots=True)
+class Tally:
+    """In-memory counters; evicted/expired mirror the persisted meta counters."""
+
+    pending: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
+    pending_bytes: dict[Priority, int] = field(
+        default_factory=lambda: dict.fromkeys(Priority, 0)
+    )
+    evicted: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
+    expired: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
+    extra: Counter[str] = field(default_factory=Counter)
+
+    def add(self, p: Priority, n: int, nbytes: int) -> None:
+        """Rows stored."""
+        self.pending[p] += n
+        self.pending_bytes[p] += nbytes
+
+    def remove(self, p: Priority, n: int, nbytes: int) -> None:
+        """Rows deleted."""
+        self.pending[p] -= n
+        self.pending_bytes[p] -= nbytes
+
+    def total_pending(self) -> int:
+        """Stored events of all classes."""
+        return sum(self.pending.values())
+
+    def avg_row(self, p: Priority) -> int:
+        """Mean stored size of a row of class ``p`` (estimate)."""
+        n = self.pending[p]
+        return policy.row_cost(self.pending_bytes[p] // n if n else 0)
+
+    def load_meta(self, meta: Mapping[str, int]) -> None:
+        """Take the persisted counters from ``meta``."""
+        for p in Priority:
+            self.evicted[p] = meta.get(schema.meta_evicted(p), 0)
+            self.expired[p] = meta.get(schema.meta_expired(p), 0)
+
+
+async def delete_rows(
+    conn: aiosqlite.Connection,
+    p: Priority,
+    rows: list[tuple[int, int]],
+    counter_key: str | None,
+) -> None:
+    """Delete ``(seq, size)`` rows of class ``p`` in one transaction, bumping a counter."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.executemany(schema.delete_sql(p), [(s,) for s, _ in rows])
+        if counter_key is not None:
+            await conn.execute(UPSERT_COUNTER_SQL, (counter_key, len(rows)))
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
+
+
+async def _oldest(
+    conn: aiosqlite.Connection, p: Priority, after: int, limit: int
+) -> list[tuple[int, int, int]]:
+    rows = await conn.execute_fetchall(schema.oldest_sql(p), (after, limit))
+    return [(int(s), int(t), int(n)) for s, t, n in rows]
+
+
+async def evict_to(
+    conn: aiosqlite.Connection,
+    book: LeaseBook,
+    tally: Tally,
+    target_used: int,
+    used_bytes: Callable[[], Awaitable[int]],
+) -> bool:
+    """Evict by class and age until the used pages fit in ``target_used`` bytes.
+
+    Returns False if nothing evictable is left (everything pending is leased).
+    """
+    ineffective: set[Priority] = set()
+    for _ in range(MAX_EVICT_STEPS):
+        used = await used_bytes()
+        if used <= target_used:
+            return True
+        leased = book.leased_by_class()
+        cls = next((p for p in schema.EVICTION_ORDER if tally.pending[p] > leased[p]), None)
+        if cls is None:
+            return False
+        action = policy.choose_action(
+            tally.pending[cls] - leased[cls],
+            thinnable=cls is not Priority.CRITICAL,
+            thin_ineffective=cls in ineffective,
+        )
+        window = policy.window_rows(used - target_used, tally.avg_row(cls), action)
+        rows = [
+            (s, n)
+            for s, _, n in await _oldest(conn, cls, 0, window + leased[cls])
+            if s not in book
+        ][:window]
+        if action is policy.EvictAction.THIN:
+            drop = set(policy.thin([s for s, _ in rows]))
+            rows = [r for r in rows if r[0] in drop]
+        if not rows:
+            ineffective.add(cls)
+            continue
+        await delete_rows(conn, cls, rows, schema.meta_evicted(cls))
+        nbytes = sum(n for _, n in rows)
+        tally.remove(cls, len(rows), nbytes)
+        tally.evicted[cls] += len(rows)
+        log.debug("buffer: %s %d %s rows (%d bytes)", action.value, len(rows), cls.name, nbytes)
+        if action is policy.EvictAction.THIN:
+            freed = used - await used_bytes()
+            if freed < policy.THIN_MIN_YIELD * nbytes:
+                ineffective.add(cls)
+    return await used_bytes() <= target_used
+
+
+async def expire(
+    conn: aiosqlite.Connection,
+    book: LeaseBook,
+    tally: Tally,
+    ttl_ms: Mapping[Priority, int],
+    now_ms: int,
+) -> int:
+    """Delete unleased rows older than their class TTL; returns how many.
+
+    Rows are examined oldest-seq first, a page at a time, and the pass stops at the
+    first page without an expired row: cost follows the expired rows, not the backlog.
+    """
+    total = 0
+    for p, ttl in ttl_ms.items():
+        cutoff = now_ms - ttl
+        after = 0
+        for _ in range(EXPIRE_MAX_PAGES):
+            page = await _oldest(conn, p, after, EXPIRE_PAGE_ROWS)
+            if not page:
+                break
+            old = [(s, n) for s, t, n in page if t < cutoff]
+            rows = [(s, n) for s, n in old if s not in book]
+            if rows:
+                await delete_rows(conn, p, rows, schema.meta_expired(p))
+                tally.remove(p, len(rows), sum(n for _, n in rows))
+                tally.expired[p] += len(rows)
+                total += len(rows)
+            if not old or len(page) < EXPIRE_PAGE_ROWS:
+                break
+            after = page[-1][0]
+    return total

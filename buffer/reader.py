@@ -1,0 +1,181 @@
+"""The uplink side of the store: lease, ack, release, wait_pending.
+
+A mixin of :class:`buffer.store.SqliteStore`, kept apart to keep each module short.
+Leases live in memory only (:class:`~buffer.leases.LeaseBook`); a lease is one indexed
+range query, an ack one transaction of primary-key deletes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Sequence
+
+import aiosqlite
+
+from buffer import schema
+from buffer.api import Batch, Lane, StoredEvent
+from buffer.leases import LeaseBook
+from buffer.maint import Tally
+from gateway.errors import StoreError
+from gateway.events import Priority
+
+log = logging.getLogger(__name__)
+
+#: Range queries per lease before giving up (coverage makes the next call go further).
+MAX_SCAN_STEPS = 64
+
+
+class LeaseOps:
+    """lease / ack / release / wait_pending over the store's connection."""
+
+    _conn: aiosqlite.Connection
+    _lock: asyncio.Lock
+    _book: LeaseBook
+    _tally: Tally
+    _pending_evt: asyncio.Event
+    last_committed_seq: int
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _pending_unleased(self) -> int:
+        return self._tally.total_pending() - len(self._book)
+
+    async def lease(self, lane: Lane, max_events: int, max_bytes: int) -> Batch | None:
+        """Lease up to ``max_events`` / ``max_bytes`` pending events from ``lane``.
+
+        LIVE takes the newest pending events, BACKFILL the oldest; each batch is in
+        ascending seq order. At least one event is returned when any is pending, even
+        if it alone is larger than ``max_bytes``. Returns None when nothing is pending.
+        """
+        self._check_open()
+        if max_events <= 0 or self._pending_unleased() <= 0:
+            return None
+        asc = lane is Lane.BACKFILL
+        top = self.last_committed_seq
+        taken: list[StoredEvent] = []
+        nbytes = 0
+        pos = 1 if asc else top
+        first: int | None = None
+        last: int | None = None
+        async with self._lock:
+            for _ in range(MAX_SCAN_STEPS):
+                if asc:
+                    lo, hi = self._book.gap_up(pos)
+                    hi = min(hi, top)
+                    if lo > hi:
+                        break
+                    sql, params, edge = schema.RANGE_ASC_SQL, (lo, hi), hi
+                else:
+                    hi, lo = self._book.gap_down(pos)
+                    lo = max(lo, 1)
+                    if hi < lo:
+                        break
+                    sql, params, edge = schema.RANGE_DESC_SQL, (lo, hi), lo
+                if first is None:
+                    first = params[0] if asc else params[1]
+                limit = max_events - len(taken)
+                rows = list(await self._conn.execute_fetchall(sql, (*params, limit)))
+                done = False
+                for seq, ts, typ, body, p in rows:
+                    if seq not in self._book:
+                        if taken and nbytes + len(body) > max_bytes:
+                            done = True
+                            break
+                        taken.append(StoredEvent(seq, ts, typ, Priority(p), body))
+                        nbytes += len(body)
+                    last = seq
+                    if len(taken) >= max_events:
+                        done = True
+                        break
+                if done:
+                    break
+                if len(rows) < limit:  # the whole stretch is scanned
+                    last = edge
+                    pos = edge + 1 if asc else edge - 1
+                else:
+                    pos = last + 1 if asc else last - 1  # type: ignore[operator]
+        if first is not None and last is not None:
+            lo_c, hi_c = (first, last) if asc else (last, first)
+            self._book.add(((e.seq, e.priority, len(e.body)) for e in taken), lo_c, hi_c)
+        if not taken:
+            return None
+        if not asc:
+            taken.reverse()
+        return Batch(lane, tuple(taken))
+
+    async def ack(self, seqs: Sequence[int]) -> None:
+        """Delete delivered events (call only after the broker acknowledged them).
+
+        Unknown or already deleted seqs are ignored. If the disk is too full even to
+        delete, the events stay pending and will be sent again (at-least-once).
+        """
+        self._check_open()
+        if not seqs:
+            return
+        known = self._book.pop(seqs)
+        rows: dict[Priority, list[tuple[int, int]]] = {}
+        for seq, prio, size in known:
+            rows.setdefault(prio, []).append((seq, size))
+        async with self._lock:
+            if len(known) < len(seqs):
+                await self._lookup(set(seqs) - {s for s, _, _ in known}, rows)
+            if not rows:
+                return
+            conn = self._conn
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                for p, r in rows.items():
+                    await conn.executemany(schema.delete_sql(p), [(s,) for s, _ in r])
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.execute("ROLLBACK")
+                self._tally.extra["ack_failures"] += 1
+                self._pending_evt.set()
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    log.warning("buffer: ack failed, disk full; events will be resent")
+                    return
+                raise StoreError(f"ack failed: {exc}") from exc
+        for p, r in rows.items():
+            self._tally.remove(p, len(r), sum(n for _, n in r))
+        self._tally.extra["acked"] += sum(len(r) for r in rows.values())
+
+    async def _lookup(self, seqs: set[int], rows: dict[Priority, list[tuple[int, int]]]) -> None:
+        """Find the class and size of seqs acked without a lease (lock held)."""
+        for seq in sorted(seqs):
+            for p in Priority:
+                got = list(await self._conn.execute_fetchall(schema.lookup_sql(p), (seq,)))
+                if got:
+                    rows.setdefault(p, []).append((seq, int(got[0][0])))
+                    break
+
+    async def release(self, seqs: Sequence[int]) -> None:
+        """Return leased events to pending (e.g. on disconnect). Unknown seqs are ignored."""
+        if self._book.release(seqs):
+            self._tally.extra["released"] += 1
+            self._pending_evt.set()
+
+    async def release_all(self) -> None:
+        """Return every leased event to pending."""
+        if len(self._book):
+            self._book.clear()
+            self._pending_evt.set()
+
+    async def wait_pending(self, timeout: float) -> bool:
+        """Wait until an event is pending and not leased; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._pending_unleased() <= 0:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._pending_evt.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._pending_evt.wait()
+        return True

@@ -81,7 +81,9 @@ class _Reader(threading.Thread):
         self,
         factory: Callable[[], can.BusABC],
         loop: asyncio.AbstractEventLoop,
+        *,
         wake: Callable[[], None],
+        on_open: Callable[[], None],
         done: asyncio.Event,
         name: str,
     ) -> None:
@@ -89,6 +91,7 @@ class _Reader(threading.Thread):
         self.factory = factory
         self.loop = loop
         self.wake = wake
+        self.on_open = on_open
         self.done = done
         self.stop = threading.Event()
         self.inbox: deque[can.Message] = deque()
@@ -108,6 +111,7 @@ class _Reader(threading.Thread):
             self._signal_done()
             return
         self.opened = True
+        self._call(self.on_open)
         try:
             self._loop(bus)
         except Exception as exc:  # noqa: BLE001 - a read error ends this attempt only
@@ -270,7 +274,10 @@ class CanDriver:
     async def _connection(self, loop: asyncio.AbstractEventLoop) -> str:
         """Run one connection attempt; return why it ended."""
         done = asyncio.Event()
-        reader = _Reader(self.bus_factory, loop, self._drain, done, name=f"can-{self.cfg.channel}")
+        reader = _Reader(
+            self.bus_factory, loop, wake=self._drain, on_open=self._opened, done=done,
+            name=f"can-{self.cfg.channel}",
+        )
         self._reader = reader
         self._last_request_at = None
         reader.start()
@@ -297,22 +304,37 @@ class CanDriver:
             return
         self.decoder.expire(self.now_ms())
         self._mark_rates(now)
-        if reader.opened and self._state is CanState.CONNECTING:
-            self._last_frame_at = now
-            self._set_state(CanState.ACTIVE)
-        elif self._state is CanState.ACTIVE and now - self._last_frame_at > SILENT_AFTER_S:
+        if self._state is CanState.ACTIVE and now - self._last_frame_at > SILENT_AFTER_S:
             self._set_state(CanState.SILENT)
-        if reader.opened and not self.cfg.listen_only and self.cfg.request_interval_s > 0 and (
-            self._last_request_at is None
-            or now - self._last_request_at >= self.cfg.request_interval_s
+        if reader.opened:
+            self._maybe_request(reader, now)
+
+    def _opened(self) -> None:
+        """The reader opened its bus (called on the loop)."""
+        reader = self._reader
+        if reader is None or self._state is not CanState.CONNECTING:
+            return
+        now = asyncio.get_running_loop().time()
+        self._last_frame_at = now
+        self._set_state(CanState.ACTIVE)
+        self._maybe_request(reader, now)
+
+    def _maybe_request(self, reader: _Reader, now: float) -> None:
+        """Queue Requests for the on-request PGNs when due (never when listen-only)."""
+        cfg = self.cfg
+        if cfg.listen_only or cfg.request_interval_s <= 0:
+            return
+        if self._last_request_at is not None and (
+            now - self._last_request_at < cfg.request_interval_s
         ):
-            self._last_request_at = now
-            for pgn in REQUESTED_PGNS:
-                reader.outbox.put(can.Message(
-                    arbitration_id=make_id(PGN_REQUEST, REQUEST_SA, da=GLOBAL, priority=6),
-                    data=request_payload(pgn),
-                    is_extended_id=True,
-                ))
+            return
+        self._last_request_at = now
+        for pgn in REQUESTED_PGNS:
+            reader.outbox.put(can.Message(
+                arbitration_id=make_id(PGN_REQUEST, REQUEST_SA, da=GLOBAL, priority=6),
+                data=request_payload(pgn),
+                is_extended_id=True,
+            ))
 
     def _drain(self) -> None:
         """Decode and record every frame the reader has handed over (on the loop)."""

@@ -1,0 +1,220 @@
+"""GpsDriver on real pseudo-terminals: split streams, garbage, autodetect, unplug."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import termios
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.gps import GpsDriver, GpsState
+from drivers.nmea_epoch import NmeaDecoder
+from gateway.clock import Clock
+from gateway.config import GpsConfig, GpsSampling
+from gateway.events import Event
+from tests.gps.fake_receiver import FakeReceiver
+from tests.gps.nmea_util import epoch
+
+EVERY_FIX = GpsSampling(0, 0, 0, 0, 0, 0, 5)
+UBX = bytes.fromhex("b562 0107 5c00") + bytes(range(92)) + b"\x12\x34"
+FAST = {"idle_flush_s": 0.1, "silence_s": 0.5, "detect_window_s": 0.6,
+        "retry_min_s": 0.05, "retry_max_s": 0.2}
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(driver: GpsDriver) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(driver.run(), name="gps-driver")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert driver.state is GpsState.CLOSED
+        assert not [t for t in threading.enumerate() if t.name.startswith("gps-reader")]
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[FakeReceiver]:
+    rx = FakeReceiver(tmp_path / "gps0")
+    yield rx
+    rx.unplug()
+
+
+def drive_stream(n: int, start_s: int = 0) -> bytes:
+    return b"".join(
+        epoch(f"12{(start_s + i) // 60:02d}{(start_s + i) % 60:02d}.00", 48.1 + i * 1e-4,
+              11.5 + i * 2e-4, speed_kn=10 + i, course=float(i * 7 % 360), date="150626")
+        for i in range(n)
+    )
+
+
+async def test_stream_split_at_random_boundaries_with_garbage(receiver: FakeReceiver) -> None:
+    clean = drive_stream(40)
+    pure = NmeaDecoder()
+    expected = [f.fields() for f in pure.feed(clean) + pure.flush()]
+    assert len(expected) == 40
+    rng = random.Random(5)
+    noisy = bytearray(b"7,N,01131.000,E*1F\r\n")  # port opened mid-line
+    for line in clean.splitlines(keepends=True):
+        noisy += line
+        if rng.random() < 0.3:
+            noisy += rng.choice([UBX, bytes(rng.randrange(1, 256) for _ in range(40)).replace(
+                b"$", b"#"), b"$GPGGA,garbage*00\r\n", b"$$"])
+    receiver.plug()
+    events: list[Event] = []
+    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
+                       events.append, Clock(), **FAST)
+    async with running(driver):
+        await wait_until(lambda: driver.state is GpsState.RECEIVING)
+        i = 0
+        while i < len(noisy):
+            n = rng.randint(1, 50)
+            await receiver.write(bytes(noisy[i : i + n]))
+            i += n
+            await asyncio.sleep(0.001 if rng.random() < 0.5 else 0)
+        await wait_until(lambda: len(events) >= 40)
+    assert [dict(e.fields) for e in events] == expected
+    assert all(e.type == "gps" for e in events)
+    assert events[0].ts_ms == 1781524800000  # 2026-06-15T12:00:00Z, from the fix itself
+    st = driver.stats()
+    assert st["checksum_errors"] and st["dropped_bytes"]
+    assert st["fixes"] == 40
+    assert st["state"] == "closed"
+
+
+async def test_baud_autodetect_locks_on_the_rate_that_talks(receiver: FakeReceiver) -> None:
+    receiver.plug()
+    events: list[Event] = []
+    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate="auto", sampling=EVERY_FIX),
+                       events.append, Clock(), **FAST)
+    rng = random.Random(3)
+    seen_rates: set[int] = set()
+
+    async def talk() -> None:
+        for i in range(400):
+            rate = receiver.baudrate()
+            seen_rates.add(rate)
+            if rate == termios.B38400:
+                receiver.write_nowait(drive_stream(1, i))
+            else:  # what a receiver at another rate looks like: noise, a stray '$'
+                receiver.write_nowait(bytes(rng.randrange(256) for _ in range(120)))
+            await asyncio.sleep(0.05)
+
+    async with running(driver):
+        talker = asyncio.create_task(talk())
+        try:
+            await wait_until(lambda: len(events) >= 3)
+        finally:
+            talker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await talker
+    assert driver.stats()["baudrate"] == 38400
+    assert {termios.B4800, termios.B9600, termios.B38400} <= seen_rates
+    assert all(e.fields["fix"] == 3 for e in events)
+
+
+async def test_unplug_and_replug_recovers_and_logs_once(
+    receiver: FakeReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.plug()
+    events: list[Event] = []
+    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
+                       events.append, Clock(), **FAST)
+    states: list[GpsState] = []
+
+    async def talk() -> None:
+        i = 0
+        while True:
+            receiver.write_nowait(drive_stream(1, i))
+            if not states or states[-1] is not driver.state:
+                states.append(driver.state)
+            i += 1
+            await asyncio.sleep(0.05)
+
+    caplog.set_level(logging.INFO, logger="drivers.gps")
+    async with running(driver):
+        talker = asyncio.create_task(talk())
+        try:
+            await wait_until(lambda: len(events) >= 3)
+            receiver.unplug()
+            await wait_until(lambda: driver.state is GpsState.UNAVAILABLE)
+            failures = driver.stats()["open_failures"]
+            assert isinstance(failures, int)
+            await wait_until(lambda: driver.stats()["open_failures"] >= failures + 3)  # type: ignore[operator]
+            before = len(events)
+            receiver.plug()
+            await wait_until(lambda: len(events) >= before + 3)
+        finally:
+            talker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await talker
+    assert driver.stats()["opens"] == 2
+    assert GpsState.UNAVAILABLE in states
+    assert states[-1] is GpsState.FIX
+    unavailable_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(unavailable_logs) == 1
+    assert unavailable_logs[0].levelno == logging.WARNING
+
+
+async def test_missing_port_at_start_is_retried(tmp_path: Path) -> None:
+    rx = FakeReceiver(tmp_path / "gps0")
+    events: list[Event] = []
+    driver = GpsDriver(GpsConfig(port=str(rx.path), baudrate=9600, sampling=EVERY_FIX),
+                       events.append, Clock(), **FAST)
+    try:
+        async with running(driver):
+            await wait_until(lambda: driver.stats()["open_failures"] >= 2)  # type: ignore[operator]
+            assert driver.state is GpsState.UNAVAILABLE
+            rx.plug()
+            await wait_until(lambda: driver.state is GpsState.RECEIVING)
+            await rx.write(drive_stream(3))
+            await wait_until(lambda: len(events) == 3)
+    finally:
+        rx.unplug()
+
+
+async def test_silent_port_is_reported(receiver: FakeReceiver) -> None:
+    receiver.plug()
+    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=4800, sampling=EVERY_FIX),
+                       lambda e: None, Clock(), **FAST)
+    async with running(driver):
+        await wait_until(lambda: driver.state is GpsState.SILENT)
+        await receiver.write(drive_stream(2))
+        await wait_until(lambda: driver.state is GpsState.FIX)
+    assert repr(GpsState.SILENT) == "GpsState.SILENT"
+
+
+async def test_async_sink_is_awaited_and_clock_syncs(receiver: FakeReceiver) -> None:
+    receiver.plug()
+    got: list[Event] = []
+
+    async def sink(e: Event) -> None:
+        await asyncio.sleep(0)
+        got.append(e)
+
+    clock = Clock(wall=lambda: 0.0)  # a Pi that believes it is 1970
+    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
+                       sink, clock, **FAST)
+    async with running(driver):
+        await wait_until(lambda: driver.state is GpsState.RECEIVING)
+        await receiver.write(drive_stream(5))
+        await wait_until(lambda: len(got) == 5)
+    assert clock.synced
+    # the clock now follows GPS time (2026-06-15T12:00:0x), not the 1970 system clock
+    assert abs(clock.now_ms() - 1781524800000) < 60_000

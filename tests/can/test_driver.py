@@ -11,15 +11,20 @@ import select
 import time
 import tty
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import can
 import pytest
 
+from buffer.api import Lane
+from buffer.store import SqliteStore
 from drivers.can import CanDriver, CanState
-from gateway.config import CanConfig, CanSampling
+from gateway.config import BufferConfig, CanConfig, CanSampling
 from gateway.events import Event, decode_body, encode_body
 
+TRUCK_LOG = Path(__file__).parent.parent / "data" / "j1939" / "css_j1939_truck.log"
 EVERY = CanSampling(min_interval_s=0, max_interval_s=0, dtc_refresh_s=0)
 
 
@@ -240,3 +245,40 @@ async def test_slcan_over_pty_end_to_end_and_unplug() -> None:
             assert "read failed" in str(driver.stats()["last_error"])
     finally:
         adapter.unplug()
+
+
+# ------------------------------------------------------------------ into the real buffer
+
+
+async def test_truck_log_over_virtual_bus_into_sqlite_buffer(tmp_path: Path) -> None:
+    """Replay the first 3,000 frames of the real truck log through the driver into the store."""
+    channel = f"test-{uuid.uuid4()}"
+    with can.CanutilsLogReader(TRUCK_LOG) as reader:
+        log_msgs = list(itertools.islice(reader, 3000))
+    async with await SqliteStore.open(BufferConfig(path=tmp_path / "buf.db")) as store:
+        driver = CanDriver(vcfg(channel, sampling=CanSampling(min_interval_s=0.2)),
+                           store.submit, now_ms)
+        with can.Bus(interface="virtual", channel=channel) as tx:
+            async with running(driver):
+                await until(lambda: driver.state is CanState.ACTIVE)
+                for i, msg in enumerate(log_msgs):
+                    tx.send(msg)
+                    if i % 500 == 0:
+                        await asyncio.sleep(0.05)  # let the driver and the store keep up
+                await until(lambda: driver.stats()["frames_total"] == len(log_msgs))
+                stats = driver.stats()
+        await store.flush()
+        batch = await store.lease(Lane.BACKFILL, 10_000, 10_000_000)
+    assert batch is not None
+    events = [decode_body(e.body) for e in batch.events]
+    kinds = Counter(e["type"] for e in events)
+    assert kinds["dtc"] == 1
+    assert kinds["engine"] >= 1
+    assert kinds["engine"] == stats["engine_events"]
+    engine = [e for e in events if e["type"] == "engine"]
+    assert all(600 < e["engine_speed_rpm"] < 700 for e in engine if "engine_speed_rpm" in e)
+    (dtc,) = [e for e in events if e["type"] == "dtc"]
+    assert {"spn": 980, "fmi": 9, "oc": 126} in dtc["active"]
+    assert stats["decode_errors"] == 0
+    assert stats["tp_errors"] == 0
+    assert stats["dropped"] == 0

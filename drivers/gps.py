@@ -126,6 +126,7 @@ class GpsDriver:
         self._opens = 0
         self._failures = 0
         self._bytes_this_session = 0
+        self._locked_before: int | None = None  # last autodetected rate, tried first
         self._last_error: str | None = None
 
     # ------------------------------------------------------------------ public
@@ -191,10 +192,13 @@ class GpsDriver:
         reader = _Reader(ser, loop, queue)
         reader.start()
         try:
-            if self.cfg.baudrate == "auto" and self._baudrate is None:
-                await self._detect(ser, queue)
-            self._set_state(GpsState.RECEIVING, f"{self.cfg.port} at {self._baudrate} baud")
-            await self._receive(queue)
+            while True:
+                if self.cfg.baudrate == "auto" and self._baudrate is None:
+                    await self._detect(ser, queue)
+                self._set_state(GpsState.RECEIVING, f"{self.cfg.port} at {self._baudrate} baud")
+                await self._receive(queue)
+                # only garbage for silence_s in auto mode: the receiver's rate has changed
+                self._locked_before, self._baudrate = self._baudrate, None
         finally:
             reader.stopping.set()
             for _ in range(100):  # bounded: the thread wakes every READ_TIMEOUT_S
@@ -224,8 +228,10 @@ class GpsDriver:
     ) -> None:
         """Cycle through :data:`AUTO_BAUDRATES` until one gives valid sentences."""
         self._set_state(GpsState.DETECTING_BAUD, f"trying {AUTO_BAUDRATES}")
+        last = self._locked_before
+        rates = ([last] if last else []) + [b for b in AUTO_BAUDRATES if b != last]
         while True:
-            for baud in AUTO_BAUDRATES:
+            for baud in rates:
                 try:
                     ser.baudrate = baud
                     ser.reset_input_buffer()
@@ -244,27 +250,37 @@ class GpsDriver:
                         continue
                     probe.feed(item[0])
                     if probe.consecutive_ok >= LOCK_SENTENCES:
-                        self._baudrate = baud
+                        self._baudrate = self._locked_before = baud
                         log.info("gps %s: locked at %d baud", self.cfg.port, baud)
                         return
                 log.debug("gps %s: nothing valid at %d baud", self.cfg.port, baud)
 
     async def _receive(self, queue: asyncio.Queue[tuple[bytes, float] | BaseException]) -> None:
-        """Decode chunks until the reader reports an error."""
+        """Decode chunks until the reader reports an error (raised) or, with
+        ``baudrate = "auto"``, until only garbage has come for ``silence_s`` (returns).
+        """
         quiet_since = time.monotonic()
+        garbage = 0  # bytes since the last valid sentence
         while True:
             item = await self._next(queue, self._idle_flush_s)
-            if item is None:
+            if item is not None:
+                before = self.decoder.sentences_ok
+                await self._handle(self.decoder.feed(item[0], item[1]))
+                if self.decoder.sentences_ok != before:
+                    quiet_since, garbage = time.monotonic(), 0
+                    if self._state is GpsState.SILENT:
+                        self._set_state(GpsState.RECEIVING)
+                    continue
+                garbage += len(item[0])
+            else:
                 await self._handle(self.decoder.flush())
-                if time.monotonic() - quiet_since >= self._silence_s:
-                    self._set_state(GpsState.SILENT, f"no valid NMEA for {self._silence_s:g} s")
+            if time.monotonic() - quiet_since < self._silence_s:
                 continue
-            before = self.decoder.sentences_ok
-            await self._handle(self.decoder.feed(item[0], item[1]))
-            if self.decoder.sentences_ok != before:
-                quiet_since = time.monotonic()
-                if self._state is GpsState.SILENT:
-                    self._set_state(GpsState.RECEIVING)
+            if garbage and self.cfg.baudrate == "auto":
+                log.info("gps %s: only garbage at %s baud, detecting again",
+                         self.cfg.port, self._baudrate)
+                return
+            self._set_state(GpsState.SILENT, f"no valid NMEA for {self._silence_s:g} s")
 
     async def _handle(self, fixes: list[Fix]) -> None:
         for fix in fixes:
@@ -278,8 +294,8 @@ class GpsDriver:
                 continue
             if fix.time_trusted and fix.utc_ms is not None:
                 ts = fix.utc_ms  # the receiver's own time of the measurement
-            else:
-                ts = self._clock.now_ms()
+            else:  # corrected clock at the moment the epoch's data arrived
+                ts = self._clock.now_ms() - round((time.monotonic() - received) * 1000)
             result = self._sink(Event(type="gps", ts_ms=ts, fields=fix.fields()))
             if inspect.isawaitable(result):
                 await result

@@ -105,12 +105,13 @@ async def test_baud_autodetect_locks_on_the_rate_that_talks(receiver: FakeReceiv
                        events.append, Clock(), **FAST)
     rng = random.Random(3)
     seen_rates: set[int] = set()
+    good = [termios.B38400]
 
     async def talk() -> None:
-        for i in range(400):
+        for i in range(600):
             rate = receiver.baudrate()
             seen_rates.add(rate)
-            if rate == termios.B38400:
+            if rate == good[0]:
                 receiver.write_nowait(drive_stream(1, i))
             else:  # what a receiver at another rate looks like: noise, a stray '$'
                 receiver.write_nowait(bytes(rng.randrange(256) for _ in range(120)))
@@ -120,12 +121,17 @@ async def test_baud_autodetect_locks_on_the_rate_that_talks(receiver: FakeReceiv
         talker = asyncio.create_task(talk())
         try:
             await wait_until(lambda: len(events) >= 3)
+            assert driver.stats()["baudrate"] == 38400
+            assert {termios.B4800, termios.B9600, termios.B38400} <= seen_rates
+            # the receiver is reconfigured to 9600 baud: garbage, then a new lock
+            good[0] = termios.B9600
+            await wait_until(lambda: driver.stats()["baudrate"] == 9600, timeout=20)
+            before = len(events)
+            await wait_until(lambda: len(events) >= before + 3)
         finally:
             talker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await talker
-    assert driver.stats()["baudrate"] == 38400
-    assert {termios.B4800, termios.B9600, termios.B38400} <= seen_rates
     assert all(e.fields["fix"] == 3 for e in events)
 
 

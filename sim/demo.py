@@ -1,0 +1,228 @@
+"""``truckgw demo``: broker + simulated truck + gateway + sink, with a live view.
+
+Starts Mosquitto on a free loopback port, the simulator on two ptys, ``truckgw run``
+with a generated config, and an in-process sink. Once a second it redraws a plain
+ANSI view: position, speed, rpm, fuel level, active faults (as received by the sink),
+the gateway's buffer depth and uplink state (from its state file), the broker's state
+and events/s. ``--outage-at S --outage-for N`` stops the broker for N seconds so one
+can watch the buffer fill and drain. Ctrl-C / SIGTERM stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from sim.broker import INSTALL_HINT, BrokerUnavailableError, Mosquitto, find_mosquitto
+from sim.cli import stop_event_on_signals
+from sim.gateway_proc import GatewayProcess, truck_config
+from sim.ports import PtyPort
+from sim.report import write_report
+from sim.route import list_routes, load_route
+from sim.runner import TruckSim
+from sim.sink import Sink, format_summary
+from sim.slcan_adapter import SlcanPtyAdapter
+from sim.truck import DTC_CATALOGUE, Truck, TruckParams
+
+EX_OK, EX_FAIL, EX_UNAVAILABLE = 0, 1, 69
+TRUCK_ID = "DEMO-0001"
+DTC_TEXT = {(spn, fmi): desc for spn, fmi, desc, _lamp in DTC_CATALOGUE}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``truckgw demo``."""
+    p = sub.add_parser(
+        "demo", help="one-command demo: broker, simulated truck, gateway and sink, live view",
+        description="Start Mosquitto, a simulated truck, the gateway and a sink; show a live "
+        "view. Ctrl-C stops everything.")
+    p.add_argument("--route", default="hamburg-port-loop",
+                   help=f"route to drive ({', '.join(list_routes())})")
+    p.add_argument("--speed", type=float, default=4.0,
+                   help="time-lapse factor of the drive (default 4)")
+    p.add_argument("--seed", type=int, default=7, help="random seed")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="end by itself after S seconds")
+    p.add_argument("--outage-at", type=float, default=None, metavar="S",
+                   help="stop the broker S seconds into the demo")
+    p.add_argument("--outage-for", type=float, default=20.0, metavar="N",
+                   help="length of the broker outage in seconds (default 20)")
+    p.add_argument("--fault-every", type=float, default=120.0, metavar="S",
+                   help="mean seconds of drive between DTC episodes (default 120)")
+    p.add_argument("--encoding", choices=("json", "compact"), default="json",
+                   help="wire encoding of the gateway")
+    p.add_argument("--report", type=Path, default=None, help="write a trip report at the end")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="work folder to keep (configs, buffer, logs); default: temporary")
+    p.add_argument("--plain", action="store_true",
+                   help="print the view as plain lines instead of redrawing the screen")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo; returns 69 when Mosquitto is missing."""
+    try:
+        find_mosquitto()
+    except BrokerUnavailableError as exc:
+        print(f"truckgw demo needs the Mosquitto broker: {exc}", file=sys.stderr)
+        print(f"On Debian/Ubuntu/Raspberry Pi OS: {INSTALL_HINT}; on macOS: brew install "
+              "mosquitto", file=sys.stderr)
+        return EX_UNAVAILABLE
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="truckgw-demo-")
+    base: Path = args.keep or Path(tmp.name)  # type: ignore[union-attr]
+    base.mkdir(parents=True, exist_ok=True)
+    demo = Demo(args, base)
+    try:
+        return demo.run()
+    finally:
+        demo.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+class Demo:
+    """The demo's parts and their lifecycle."""
+
+    def __init__(self, args: argparse.Namespace, base: Path) -> None:
+        self.args = args
+        self.base = base
+        self.out: TextIO = sys.stdout
+        self.broker = Mosquitto(workdir=_mkdir(base / "broker"), extra_conf=[
+            # keep sessions across the outage so the sink's queued messages survive it
+            "persistence true", f"persistence_location {base / 'broker'}/"])
+        self.gps = PtyPort(base / "gps0")
+        self.can = SlcanPtyAdapter(base / "can0")
+        params = TruckParams(warmup_s=8.0, start_parked_s=2.0, fault_every_s=args.fault_every)
+        self.sim = TruckSim(Truck(load_route(args.route), seed=args.seed, params=params),
+                            gps=self.gps, can=self.can, speed=args.speed, seed=args.seed)
+        self.can.device.on_transmit = self.sim.on_frame_from_host
+        self.gateway = GatewayProcess(base / "gateway", truck_config(
+            truck_id=TRUCK_ID, workdir=base / "gateway", mqtt_host=self.broker.host,
+            mqtt_port=self.broker.port, gps_port=str(self.gps.link),
+            can_channel=self.can.channel, encoding=args.encoding))
+        self.sink = Sink(self.broker.host, self.broker.port, "fleet",
+                         client_id=f"truckgw-demo-sink-{self.broker.port}")
+        self.t0 = time.monotonic()
+        self.outage_until: float | None = None
+
+    def run(self) -> int:
+        """Start everything, show the view until stopped, return the exit status."""
+        self.broker.start()
+        self.sink.start()
+        self.gateway.start()
+        print(f"truckgw demo: broker {self.broker.host}:{self.broker.port}, work folder "
+              f"{self.base}\ngateway config: {self.gateway.config_path}", file=self.out,
+              flush=True)
+        asyncio.run(self._main())
+        summary = self.sink.summary()
+        print("\n" + format_summary(summary), file=self.out)
+        if self.args.report:
+            write_report(self.args.report, {TRUCK_ID: self.sink.track(TRUCK_ID)},
+                         summary["trucks"])
+            print(f"trip report: {self.args.report}", file=self.out)
+        print("demo stopped cleanly", file=self.out, flush=True)
+        return EX_OK
+
+    async def _main(self) -> None:
+        stop = stop_event_on_signals()
+        sim_task = asyncio.create_task(self.sim.run(self.args.duration, stop), name="demo-sim")
+        try:
+            while not sim_task.done():
+                self._outage()
+                self.render()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(sim_task), timeout=1.0)
+                if not self.gateway.running:
+                    print(f"gateway exited ({self.gateway.returncode}):\n"
+                          f"{self.gateway.log_tail()}", file=self.out, flush=True)
+                    stop.set()
+        finally:
+            stop.set()
+            await sim_task
+
+    def _outage(self) -> None:
+        a = self.args
+        if a.outage_at is None:
+            return
+        elapsed = time.monotonic() - self.t0
+        if self.outage_until is None and elapsed >= a.outage_at and self.broker.running:
+            self.broker.stop()
+            self.outage_until = a.outage_at + a.outage_for
+        elif self.outage_until is not None and elapsed >= self.outage_until:
+            self.broker.start()
+            self.outage_until = None
+            a.outage_at = None  # one outage
+
+    def render(self) -> None:
+        """Draw one frame of the live view."""
+        lines = view_lines(self.sink.live(TRUCK_ID), self.gateway.state(),
+                           broker_up=self.broker.running, elapsed=time.monotonic() - self.t0,
+                           outage_left=(self.outage_until - (time.monotonic() - self.t0))
+                           if self.outage_until is not None else None,
+                           phase=self.sim.truck.state.phase.value)
+        if not self.args.plain and self.out.isatty():
+            self.out.write("\x1b[H\x1b[2J")
+        self.out.write("\n".join(lines) + "\n")
+        if self.args.plain or not self.out.isatty():
+            self.out.write("\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        """Stop the gateway (SIGTERM), the sink, the simulator's ports and the broker."""
+        self.gateway.stop()
+        if not self.broker.running:
+            with contextlib.suppress(BrokerUnavailableError):
+                self.broker.start()
+        self.sink.stop()
+        self.sim.close()
+        self.broker.close()
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _fmt(v: Any, spec: str, unit: str = "") -> str:
+    return "--" if not isinstance(v, int | float) else f"{format(v, spec)}{unit}"
+
+
+def view_lines(live: dict[str, Any], state: dict[str, Any], *, broker_up: bool,
+               elapsed: float, outage_left: float | None, phase: str) -> list[str]:
+    """The text of one frame of the live view (pure, for tests)."""
+    latest = live.get("latest", {})
+    gps, eng, dtc = latest.get("gps", {}), latest.get("engine", {}), latest.get("dtc", {})
+    broker = "\x1b[32mup\x1b[0m" if broker_up else "\x1b[31mDOWN\x1b[0m"
+    if outage_left is not None:
+        broker += f" (outage, back in {max(0.0, outage_left):.0f} s)"
+    buf = state.get("buffer") or {}
+    uplink = (state.get("uplink") or {}).get("state", "?")
+    faults = [f"SPN {a.get('spn')} FMI {a.get('fmi')} "
+              f"({DTC_TEXT.get((a.get('spn'), a.get('fmi')), '?')})"
+              for a in dtc.get("active", [])]
+    lamps = [k for k, v in (dtc.get("lamps") or {}).items() if v == "on"]
+    status = live.get("status", {}).get("state", "?")
+    speed = eng.get("vehicle_speed_kmh", gps.get("speed_kmh"))
+    fault_text = "; ".join(faults) if faults else "none"
+    if lamps:
+        fault_text += f"   lamps: {', '.join(lamps)}"
+    return [
+        f"\x1b[1mtruckgw demo\x1b[0m  t={elapsed:5.0f} s   broker {broker}",
+        (f"truck {TRUCK_ID}  simulator: {phase}   cloud status: {status}"
+         f"   gateway uplink: {uplink}"),
+        (f"  position  {_fmt(gps.get('lat'), '.5f')}, {_fmt(gps.get('lon'), '.5f')}  "
+         f"heading {_fmt(gps.get('heading_deg'), '.0f', ' deg')}  sats {gps.get('sats', '--')}"),
+        (f"  speed     {_fmt(speed, '.1f', ' km/h')}"
+         f"   rpm {_fmt(eng.get('engine_speed_rpm'), '.0f')}"
+         f"   fuel {_fmt(eng.get('fuel_level_pct'), '.1f', ' %')}"
+         f"   coolant {_fmt(eng.get('coolant_temp_c'), '.0f', ' C')}"),
+        f"  faults    {fault_text}",
+        f"  buffer    {buf.get('pending', '--')} events pending (evicted {buf.get('evicted', 0)})",
+        (f"  received  {live.get('events', 0)} events, {live.get('rate', 0.0):.1f}/s, "
+         f"missing {live.get('missing', 0)}, duplicates {live.get('duplicates', 0)}"),
+    ]

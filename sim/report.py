@@ -1,0 +1,121 @@
+"""Trip report: one self-contained HTML page with inline SVG (no dependencies).
+
+For each truck: the route drawn from the ``gps`` events (equirectangular projection,
+start and end marked), then speed, engine speed and fuel level plotted over time
+from the ``engine`` (and ``gps``) events, and the sink's figures as a table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+W, H, PAD = 720, 200, 40
+
+
+def _poly(points: Sequence[tuple[float, float]], color: str, width: float = 1.5) -> str:
+    pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    return (f'<polyline fill="none" stroke="{color}" stroke-width="{width}" '
+            f'stroke-linejoin="round" points="{pts}"/>')
+
+
+def route_svg(gps: Sequence[Mapping[str, Any]], size: int = 420) -> str:
+    """The track of ``gps`` events as an SVG (north up)."""
+    pts = [(float(e["lon"]), float(e["lat"])) for e in gps if "lat" in e and "lon" in e]
+    if len(pts) < 2:
+        return "<p>not enough GPS points for a map</p>"
+    lat0 = math.radians(sum(p[1] for p in pts) / len(pts))
+    xs = [p[0] * math.cos(lat0) for p in pts]
+    ys = [p[1] for p in pts]
+    span = max(max(xs) - min(xs), max(ys) - min(ys), 1e-6)
+    scale = (size - 2 * 20) / span
+
+    def proj(x: float, y: float) -> tuple[float, float]:
+        return 20 + (x - min(xs)) * scale, size - 20 - (y - min(ys)) * scale
+
+    line = [proj(x, y) for x, y in zip(xs, ys, strict=True)]
+    (sx, sy), (ex, ey) = line[0], line[-1]
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
+            f'class="map"><rect width="100%" height="100%" fill="#f4f6f0"/>'
+            f'{_poly(line, "#1b5e20", 2.5)}'
+            f'<circle cx="{sx:.1f}" cy="{sy:.1f}" r="5" fill="#2e7d32">'
+            "<title>start</title></circle>"
+            f'<circle cx="{ex:.1f}" cy="{ey:.1f}" r="5" fill="#c62828"><title>end</title></circle>'
+            f"</svg>")
+
+
+def series_svg(series: Sequence[tuple[int, float]], label: str, unit: str, color: str) -> str:
+    """A time plot of ``(ts_ms, value)`` pairs with min/max labels and a time axis."""
+    if len(series) < 2:
+        return f"<p>no {html.escape(label)} data</p>"
+    series = sorted(series)
+    t0, t1 = series[0][0], series[-1][0]
+    vals = [v for _, v in series]
+    lo, hi = min(vals), max(vals)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+
+    def x(t: int) -> float:
+        return PAD + (t - t0) / max(t1 - t0, 1) * (W - 2 * PAD)
+
+    def y(v: float) -> float:
+        return H - PAD / 2 - (v - lo) / (hi - lo) * (H - PAD)
+
+    start = dt.datetime.fromtimestamp(t0 / 1000, dt.UTC).strftime("%H:%M:%S")
+    end = dt.datetime.fromtimestamp(t1 / 1000, dt.UTC).strftime("%H:%M:%S")
+    esc = html.escape(label)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" class="plot">'
+            f'<rect width="100%" height="100%" fill="#fafafa"/>'
+            f'<text x="{PAD}" y="14" font-size="12">{esc} ({html.escape(unit)})</text>'
+            f'<text x="2" y="{y(hi) + 4:.0f}" font-size="10">{hi:.0f}</text>'
+            f'<text x="2" y="{y(lo) + 4:.0f}" font-size="10">{lo:.0f}</text>'
+            f'<text x="{PAD}" y="{H - 2}" font-size="10">{start} UTC</text>'
+            f'<text x="{W - PAD - 60}" y="{H - 2}" font-size="10">{end} UTC</text>'
+            f'{_poly([(x(t), y(v)) for t, v in series], color)}</svg>')
+
+
+def _series(events: Sequence[Mapping[str, Any]], etype: str, key: str) -> list[tuple[int, float]]:
+    return [(int(e["ts"]), float(e[key])) for e in events
+            if e.get("type") == etype and isinstance(e.get(key), int | float)]
+
+
+def truck_section(truck_id: str, events: Sequence[Mapping[str, Any]],
+                  figures: Mapping[str, Any] | None = None) -> str:
+    """The HTML of one truck: map, plots and figures."""
+    gps = [e for e in events if e.get("type") == "gps"]
+    speed = _series(events, "engine", "vehicle_speed_kmh") or _series(events, "gps", "speed_kmh")
+    parts = [f"<h2>{html.escape(truck_id)}</h2>", route_svg(gps),
+             series_svg(speed, "speed", "km/h", "#1565c0"),
+             series_svg(_series(events, "engine", "engine_speed_rpm"), "engine speed", "rpm",
+                        "#6a1b9a"),
+             series_svg(_series(events, "engine", "fuel_level_pct"), "fuel level", "%",
+                        "#ef6c00")]
+    if figures:
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in figures.items() if k not in ("ranges", "status"))
+        parts.append(f"<table>{rows}</table>")
+    return "\n".join(parts)
+
+
+def render(tracks: Mapping[str, Sequence[Mapping[str, Any]]],
+           figures: Mapping[str, Mapping[str, Any]] | None = None,
+           title: str = "truckgw trip report") -> str:
+    """The whole page for several trucks."""
+    body = "\n".join(truck_section(tid, evs, (figures or {}).get(tid))
+                     for tid, evs in sorted(tracks.items()))
+    if not tracks:
+        body = "<p>no events were received</p>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            "</title><style>body{font-family:sans-serif;margin:2em}svg{display:block;"
+            "margin:.5em 0}th{text-align:left;padding-right:1em}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def write_report(path: Path, tracks: Mapping[str, Sequence[Mapping[str, Any]]],
+                 figures: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Write the page to ``path`` (HTML only; PNG would need a plotting dependency)."""
+    path.write_text(render(tracks, figures), encoding="utf-8")

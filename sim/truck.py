@@ -1,0 +1,332 @@
+"""A deterministic truck model: drives a route and keeps the engine's books.
+
+Pure: :meth:`Truck.step` advances model time by ``dt``; no clock reads, all
+randomness from one seeded :class:`random.Random`. The same seed, route and step
+sequence always give the same states.
+
+Physics are coarse but consistent: a 30 t tractor-trailer with a 12-speed gearbox;
+power from rolling, air and grade resistance plus acceleration; fuel rate from power
+(about 240 g... expressed as 0.24 L/kWh); fuel level falls exactly with total fuel
+used (except at a fuel stop); odometer, engine hours and coolant temperature follow.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass, field, replace
+
+from sim.route import Route, Stop, haversine_m
+
+MASS_KG = 30_000.0
+CRR = 0.006
+CDA_M2 = 6.0
+AIR_RHO = 1.2
+G = 9.81
+P_MAX_KW = 330.0
+WHEEL_R_M = 0.5
+AXLE_RATIO = 2.85
+GEARS = (14.9, 11.7, 9.0, 7.1, 5.6, 4.4, 3.4, 2.7, 2.1, 1.6, 1.28, 1.0)
+IDLE_RPM = 600.0
+IDLE_FUEL_LPH = 2.2
+FUEL_L_PER_KWH = 0.24
+TANK_L = 600.0
+BRAKE_MS2 = 1.2
+STEP_S = 0.1
+
+#: Realistic active DTCs: (SPN, FMI, description, lamp) -- lamp is mil/red_stop/amber_warning.
+DTC_CATALOGUE: tuple[tuple[int, int, str, str], ...] = (
+    (110, 0, "coolant temperature high", "red_stop"),
+    (100, 1, "oil pressure low", "red_stop"),
+    (3226, 2, "aftertreatment outlet NOx sensor erratic", "mil"),
+    (4364, 18, "SCR conversion efficiency low", "mil"),
+    (157, 3, "fuel rail pressure sensor voltage high", "amber_warning"),
+    (520, 12, "retarder torque bad device", "amber_warning"),
+    (1761, 1, "DEF tank level low", "amber_warning"),
+)
+
+
+class Phase(enum.Enum):
+    """What the truck is doing."""
+
+    PARKED = "parked"  # ignition off: ECUs silent
+    WARMUP = "warmup"  # engine idling before departure
+    DRIVING = "driving"
+    DWELL = "dwell"  # halted at a planned stop, engine idling
+
+    def __repr__(self) -> str:
+        return f"<Phase.{self.name}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Dtc:
+    """An active diagnostic trouble code."""
+
+    spn: int
+    fmi: int
+    oc: int
+    lamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class TruckState:
+    """One snapshot of everything the outputs encode."""
+
+    t_s: float
+    phase: Phase
+    lat: float
+    lon: float
+    alt_m: float
+    heading_deg: float
+    speed_kmh: float
+    accel_ms2: float
+    gear: int
+    engine_rpm: float
+    pedal_pct: float
+    load_pct: float
+    torque_pct: float
+    fuel_rate_lph: float
+    economy_kmpl: float | None
+    fuel_level_pct: float
+    total_fuel_l: float
+    trip_fuel_l: float
+    engine_hours_h: float
+    odometer_km: float
+    coolant_c: float
+    oil_kpa: float
+    dtcs: tuple[Dtc, ...] = ()
+
+    @property
+    def ignition(self) -> bool:
+        """True when the engine runs (ECUs talk on the bus)."""
+        return self.phase is not Phase.PARKED
+
+    @property
+    def lamps(self) -> dict[str, bool]:
+        """DM1 lamp states derived from the active DTCs."""
+        on = {d.lamp for d in self.dtcs}
+        return {k: k in on for k in ("mil", "red_stop", "amber_warning", "protect")}
+
+
+@dataclass(slots=True)
+class TruckParams:
+    """Knobs of the model (all have realistic defaults)."""
+
+    start_parked_s: float = 3.0
+    warmup_s: float = 20.0
+    park_s: float = 120.0
+    fault_every_s: float = 600.0
+    ambient_c: float = 12.0
+    odometer_km: float | None = None
+    fuel_level_pct: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Truck:
+    """A truck driving ``route`` back and forth; call :meth:`step` with model time."""
+
+    def __init__(self, route: Route, *, seed: int = 0, params: TruckParams | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.params = params or TruckParams()
+        self.route = route
+        self._s = 0.0  # metres along the route
+        self._v = 0.0  # m/s
+        self._a = 0.0
+        self._stops_done: set[int] = set()
+        self._phase = Phase.PARKED
+        self._phase_left = self.params.start_parked_s
+        self._cruise_jitter = 0.0
+        self._fault_until = 0.0
+        self._next_fault = self.rng.expovariate(1.0 / self.params.fault_every_s) \
+            if self.params.fault_every_s > 0 else math.inf
+        self._oc: dict[int, int] = {}
+        p = self.params
+        fuel_pct = p.fuel_level_pct if p.fuel_level_pct is not None else self.rng.uniform(55, 85)
+        odo = p.odometer_km if p.odometer_km is not None else self.rng.uniform(80_000, 600_000)
+        self.state = self._initial(fuel_pct, odo)
+
+    def _initial(self, fuel_pct: float, odo: float) -> TruckState:
+        w = self.route.points[0]
+        total_fuel = round(odo / 3.0, 1)  # ~33 L/100 km lifetime average
+        return TruckState(
+            t_s=0.0, phase=Phase.PARKED, lat=w.lat, lon=w.lon, alt_m=w.alt_m,
+            heading_deg=self.route.bearings[0], speed_kmh=0.0, accel_ms2=0.0, gear=0,
+            engine_rpm=0.0, pedal_pct=0.0, load_pct=0.0, torque_pct=0.0, fuel_rate_lph=0.0,
+            economy_kmpl=None, fuel_level_pct=fuel_pct, total_fuel_l=total_fuel,
+            trip_fuel_l=0.0, engine_hours_h=round(odo / 55.0, 2), odometer_km=odo,
+            coolant_c=self.params.ambient_c, oil_kpa=0.0,
+        )
+
+    # ------------------------------------------------------------------ public
+
+    def step(self, dt_s: float) -> TruckState:
+        """Advance the model by ``dt_s`` seconds (sub-stepped) and return the new state."""
+        left = dt_s
+        while left > 1e-9:
+            h = min(STEP_S, left)
+            self._tick(h)
+            left -= h
+        return self.state
+
+    def inject_fault(self, n_dtcs: int = 3, duration_s: float = 120.0) -> None:
+        """Start a fault episode now with ``n_dtcs`` active codes (faults on demand)."""
+        self._start_faults(n_dtcs, duration_s)
+
+    # ------------------------------------------------------------------ internals
+
+    def _tick(self, h: float) -> None:
+        st = self.state
+        t = st.t_s + h
+        self._phase_left -= h
+        if self._phase is Phase.PARKED and self._phase_left <= 0:
+            self._phase, self._phase_left = Phase.WARMUP, self.params.warmup_s
+            st = replace(st, trip_fuel_l=0.0)
+        elif self._phase in (Phase.WARMUP, Phase.DWELL) and self._phase_left <= 0:
+            self._phase = Phase.DRIVING
+        if self._phase is Phase.DRIVING:
+            self._drive(h)
+        else:
+            self._v, self._a = 0.0, 0.0
+        self._faults(t)
+        self.state = self._books(st, t, h)
+
+    def _drive(self, h: float) -> None:
+        route = self.route
+        target = self._target_speed()
+        v = self._v
+        grade = self._grade()
+        a_max = max(0.1, 0.9 - 0.006 * v * 3.6 - G * grade)
+        a = max(-BRAKE_MS2 * 1.5, min(a_max, (target - v) / 2.0))
+        v = max(0.0, v + a * h)
+        self._s = min(route.length_m, self._s + v * h)
+        self._v, self._a = v, a
+        stop = self._next_stop()
+        if stop is not None and route.cum_m[stop.at] - self._s < 1.5 and v < 0.6:
+            self._arrive(stop)
+
+    def _arrive(self, stop: Stop) -> None:
+        self._stops_done.add(stop.at)
+        self._v, self._a = 0.0, 0.0
+        last = stop.at == len(self.route.points) - 1
+        if "fuel" in stop.reason:
+            self.state = replace(self.state, fuel_level_pct=95.0)
+        if last or self._s >= self.route.length_m - 1:
+            # end of trip: park (ignition off), then drive back
+            self._phase, self._phase_left = Phase.PARKED, stop.dwell_s + self.params.park_s
+            self.route = self.route.reversed()
+            self._s = 0.0
+            self._stops_done = set()
+        else:
+            self._phase, self._phase_left = Phase.DWELL, stop.dwell_s
+
+    def _next_stop(self) -> Stop | None:
+        for s in self.route.stops:
+            if s.at not in self._stops_done and self.route.cum_m[s.at] >= self._s - 2:
+                return s
+        if self._s >= self.route.length_m - 1:
+            return Stop(len(self.route.points) - 1, 0.0, "end")
+        return None
+
+    def _segment(self) -> int:
+        cum = self.route.cum_m
+        i = 0
+        while i < len(cum) - 2 and cum[i + 1] <= self._s:
+            i += 1
+        return i
+
+    def _target_speed(self) -> float:
+        route = self.route
+        i = self._segment()
+        self._cruise_jitter += self.rng.gauss(0, 0.05)
+        self._cruise_jitter = max(-1.2, min(0.6, self._cruise_jitter))
+        target = route.points[i].limit_kmh / 3.6 + self._cruise_jitter
+        # slow down for sharp turns ahead and for the next stop
+        for j in range(i + 1, len(route.points)):
+            d = route.cum_m[j] - self._s
+            if d > 600:
+                break
+            turn = route.turn_deg(j)
+            v_turn = max(15 / 3.6, route.points[i].limit_kmh / 3.6 * (1 - turn / 110))
+            target = min(target, math.sqrt(v_turn**2 + 2 * BRAKE_MS2 * max(d, 0)))
+        stop = self._next_stop()
+        if stop is not None:
+            d = route.cum_m[stop.at] - self._s
+            target = min(target, math.sqrt(2 * BRAKE_MS2 * max(d - 1.0, 0.0)) + 0.3)
+        return max(0.0, target)
+
+    def _grade(self) -> float:
+        route, i = self.route, self._segment()
+        seg = route.cum_m[i + 1] - route.cum_m[i]
+        return (route.points[i + 1].alt_m - route.points[i].alt_m) / seg if seg > 1 else 0.0
+
+    def _position(self) -> tuple[float, float, float, float]:
+        route, i = self.route, self._segment()
+        a, b = route.points[i], route.points[i + 1]
+        seg = route.cum_m[i + 1] - route.cum_m[i]
+        f = min(1.0, max(0.0, (self._s - route.cum_m[i]) / seg)) if seg > 0 else 0.0
+        return (a.lat + (b.lat - a.lat) * f, a.lon + (b.lon - a.lon) * f,
+                a.alt_m + (b.alt_m - a.alt_m) * f, route.bearings[i])
+
+    def _faults(self, t: float) -> None:
+        if self._fault_until and t >= self._fault_until:
+            self._fault_until = 0.0
+            self.state = replace(self.state, dtcs=())
+        if t >= self._next_fault and self._phase is not Phase.PARKED:
+            self._start_faults(self.rng.choice((1, 2, 2, 3, 4)), self.rng.uniform(60, 300))
+            self._next_fault = t + self.rng.expovariate(1.0 / self.params.fault_every_s)
+
+    def _start_faults(self, n: int, duration_s: float) -> None:
+        picks = self.rng.sample(DTC_CATALOGUE, k=max(1, min(n, len(DTC_CATALOGUE))))
+        dtcs = []
+        for spn, fmi, _desc, lamp in picks:
+            self._oc[spn] = min(126, self._oc.get(spn, 0) + 1)
+            dtcs.append(Dtc(spn, fmi, self._oc[spn], lamp))
+        self._fault_until = self.state.t_s + duration_s
+        self.state = replace(self.state, dtcs=tuple(dtcs))
+
+    def _books(self, st: TruckState, t: float, h: float) -> TruckState:
+        v, a = self._v, self._a
+        lat, lon, alt, heading = self._position()
+        moved_km = haversine_m(st.lat, st.lon, lat, lon) / 1000.0
+        running = self._phase is not Phase.PARKED
+        gear, rpm = self._gear_rpm(v, a) if running else (0, 0.0)
+        force = MASS_KG * (G * CRR + G * self._grade() + a) + 0.5 * AIR_RHO * CDA_M2 * v * v
+        power_kw = force * v / 1000.0 if v > 0.1 else 0.0
+        if not running:
+            rate, load = 0.0, 0.0
+        elif power_kw <= 0:
+            rate = 0.0 if rpm > 900 else IDLE_FUEL_LPH  # fuel cut on overrun
+            load = 0.0 if rpm > 900 else 8.0
+        else:
+            load = min(100.0, 8.0 + 92.0 * power_kw / P_MAX_KW)
+            rate = IDLE_FUEL_LPH + FUEL_L_PER_KWH * min(power_kw, P_MAX_KW)
+        used = rate * h / 3600.0
+        speed_kmh = v * 3.6
+        coolant_target = (85.0 + 8.0 * load / 100.0) if running else self.params.ambient_c
+        tau = 300.0 if running else 1800.0
+        return replace(
+            st, t_s=t, phase=self._phase, lat=lat, lon=lon, alt_m=alt,
+            heading_deg=heading if v > 0.5 else st.heading_deg, speed_kmh=speed_kmh,
+            accel_ms2=a, gear=gear, engine_rpm=rpm,
+            pedal_pct=min(100.0, load * 1.05) if power_kw > 0 else 0.0,
+            load_pct=load, torque_pct=load, fuel_rate_lph=rate,
+            economy_kmpl=(speed_kmh / rate) if rate > 0 and speed_kmh > 1 else None,
+            fuel_level_pct=max(0.0, st.fuel_level_pct - used / TANK_L * 100.0),
+            total_fuel_l=st.total_fuel_l + used, trip_fuel_l=st.trip_fuel_l + used,
+            engine_hours_h=st.engine_hours_h + (h / 3600.0 if running else 0.0),
+            odometer_km=st.odometer_km + moved_km,
+            coolant_c=st.coolant_c + (coolant_target - st.coolant_c) * min(1.0, h / tau),
+            oil_kpa=(120.0 + 0.2 * rpm) if running else 0.0,
+        )
+
+    def _gear_rpm(self, v: float, a: float) -> tuple[int, float]:
+        if v < 0.3:
+            return 0, IDLE_RPM + self.rng.uniform(-8, 8)
+        wheel_rpm = v * 60.0 / (2 * math.pi * WHEEL_R_M) * AXLE_RATIO
+        floor = 1250.0 if a > 0.3 else 1000.0
+        for idx in range(len(GEARS) - 1, -1, -1):
+            rpm = wheel_rpm * GEARS[idx]
+            if rpm >= floor or idx == 0:
+                return idx + 1, max(IDLE_RPM, min(2100.0, rpm))
+        return 1, IDLE_RPM  # pragma: no cover - loop always returns

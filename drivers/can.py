@@ -1,11 +1,9 @@
 """The CAN bus shell: python-can access, reconnect with backoff, requests, statistics.
 
-All bus I/O (opening, ``recv``, ``send``, ``shutdown``) happens in one reader thread per
-connection attempt, so a slow adapter open (slcan sleeps after opening the port) or a
-blocking read never stalls the event loop. The thread hands frames over in batches
-(every :data:`FLUSH_S` or :data:`FLUSH_FRAMES` frames) with ``call_soon_threadsafe``;
-decoding (:mod:`drivers.j1939`) and the recording policy
-(:mod:`gateway.recording.can`) run on the event loop, which also calls the sink.
+All bus I/O happens in one :class:`drivers.can_io.BusReader` thread per connection
+attempt, which hands frames over in batches; decoding (:mod:`drivers.j1939`) and the
+recording policy (:mod:`gateway.recording.can`) run on the event loop, which also
+calls the sink.
 
 Device problems never escape :meth:`CanDriver.run`: an adapter absent at start, a
 read error, an unplugged USB adapter all end the connection attempt and the driver
@@ -19,16 +17,14 @@ import asyncio
 import contextlib
 import enum
 import logging
-import queue
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import can
 
+from drivers.can_io import BusReader
 from drivers.j1939 import (
     GLOBAL,
     PGN_HOURS,
@@ -46,10 +42,6 @@ from gateway.recording.can import CanRecorder
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.02  # hand frames to the loop at least this often ...
-FLUSH_FRAMES = 256  # ... or when this many are waiting
-RECV_TIMEOUT_S = 0.1  # bounds how long the reader takes to notice a stop request
-INBOX_MAX = 50_000  # frames waiting for the loop; beyond this they are dropped and counted
 TICK_S = 1.0  # housekeeping period: TP timeouts, silence, requests, rates
 SILENT_AFTER_S = 5.0  # no frame for this long on an open bus: state SILENT
 BACKOFF_MIN_S = 0.5
@@ -72,105 +64,6 @@ class CanState(enum.Enum):
 
     def __repr__(self) -> str:
         return f"CanState.{self.name}"
-
-
-class _Reader(threading.Thread):
-    """Owns one bus for one connection attempt."""
-
-    def __init__(
-        self,
-        factory: Callable[[], can.BusABC],
-        loop: asyncio.AbstractEventLoop,
-        *,
-        wake: Callable[[], None],
-        on_open: Callable[[], None],
-        done: asyncio.Event,
-        name: str,
-    ) -> None:
-        super().__init__(name=name, daemon=True)
-        self.factory = factory
-        self.loop = loop
-        self.wake = wake
-        self.on_open = on_open
-        self.done = done
-        self.stop = threading.Event()
-        self.inbox: deque[can.Message] = deque()
-        self.outbox: queue.SimpleQueue[can.Message] = queue.SimpleQueue()
-        self.opened = False
-        self.error: BaseException | None = None
-        self.dropped = 0
-        self.sent = 0
-        self.send_errors = 0
-        self.wake_pending = False
-
-    def run(self) -> None:
-        try:
-            bus = self.factory()
-        except Exception as exc:  # noqa: BLE001 - any open failure means "retry later"
-            self.error = exc
-            self._signal_done()
-            return
-        self.opened = True
-        self._call(self.on_open)
-        try:
-            self._loop(bus)
-        except Exception as exc:  # noqa: BLE001 - a read error ends this attempt only
-            self.error = exc
-        finally:
-            try:
-                bus.shutdown()
-            except Exception as exc:  # noqa: BLE001 - closing a dead adapter may fail too
-                log.debug("bus shutdown failed: %r", exc)
-            self._flush()
-            self._signal_done()
-
-    def _loop(self, bus: can.BusABC) -> None:
-        inbox = self.inbox
-        first_wait = 0.0  # monotonic time of the oldest frame not yet handed over
-        while not self.stop.is_set():
-            self._send_pending(bus)
-            timeout = RECV_TIMEOUT_S
-            if first_wait:
-                timeout = max(0.0, min(timeout, first_wait + FLUSH_S - time.monotonic()))
-            msg = bus.recv(timeout=timeout)
-            if msg is not None:
-                if len(inbox) < INBOX_MAX:
-                    inbox.append(msg)
-                else:
-                    self.dropped += 1
-                if not first_wait:
-                    first_wait = time.monotonic()
-            if first_wait and (
-                len(inbox) >= FLUSH_FRAMES or time.monotonic() - first_wait >= FLUSH_S
-            ):
-                self._flush()
-                first_wait = 0.0
-
-    def _send_pending(self, bus: can.BusABC) -> None:
-        while True:
-            try:
-                msg = self.outbox.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                bus.send(msg, timeout=0.1)
-                self.sent += 1
-            except can.CanError as exc:
-                # a full TX queue or no ACK (nobody else on the bus) is not fatal
-                self.send_errors += 1
-                log.debug("request not sent: %r", exc)
-
-    def _flush(self) -> None:
-        if self.inbox and not self.wake_pending:
-            self.wake_pending = True
-            self._call(self.wake)
-
-    def _signal_done(self) -> None:
-        self._call(self.done.set)
-
-    def _call(self, fn: Callable[[], None]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-            self.loop.call_soon_threadsafe(fn)
 
 
 class CanDriver:
@@ -196,7 +89,7 @@ class CanDriver:
         self.decoder = J1939Decoder()
         self.recorder = CanRecorder(cfg.sampling)
         self._state = CanState.STOPPED
-        self._reader: _Reader | None = None
+        self._reader: BusReader | None = None
         self._failure: str | None = None
         self._last_frame_at = 0.0
         self._last_request_at: float | None = None
@@ -274,7 +167,7 @@ class CanDriver:
     async def _connection(self, loop: asyncio.AbstractEventLoop) -> str:
         """Run one connection attempt; return why it ended."""
         done = asyncio.Event()
-        reader = _Reader(
+        reader = BusReader(
             self.bus_factory, loop, wake=self._drain, on_open=self._opened, done=done,
             name=f"can-{self.cfg.channel}",
         )
@@ -319,7 +212,7 @@ class CanDriver:
         self._set_state(CanState.ACTIVE)
         self._maybe_request(reader, now)
 
-    def _maybe_request(self, reader: _Reader, now: float) -> None:
+    def _maybe_request(self, reader: BusReader, now: float) -> None:
         """Queue Requests for the on-request PGNs when due (never when listen-only)."""
         cfg = self.cfg
         if cfg.listen_only or cfg.request_interval_s <= 0:

@@ -1,0 +1,103 @@
+"""Pure flow-control pieces of the uplink: backoff, bandwidth bucket, lane choice.
+
+No I/O and no clock reads: callers pass ``now`` (monotonic seconds) in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tenacity
+
+from buffer.api import Lane
+
+
+class Backoff:
+    """Reconnect delays: exponential with jitter, via tenacity's ``wait_random_exponential``.
+
+    Attempt ``n`` waits a uniform random time in ``[min_s, min(max_s, min_s * 2**(n-1))]``:
+    full jitter above a floor of ``min_s``, so two attempts are never closer than
+    ``min_s`` (no tight loop even when the broker refuses instantly).
+    """
+
+    def __init__(self, min_s: float, max_s: float) -> None:
+        self._wait = tenacity.wait_random_exponential(multiplier=min_s, max=max_s, min=min_s)
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """Count one failed attempt and return how long to wait before the next."""
+        self.attempt += 1
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # tenacity wants a Retrying; the wait strategies read only attempt_number
+        state.attempt_number = self.attempt
+        return float(self._wait(state))
+
+    def reset(self) -> None:
+        """Forget past failures (after a connection that worked)."""
+        self.attempt = 0
+
+
+class TokenBucket:
+    """A bytes/s token bucket for metered links; ``rate == 0`` means unlimited.
+
+    The bucket holds at most one second of tokens (``burst`` bytes, at least one
+    maximum payload so a single message always fits). Spending may go into debt; the
+    caller then waits :meth:`delay` before sending the next message.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, rate)
+        self.tokens = self.burst
+        self._t = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._t:
+            self.tokens = min(self.burst, self.tokens + (now - self._t) * self.rate)
+        self._t = now
+
+    def delay(self, nbytes: int, now: float) -> float:
+        """Seconds to wait until ``nbytes`` may be sent (0 when unlimited or available)."""
+        if self.rate <= 0:
+            return 0.0
+        self._refill(now)
+        need = min(float(nbytes), self.burst) - self.tokens
+        return 0.0 if need <= 0 else need / self.rate
+
+    def spend(self, nbytes: int, now: float) -> None:
+        """Take ``nbytes`` tokens (may go negative: the debt delays later sends)."""
+        if self.rate <= 0:
+            return
+        self._refill(now)
+        self.tokens -= nbytes
+
+
+@dataclass(slots=True)
+class LaneChooser:
+    """Splits the in-flight window between the live and the backfill lane.
+
+    ``live_share`` of the window (rounded up, at least one slot when the share is above
+    zero) may carry newest-first batches; the rest drains the backlog oldest-first.
+    Both lanes take from the same pending pool, so the choice only decides which end
+    the next batch comes from.
+    """
+
+    window: int
+    live_share: float
+
+    @property
+    def live_slots(self) -> int:
+        """How many in-flight messages may come from the live lane."""
+        if self.live_share <= 0:
+            return 0
+        return max(1, min(self.window, math.ceil(self.window * self.live_share)))
+
+    def choose(self, live_inflight: int, backfill_inflight: int) -> Lane:
+        """The lane for the next batch given the messages in flight per lane."""
+        backfill_slots = self.window - self.live_slots
+        if live_inflight < self.live_slots:
+            # live comes first whenever it has a free slot: the newest data is the most wanted
+            return Lane.LIVE
+        if backfill_inflight < backfill_slots:
+            return Lane.BACKFILL
+        return Lane.LIVE if backfill_slots == 0 else Lane.BACKFILL

@@ -1,0 +1,282 @@
+"""The public wire format: event batches and status messages (see docs/wire-format.md).
+
+Pure functions over bytes: no I/O, no clock reads. Two encodings of the same object
+``{"truck_id": "...", "events": [{"seq": .., "ts": .., "type": .., <fields>}, ...]}``:
+
+- ``json``: UTF-8 JSON. Built by byte concatenation from the stored bodies
+  (``b'{"seq":N,' + body[1:]``), so an event is serialised to JSON once, at ingest.
+- ``compact``: the same object as CBOR (RFC 8949, canonical: shortest lossless floats,
+  sorted keys), then one zstd frame (RFC 8878) with its content size. Any CBOR library
+  plus any zstd library decodes it; see the doc for Python, Go and JS snippets.
+
+With MQTT 5 the encoding travels as the message's content type; with MQTT 3.1.1 (no
+properties) compact batches go to the events topic plus ``/cbor-zstd``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import cbor2
+import zstandard
+
+from buffer.api import StoredEvent
+from gateway.errors import WireError
+
+CONTENT_TYPE_JSON: Final = "application/json"
+CONTENT_TYPE_COMPACT: Final = "application/cbor+zstd"
+#: Topic level appended to the events topic for compact batches under MQTT 3.1.1.
+COMPACT_TOPIC_SUFFIX: Final = "cbor-zstd"
+ENCODINGS: Final = ("json", "compact")
+#: zstd level: 3 is zstd's default; higher levels cost Pi CPU for a few % of bytes.
+ZSTD_LEVEL: Final = 3
+#: A decoder refuses to inflate a payload beyond this (decompression bombs).
+MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
+#: Room kept free for the batch header and zstd framing when packing a payload.
+_HEADER_SLACK: Final = 64
+
+_ENC = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ZC = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def events_topic(prefix: str, truck_id: str, encoding: str, protocol: str) -> str:
+    """The topic a batch is published to: ``{prefix}/{truck_id}/events[/cbor-zstd]``.
+
+    The suffix is used only for compact batches under MQTT 3.1.1, which has no content
+    type; consumers subscribe to ``{prefix}/+/events/#`` to get both.
+    """
+    _check_encoding(encoding)
+    base = f"{prefix}/{truck_id}/events"
+    if encoding == "compact" and protocol == "3.1.1":
+        return f"{base}/{COMPACT_TOPIC_SUFFIX}"
+    return base
+
+
+def status_topic(prefix: str, truck_id: str) -> str:
+    """The retained status topic: ``{prefix}/{truck_id}/status``."""
+    return f"{prefix}/{truck_id}/status"
+
+
+def content_type(encoding: str) -> str:
+    """The MQTT 5 content type of a batch in ``encoding``."""
+    _check_encoding(encoding)
+    return CONTENT_TYPE_COMPACT if encoding == "compact" else CONTENT_TYPE_JSON
+
+
+def is_compact(topic: str, content_type: str | None) -> bool:
+    """Whether a received batch is compact: by content type if present, else by topic."""
+    if content_type:
+        return content_type == CONTENT_TYPE_COMPACT
+    return topic.endswith("/events/" + COMPACT_TOPIC_SUFFIX)
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown wire encoding {encoding!r} (expected one of {ENCODINGS})")
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_batches(
+    truck_id: str,
+    events: Sequence[StoredEvent],
+    encoding: str,
+    max_payload_bytes: int,
+) -> list[tuple[bytes, tuple[int, ...]]]:
+    """Encode ``events`` into payloads no larger than ``max_payload_bytes`` each.
+
+    Returns ``(payload, seqs)`` pairs in the order of ``events``; every event lands in
+    exactly one payload. An event that alone exceeds the limit travels alone (the
+    broker may then refuse it; the uplink reports that). Raises :class:`WireError`
+    for a stored body that is not a JSON object.
+    """
+    _check_encoding(encoding)
+    if not events:
+        return []
+    if encoding == "json":
+        return _encode_json(truck_id, events, max_payload_bytes)
+    return _encode_compact(truck_id, events, max_payload_bytes)
+
+
+def wire_event_json(seq: int, body: bytes) -> bytes:
+    """One event as it appears in a JSON batch: the body with ``seq`` in front."""
+    if len(body) < 2 or body[:1] != b"{" or body[-1:] != b"}":
+        raise WireError(f"stored body of seq {seq} is not a JSON object: {body[:40]!r}")
+    if body == b"{}":
+        return b'{"seq":%d}' % seq
+    return b'{"seq":%d,' % seq + body[1:]
+
+
+def _json_head(truck_id: str) -> bytes:
+    return b'{"truck_id":' + _ENC.encode(truck_id).encode() + b',"events":['
+
+
+def _encode_json(
+    truck_id: str, events: Sequence[StoredEvent], limit: int
+) -> list[tuple[bytes, tuple[int, ...]]]:
+    head = _json_head(truck_id)
+    tail = b"]}"
+    out: list[tuple[bytes, tuple[int, ...]]] = []
+    parts: list[bytes] = []
+    seqs: list[int] = []
+    size = len(head) + len(tail)
+    for ev in events:
+        item = wire_event_json(ev.seq, ev.body)
+        extra = len(item) + (1 if parts else 0)
+        if parts and size + extra > limit:
+            out.append((head + b",".join(parts) + tail, tuple(seqs)))
+            parts, seqs = [], []
+            size = len(head) + len(tail)
+            extra = len(item)
+        parts.append(item)
+        seqs.append(ev.seq)
+        size += extra
+    out.append((head + b",".join(parts) + tail, tuple(seqs)))
+    return out
+
+
+def _cbor_event(ev: StoredEvent) -> bytes:
+    try:
+        obj = json.loads(ev.body)
+    except ValueError as exc:
+        raise WireError(f"stored body of seq {ev.seq} is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise WireError(f"stored body of seq {ev.seq} is not a JSON object")
+    obj["seq"] = ev.seq
+    return bytes(cbor2.dumps(obj, canonical=True))
+
+
+def _cbor_array_head(n: int) -> bytes:
+    """CBOR major type 4 (array) header for ``n`` items (RFC 8949 section 3)."""
+    if n < 24:
+        return bytes([0x80 + n])
+    if n < 0x100:
+        return bytes([0x98, n])
+    if n < 0x10000:
+        return b"\x99" + n.to_bytes(2, "big")
+    return b"\x9a" + n.to_bytes(4, "big")
+
+
+def _cbor_batch(truck_id: str, items: Sequence[bytes]) -> bytes:
+    # canonical map key order is by encoded length, then bytewise: "events" < "truck_id"
+    head = b"\xa2" + bytes(cbor2.dumps("events"))
+    tid = bytes(cbor2.dumps("truck_id")) + bytes(cbor2.dumps(truck_id))
+    return head + _cbor_array_head(len(items)) + b"".join(items) + tid
+
+
+def _encode_compact(
+    truck_id: str, events: Sequence[StoredEvent], limit: int
+) -> list[tuple[bytes, tuple[int, ...]]]:
+    # Pack by *uncompressed* CBOR size: zstd never grows data by more than a few bytes
+    # per 128 KiB block, so a payload packed this way always fits after compression.
+    budget = max(1, limit - _HEADER_SLACK - len(truck_id) - zstd_overhead(limit))
+    groups: list[tuple[list[bytes], list[int]]] = []
+    items: list[bytes] = []
+    seqs: list[int] = []
+    size = 0
+    for ev in events:
+        item = _cbor_event(ev)
+        if items and size + len(item) > budget:
+            groups.append((items, seqs))
+            items, seqs, size = [], [], 0
+        items.append(item)
+        seqs.append(ev.seq)
+        size += len(item)
+    groups.append((items, seqs))
+    return [(_ZC.compress(_cbor_batch(truck_id, it)), tuple(sq)) for it, sq in groups]
+
+
+def zstd_overhead(n: int) -> int:
+    """Upper bound of zstd's growth on ``n`` incompressible bytes (frame + block headers)."""
+    return 18 + 3 * (n // (128 * 1024) + 1)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def encode_status(truck_id: str, state: str, ts_ms: int, fields: Mapping[str, Any]) -> bytes:
+    """A status payload (always JSON): ``{"state":..,"truck_id":..,"ts":..,<fields>}``."""
+    obj: dict[str, Any] = {"state": state, "truck_id": truck_id, "ts": ts_ms}
+    for k, v in fields.items():
+        obj.setdefault(k, v)
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_payload(
+    payload: bytes, *, compact: bool, max_decoded_bytes: int = MAX_DECODED_BYTES
+) -> dict[str, Any]:
+    """Decode and validate an events batch; raises :class:`WireError` on bad input.
+
+    Checks the envelope: ``truck_id`` a non-empty string, ``events`` a list of objects
+    each with an integer ``seq`` >= 0, an integer ``ts`` and a string ``type``.
+    """
+    if compact:
+        obj = _loads_compact(payload, max_decoded_bytes)
+    else:
+        if len(payload) > max_decoded_bytes:
+            raise WireError(f"JSON payload of {len(payload)} bytes exceeds {max_decoded_bytes}")
+        try:
+            obj = json.loads(payload)
+        except (ValueError, RecursionError) as exc:
+            raise WireError(f"payload is not valid UTF-8 JSON: {exc}") from exc
+    return _validate_batch(obj)
+
+
+def _loads_compact(payload: bytes, limit: int) -> Any:
+    try:
+        size = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as exc:
+        raise WireError(f"compact payload is not a zstd frame: {exc}") from exc
+    if size > limit:
+        raise WireError(f"compact payload inflates to {size} bytes, over {limit}")
+    try:
+        if size >= 0:
+            raw = zstandard.ZstdDecompressor().decompress(payload)
+        else:  # no content size in the header: read at most limit + 1 bytes
+            with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
+                raw = reader.read(limit + 1)
+            if len(raw) > limit:
+                raise WireError(f"compact payload inflates beyond {limit} bytes")
+    except zstandard.ZstdError as exc:
+        raise WireError(f"compact payload: zstd error: {exc}") from exc
+    try:
+        return cbor2.loads(raw, max_depth=32, allow_duplicate_keys=False)
+    except (cbor2.CBORError, ValueError, TypeError, RecursionError) as exc:
+        raise WireError(f"compact payload: bad CBOR: {exc}") from exc
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate_batch(obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise WireError(f"batch is not an object but {type(obj).__name__}")
+    tid = obj.get("truck_id")
+    if not isinstance(tid, str) or not tid:
+        raise WireError("batch has no string truck_id")
+    events = obj.get("events")
+    if not isinstance(events, list):
+        raise WireError("batch has no events list")
+    for i, ev in enumerate(events):
+        if not isinstance(ev, dict):
+            raise WireError(f"events[{i}] is not an object")
+        if not all(isinstance(k, str) for k in ev):
+            raise WireError(f"events[{i}] has a non-string key")
+        seq = ev.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise WireError(f"events[{i}].seq is not an integer >= 0: {seq!r}")
+        if not _is_int(ev.get("ts")):
+            raise WireError(f"events[{i}].ts is not an integer: {ev.get('ts')!r}")
+        if not isinstance(ev.get("type"), str):
+            raise WireError(f"events[{i}].type is not a string: {ev.get('type')!r}")
+    return obj

@@ -123,9 +123,17 @@ def build_snapshot(
 
 
 def normalise_uplink(sec: dict[str, Any] | None) -> dict[str, Any]:
-    """Guarantee ``state`` and ``last_publish_at`` in the uplink section."""
+    """Guarantee ``state`` (lower case) and ``last_publish_at`` in the uplink section.
+
+    ``last_publish_at`` (UNIX seconds) is the last publish the broker acknowledged
+    (``last_ack_ts_ms``), falling back to the last one sent.
+    """
     out = dict(sec or {"state": "not started"})
-    out.setdefault("last_publish_at", None)
+    if isinstance(out.get("state"), str):
+        out["state"] = out["state"].lower()
+    if out.get("last_publish_at") is None:
+        ms = out.get("last_ack_ts_ms") or out.get("last_publish_ts_ms")
+        out["last_publish_at"] = ms / 1000 if isinstance(ms, int | float) else None
     return out
 
 

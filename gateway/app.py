@@ -1,0 +1,392 @@
+"""The agent: config -> drivers -> buffer -> uplink in one asyncio TaskGroup.
+
+Lifecycle (``truckgw run``):
+
+1. Open the buffer. If it cannot be opened at all the agent exits with
+   :data:`EX_FAILURE` (systemd's ``Restart=on-failure`` tries again later).
+2. Tell systemd ``READY=1`` and start the named tasks ``gps``, ``can``, ``uplink``
+   (each under a supervisor that restarts it with capped random backoff, so a GPS
+   fault never takes down CAN or the uplink), ``monitor`` (health snapshot, state
+   file, metrics) and ``watchdog`` (``WATCHDOG=1`` only while healthy).
+3. SIGTERM / SIGINT: stop the drivers, publish the retained offline status, flush
+   pending appends and close the database, write a last snapshot, exit 0, all within
+   :data:`SHUTDOWN_BUDGET_S`.
+
+A task that raises :class:`~gateway.errors.ConfigError` stops the agent with
+:data:`~gateway.config.EX_CONFIG` (78; the unit's ``RestartPreventExitStatus``), since
+retrying cannot help. A pipeline that stays unhealthy for
+:data:`FATAL_UNHEALTHY_S` stops the agent with :data:`EX_FAILURE` even without a
+systemd watchdog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from buffer.store import SqliteStore
+from gateway import __version__
+from gateway.clock import Clock
+from gateway.config import EX_CONFIG, TruckConfig
+from gateway.errors import ConfigError
+from gateway.events import Event
+from gateway.health import HealthWriter
+from gateway.liveness import CommitTracker, HealthProbe
+from gateway.logsetup import RateLimitFilter, setup_logging
+from gateway.sdnotify import Notifier, watchdog_interval_s
+from gateway.snapshot import build_snapshot
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_FAILURE = 1  # unrecoverable fault: systemd restarts the unit
+SHUTDOWN_BUDGET_S = 4.5  # the issue asks for exit within 5 s of SIGTERM
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 30.0
+STABLE_S = 60.0  # a task that ran this long before crashing starts its backoff afresh
+FATAL_UNHEALTHY_S = 300.0
+DEFAULT_STALL_S = 10.0
+
+
+class Phase(Enum):
+    """Where the agent is in its life; written to the state file."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    def __repr__(self) -> str:
+        return f"Phase.{self.name}"
+
+
+@dataclass(slots=True)
+class TaskInfo:
+    """Supervision record of one named pipeline task."""
+
+    name: str
+    restarts: int = 0
+    alive: bool = False
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the state file."""
+        return {"alive": self.alive, "restarts": self.restarts, "last_error": self.last_error}
+
+
+def backoff_delay(streak: int, lo: float = BACKOFF_MIN_S, hi: float = BACKOFF_MAX_S) -> float:
+    """Capped exponential backoff with jitter: uniform in [cap/2, cap]."""
+    cap = min(hi, lo * 2 ** min(streak, 30))
+    return random.uniform(cap / 2, cap)
+
+
+class Agent:
+    """One truck's pipeline; :meth:`run` returns the process exit code."""
+
+    def __init__(
+        self,
+        cfg: TruckConfig,
+        notifier: Notifier | None = None,
+        limiter: RateLimitFilter | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.limiter = limiter
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.clock = Clock()
+        self.phase = Phase.STARTING
+        self.tasks: dict[str, TaskInfo] = {}
+        self.exit_code = EX_OK
+        self._stop = asyncio.Event()
+        self._started_mono = time.monotonic()
+        self._started_at = time.time()
+        self._wd_s = watchdog_interval_s()
+        stall_s = max(self._wd_s, 2.0) if self._wd_s else DEFAULT_STALL_S
+        self.commits = CommitTracker(stall_s=stall_s)
+        self.probe = HealthProbe(stall_s=max(stall_s, 3 * cfg.metrics.interval_s))
+        self.writer = HealthWriter(cfg.state_file, cfg.metrics.textfile)
+        self.store: SqliteStore | None = None
+        self.gps: Any = None
+        self.can: Any = None
+        self.uplink: Any = None
+        self._snapshot: dict[str, Any] = {}
+        self._last_hwm: int | None = None
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self, code: int = EX_OK, reason: str = "stop requested") -> None:
+        """Begin an orderly shutdown; the first non-zero code wins."""
+        if not self._stop.is_set():
+            log.info("stopping: %s", reason)
+        if code and not self.exit_code:
+            self.exit_code = code
+        self._stop.set()
+
+    def submit(self, event: Event) -> asyncio.Future[int]:
+        """The drivers' sink: the store's submit, counted for the watchdog."""
+        assert self.store is not None  # noqa: S101  # drivers start after the store opens
+        fut: asyncio.Future[int] = self.store.submit(event)
+        self.commits.submitted(fut)
+        return fut
+
+    def status_extra(self) -> dict[str, Any]:
+        """GPS / CAN / buffer health for the uplink's status topic (last snapshot)."""
+        snap = self._snapshot
+        return {k: snap.get(k) for k in ("buffer", "gps", "can", "uptime_s", "healthy")}
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, EX_OK, signal.Signals(sig).name)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self.notifier.close()
+
+    async def _run(self) -> int:
+        log.info("truckgw %s starting for truck %s (pid %d)",
+                 __version__, self.cfg.truck_id, os.getpid())
+        self._write_snapshot()
+        try:
+            self.store = await SqliteStore.open(self.cfg.buffer, now_ms=self.clock.now_ms)
+        except Exception as exc:  # any failure to open is fatal: report and let systemd retry
+            log.critical("cannot open the buffer %s: %s", self.cfg.buffer.path, exc,
+                         exc_info=log.isEnabledFor(logging.DEBUG))
+            self.phase = Phase.FAILED
+            self._write_snapshot(error=f"cannot open the buffer: {exc}")
+            return EX_CONFIG if isinstance(exc, ConfigError) else EX_FAILURE
+        self.phase = Phase.RUNNING
+        self.notifier.ready(status=f"buffer open at seq {self.store.last_committed_seq}")
+        log.info("buffer open at %s; committed seq high-water mark %d",
+                 self.cfg.buffer.path, self.store.last_committed_seq)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                drivers: list[asyncio.Task[None]] = []
+                if self.cfg.gps is not None:
+                    drivers.append(self._spawn(tg, "gps", self._run_gps))
+                if self.cfg.can is not None:
+                    drivers.append(self._spawn(tg, "can", self._run_can))
+                uplink = self._spawn(tg, "uplink", self._run_uplink)
+                aux = [tg.create_task(self._monitor(), name="monitor"),
+                       tg.create_task(self._watchdog(), name="watchdog")]
+                await self._stop.wait()
+                await self._shutdown(drivers, uplink, aux)
+        finally:
+            await self._close_store()
+        self.phase = Phase.STOPPED if self.exit_code == EX_OK else Phase.FAILED
+        await self._refresh()
+        log.info("stopped with exit code %d; committed seq high-water mark %s",
+                 self.exit_code, self._snapshot.get("buffer", {}).get("committed_seq"))
+        return self.exit_code
+
+    def _spawn(
+        self, tg: asyncio.TaskGroup, name: str, body: Callable[[], Awaitable[None]]
+    ) -> asyncio.Task[None]:
+        self.tasks[name] = TaskInfo(name)
+        return tg.create_task(self._supervise(self.tasks[name], body), name=name)
+
+    async def _supervise(self, info: TaskInfo, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` until cancelled, restarting it with backoff when it fails."""
+        streak = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            info.alive = True
+            try:
+                await body()
+            except ConfigError as exc:
+                info.alive, info.last_error = False, str(exc)
+                log.critical("task %s: configuration error: %s", info.name, exc)
+                self.request_stop(EX_CONFIG, f"configuration error in {info.name}")
+                return
+            except Exception as exc:  # a crashed task restarts; the others keep running
+                info.last_error = f"{type(exc).__name__}: {exc}"
+                # the traceback only at debug level: a flapping device must not fill the journal
+                log.error("task %s crashed: %s", info.name, info.last_error,  # noqa: TRY400
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+            else:
+                if self._stop.is_set():
+                    break
+                info.last_error = "returned unexpectedly"
+                log.warning("task %s returned unexpectedly", info.name)
+            finally:
+                info.alive = False
+            info.restarts += 1
+            streak = 0 if time.monotonic() - started >= STABLE_S else streak + 1
+            delay = backoff_delay(streak)
+            log.info("restarting task %s in %.1f s", info.name, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _run_gps(self) -> None:
+        from drivers.gps import GpsDriver  # noqa: PLC0415  # only when [gps] is configured
+
+        assert self.cfg.gps is not None  # noqa: S101  # spawned only with [gps]
+        self.gps = GpsDriver(self.cfg.gps, sink=self.submit, clock=self.clock)
+        await self.gps.run()
+
+    async def _run_can(self) -> None:
+        from drivers.can import CanDriver  # noqa: PLC0415  # only when [can] is configured
+
+        assert self.cfg.can is not None  # noqa: S101  # spawned only with [can]
+        self.can = CanDriver(self.cfg.can, sink=self.submit, now_ms=self.clock.now_ms)
+        await self.can.run()
+
+    async def _run_uplink(self) -> None:
+        from gateway.uplink import Uplink  # noqa: PLC0415  # keeps paho out of `status`
+
+        assert self.store is not None  # noqa: S101  # spawned after the store opened
+        self.uplink = Uplink(self.cfg, self.store, status_extra=self.status_extra)
+        try:
+            await self.uplink.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # a crashed uplink must not leave paho's thread or socket behind
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.uplink.close(), 2.0)
+            raise
+
+    async def _monitor(self) -> None:
+        """Refresh the health snapshot, state file and metrics every interval."""
+        while True:
+            await self._refresh()
+            hwm = self._snapshot.get("buffer", {}).get("committed_seq")
+            if hwm != self._last_hwm:
+                self._last_hwm = hwm
+                log.info("committed seq high-water mark %s", hwm)
+            if self.limiter is not None:
+                self.limiter.flush()
+            problem = self.probe.problem(self.commits, self._group_tasks_alive())
+            if problem and self.probe.unhealthy_for() > FATAL_UNHEALTHY_S:
+                self.request_stop(EX_FAILURE, f"unhealthy for too long: {problem}")
+                return
+            await asyncio.sleep(self.cfg.metrics.interval_s)
+
+    async def _watchdog(self) -> None:
+        """``WATCHDOG=1`` at half ``WatchdogSec`` while the pipeline is healthy."""
+        if self._wd_s is None or not self.notifier.enabled:
+            await self._stop.wait()
+            return
+        period = self._wd_s / 2
+        reported: str | None = None
+        while True:
+            problem = self.probe.problem(self.commits, self._group_tasks_alive())
+            if problem is None:
+                self.notifier.watchdog()
+                if reported is not None:
+                    log.info("pipeline healthy again; watchdog pings resumed")
+                    self.notifier.status("running")
+            elif problem != reported:
+                log.error("pipeline unhealthy, withholding watchdog pings: %s", problem)
+                self.notifier.status(f"unhealthy: {problem}")
+            reported = problem
+            await asyncio.sleep(period)
+
+    def _group_tasks_alive(self) -> str | None:
+        """The name of a supervised task whose supervisor has ended, if any."""
+        for t in asyncio.all_tasks():
+            if t.get_name() in self.tasks and t.done():  # pragma: no cover - defensive
+                return t.get_name()
+        return None
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def _refresh(self) -> None:
+        store_stats = None
+        if self.store is not None and self.phase is not Phase.STOPPED:
+            try:
+                async with asyncio.timeout(self.probe.stall_s):
+                    store_stats = await self.store.stats()
+                self.probe.store_ok()
+            except Exception as exc:  # noqa: BLE001  # reported as unhealthy; the watchdog acts on it
+                log.warning("cannot read buffer stats: %s", exc)
+        self._write_snapshot(store_stats=store_stats)
+
+    def _write_snapshot(self, *, store_stats: Any = None, error: str | None = None) -> None:
+        problem = None
+        if self.phase is Phase.RUNNING:
+            problem = self.probe.problem(self.commits, self._group_tasks_alive())
+        self._snapshot = build_snapshot(
+            truck_id=self.cfg.truck_id,
+            phase=self.phase.value,
+            started_at=self._started_at,
+            uptime_s=time.monotonic() - self._started_mono,
+            store_stats=store_stats,
+            committed_seq=self.store.last_committed_seq if self.store else None,
+            previous=self._snapshot,
+            gps=self.gps,
+            can=self.can,
+            uplink=self.uplink,
+            tasks={name: info.as_dict() for name, info in self.tasks.items()},
+            problem=problem if self.phase is Phase.RUNNING else error,
+            clock=self.clock.stats(),
+        )
+        self.writer.write(self._snapshot)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def _shutdown(
+        self,
+        drivers: list[asyncio.Task[None]],
+        uplink: asyncio.Task[None],
+        aux: list[asyncio.Task[None]],
+    ) -> None:
+        """Drivers first (no new events), then the uplink (offline status), then the rest."""
+        self.phase = Phase.STOPPING
+        self.notifier.stopping(status="stopping")
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        for t in drivers:
+            t.cancel()
+        if drivers:
+            await asyncio.wait(drivers, timeout=1.0)
+        if self.store is not None:
+            try:  # every append the drivers got a future for becomes durable now
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic() - 3.0)):
+                    await self.store.flush()
+            except TimeoutError:
+                log.warning("pending appends not flushed in time; close() will retry")
+        if self.uplink is not None:
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic() - 1.5)):
+                    await self.uplink.close()
+            except Exception as exc:  # noqa: BLE001  # shutdown goes on: the database must still be closed
+                log.warning("uplink did not close cleanly: %s", exc)
+        uplink.cancel()
+        for t in aux:
+            t.cancel()
+        await asyncio.wait([uplink, *aux], timeout=max(0.1, deadline - time.monotonic() - 1.0))
+
+    async def _close_store(self) -> None:
+        """Flush pending appends and close the database (bounded)."""
+        if self.store is None:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await self.store.close()
+        except Exception as exc:  # noqa: BLE001  # logged: nothing else can be done at exit
+            log.error("buffer did not close cleanly: %s", exc)  # noqa: TRY400
+            if not self.exit_code:
+                self.exit_code = EX_FAILURE
+
+
+def run_agent(cfg: TruckConfig) -> int:
+    """Entry point of ``truckgw run``: set up logging, run the agent, return the exit code."""
+    limiter = setup_logging(cfg.log.level)
+    return asyncio.run(Agent(cfg, limiter=limiter).run())

@@ -184,7 +184,7 @@ def test_random_tp_traffic_stays_bounded(frames: list[tuple[int, int, bool, byte
         t += step
         if is_cm:
             # bias towards valid announcements so DT packets have sessions to hit
-            cm = bam(9 + data[1] * 7, 65226) if len(data) == 8 and data[0] % 2 else data
+            cm = bam(9 + data[1] % 254 * 7, 65226) if len(data) == 8 and data[0] % 2 else data
             tp.on_cm(t, sa, 0xFF, cm)
         else:
             msg = tp.on_dt(t, sa, 0xFF, data)

@@ -65,6 +65,9 @@ class CanState(enum.Enum):
     def __repr__(self) -> str:
         return f"CanState.{self.name}"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class CanDriver:
     """Reads a J1939 bus through python-can and hands ``engine`` / ``dtc`` events to a sink.

@@ -20,6 +20,7 @@ import pytest
 
 from buffer.api import Lane
 from buffer.store import SqliteStore
+from drivers import can as can_driver
 from drivers.can import CanDriver, CanState
 from gateway.config import BufferConfig, CanConfig, CanSampling
 from gateway.events import Event, decode_body, encode_body
@@ -282,3 +283,23 @@ async def test_truck_log_over_virtual_bus_into_sqlite_buffer(tmp_path: Path) -> 
     assert stats["decode_errors"] == 0
     assert stats["tp_errors"] == 0
     assert stats["dropped"] == 0
+
+
+def test_state_repr_and_str() -> None:
+    assert repr(CanState.BACKOFF) == "CanState.BACKOFF"
+    assert str(CanState.ACTIVE) == "active"
+
+
+async def test_silent_bus_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(can_driver, "SILENT_AFTER_S", 0.3)
+    monkeypatch.setattr(can_driver, "TICK_S", 0.05)
+    channel = f"test-{uuid.uuid4()}"
+    events: list[Event] = []
+    driver = CanDriver(vcfg(channel), events.append, now_ms)
+    with can.Bus(interface="virtual", channel=channel) as tx:
+        async with running(driver):
+            await until(lambda: driver.state is CanState.SILENT)  # opened, nothing heard
+            tx.send(frames()[0])
+            await until(lambda: driver.state is CanState.ACTIVE)
+            await until(lambda: driver.state is CanState.SILENT)
+            assert len(events) == 1

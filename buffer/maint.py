@@ -43,6 +43,8 @@ class Tally:
     evicted: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     expired: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     extra: Counter[str] = field(default_factory=Counter)
+    #: Per class: thinning has passed every row up to this seq in the current round.
+    thin_mark: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
 
     def add(self, p: Priority, n: int, nbytes: int) -> None:
         """Rows stored."""
@@ -108,6 +110,8 @@ async def evict_to(
     Returns False if nothing evictable is left (everything pending is leased).
     """
     ineffective: set[Priority] = set()
+    thinned = dict.fromkeys(Priority, 0)
+    freed = dict.fromkeys(Priority, 0)
     for _ in range(MAX_EVICT_STEPS):
         used = await used_bytes()
         if used <= target_used:
@@ -122,14 +126,17 @@ async def evict_to(
             thin_ineffective=cls in ineffective,
         )
         window = policy.window_rows(used - target_used, tally.avg_row(cls), action)
-        rows = [
-            (s, n)
-            for s, _, n in await _oldest(conn, cls, 0, window + leased[cls])
-            if s not in book
-        ][:window]
+        after = tally.thin_mark[cls] if action is policy.EvictAction.THIN else 0
+        found = await _oldest(conn, cls, after, window + leased[cls])
+        rows = [(s, n) for s, _, n in found if s not in book][:window]
         if action is policy.EvictAction.THIN:
+            # thin the oldest stretch not yet thinned in this round; at the newest end
+            # start the next round (the whole class then gets sparser, oldest first)
+            tally.thin_mark[cls] = rows[-1][0] if len(rows) >= window else 0
             drop = set(policy.thin([s for s, _ in rows]))
             rows = [r for r in rows if r[0] in drop]
+            if not rows:
+                continue
         if not rows:
             ineffective.add(cls)
             continue
@@ -137,11 +144,14 @@ async def evict_to(
         nbytes = sum(n for _, n in rows)
         tally.remove(cls, len(rows), nbytes)
         tally.evicted[cls] += len(rows)
-        log.debug("buffer: %s %d %s rows (%d bytes)", action.value, len(rows), cls.name, nbytes)
         if action is policy.EvictAction.THIN:
-            freed = used - await used_bytes()
-            if freed < policy.THIN_MIN_YIELD * nbytes:
+            thinned[cls] += nbytes
+            freed[cls] += used - await used_bytes()
+            if thinned[cls] > policy.THIN_JUDGE_BYTES and (
+                freed[cls] < policy.THIN_MIN_YIELD * thinned[cls]
+            ):
                 ineffective.add(cls)
+        log.debug("buffer: %s %d %s rows (%d bytes)", action.value, len(rows), cls.name, nbytes)
     return await used_bytes() <= target_used
 
 

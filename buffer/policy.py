@@ -24,8 +24,10 @@ from buffer.schema import PAGE_SIZE
 THIN_KEEP_EVERY = 4
 #: A class with fewer evictable rows than this is trimmed by range, not thinned.
 THIN_MIN_ROWS = 64
-#: Thinning that frees less than this share of the bytes it deleted is "ineffective".
+#: Thinning that frees less than this share of the bytes it deleted is "ineffective"
+#: (judged once it has deleted THIN_JUDGE_BYTES within one eviction).
 THIN_MIN_YIELD = 0.25
+THIN_JUDGE_BYTES = 256 * 1024
 #: Rows considered per eviction step (bounds the transaction and the WAL growth).
 EVICT_MIN_ROWS = 32
 EVICT_MAX_ROWS = 4096
@@ -33,6 +35,8 @@ EVICT_MAX_ROWS = 4096
 EVICT_HEADROOM = 0.02
 #: Per-row storage overhead estimate (record header, cell pointer, B-tree slack).
 ROW_OVERHEAD_BYTES = 40
+#: Smallest budget the store plans with (the config allows no less).
+MIN_MAX_BYTES = 1024 * 1024
 #: WAL bound: a share of max_bytes, clamped.
 WAL_SHARE = 16  # 1/16 of max_bytes
 WAL_MIN_BYTES = 64 * 1024

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: Seqs reserved per durable mark update: one tiny fsync per this many events.
 SEQ_RESERVE_BLOCK = 100_000
 QUARANTINE_INFIX = ".corrupt-"
+#: How long an open waits for another process holding the file before giving up.
+LOCK_TIMEOUT_S = 2.0
 _SIDE_FILES = ("-wal", "-shm")
 
 
@@ -145,7 +147,7 @@ def _is_locked(exc: BaseException) -> bool:
 
 
 async def _open_and_check(db: Path, pragmas: str) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(db, isolation_level=None)
+    conn = await aiosqlite.connect(db, isolation_level=None, timeout=LOCK_TIMEOUT_S)
     try:
         await conn.executescript(pragmas)
         mode = [tuple(r) for r in await conn.execute_fetchall("PRAGMA journal_mode")]

@@ -49,8 +49,14 @@ EXPIRE_INTERVAL_S = 10.0
 MAX_QUEUED_EVENTS = 200_000
 #: Retries of a group commit that hit a full disk, evicting in between.
 MAX_FULL_RETRIES = 3
+#: Share of the filesystem's size the buffer plans for at most (if max_bytes is larger).
+FS_SHARE = 0.9
 #: Free space kept on the filesystem beyond the WAL bound.
 FS_RESERVE_BYTES = 256 * 1024
+#: Ballast file kept beside the buffer: deleted on ENOSPC so that a checkpoint and an
+#: eviction can still run on a filesystem that someone else filled up; recreated
+#: when the filesystem has room again.
+BALLAST_BYTES = 512 * 1024
 
 
 class StoreState(Enum):
@@ -83,6 +89,15 @@ def _is_full(exc: BaseException) -> bool:
     return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
+def _budget_for(cfg: BufferConfig) -> policy.Budget:
+    """The size budget: ``max_bytes``, or less on a filesystem smaller than that."""
+    limit = cfg.max_bytes
+    with contextlib.suppress(OSError):
+        st = os.statvfs(Path(cfg.path).parent)
+        limit = min(limit, max(policy.MIN_MAX_BYTES, int(st.f_blocks * st.f_frsize * FS_SHARE)))
+    return policy.make_budget(limit)
+
+
 class SqliteStore(LeaseOps):
     """Durable, bounded event log implementing :class:`buffer.api.EventStore`."""
 
@@ -99,7 +114,7 @@ class SqliteStore(LeaseOps):
         self._path = Path(cfg.path)
         self._conn: aiosqlite.Connection = opened.conn
         self._now_ms = now_ms
-        self._budget = policy.make_budget(cfg.max_bytes)
+        self._budget = _budget_for(cfg)
         self._full = cfg.durability == "full"
         self._lock = asyncio.Lock()
         self._book = LeaseBook()
@@ -119,7 +134,7 @@ class SqliteStore(LeaseOps):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="truckgw-buffer-sync")
         self._wal_fd: int | None = None
         self._last_sync = time.monotonic()
-        self._last_expire = 0.0
+        self._last_expire = time.monotonic()
         self._writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -145,7 +160,7 @@ class SqliteStore(LeaseOps):
         """
         clock = now_ms or _wall_ms
         path = Path(cfg.path)
-        budget = policy.make_budget(cfg.max_bytes)
+        budget = _budget_for(cfg)
         pragmas = schema.connection_pragmas(
             full=cfg.durability == "full",
             wal_autocheckpoint=budget.wal_autocheckpoint_pages,
@@ -182,6 +197,8 @@ class SqliteStore(LeaseOps):
             raise
         try:
             await store._reserve(base)
+            await store._run_sync(store._make_ballast)
+            await store.expire_now()
         except BaseException:
             await store._shutdown_io()
             raise
@@ -346,6 +363,7 @@ class SqliteStore(LeaseOps):
                     self._disk_full = True
                     self._tally.extra["disk_full_errors"] += 1
                     log.warning("buffer: disk full on commit (attempt %d): %s", attempt + 1, exc)
+                    await self._run_sync(self._drop_ballast)
                     with contextlib.suppress(sqlite3.Error):
                         await self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
                     continue
@@ -440,18 +458,58 @@ class SqliteStore(LeaseOps):
             await self._conn.executemany(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", rows)
 
+    async def expire_now(self) -> int:
+        """Drop events older than their class TTL now; returns how many (also periodic)."""
+        self._check_open()
+        self._last_expire = time.monotonic()
+        if not self._ttl_ms:
+            return 0
+        async with self._lock:
+            n = await expire(self._conn, self._book, self._tally, self._ttl_ms, self._now_ms())
+        if n:
+            log.info("buffer: expired %d events past their TTL", n)
+        return n
+
     async def _housekeeping(self) -> None:
         now = time.monotonic()
         if self._ttl_ms and now - self._last_expire >= EXPIRE_INTERVAL_S:
-            self._last_expire = now
-            async with self._lock:
-                n = await expire(self._conn, self._book, self._tally, self._ttl_ms,
-                                 self._now_ms())
-            if n:
-                log.info("buffer: expired %d events past their TTL", n)
-        if not self._full and now - self._last_sync >= NORMAL_SYNC_INTERVAL_S:
+            await self.expire_now()
+        if now - self._last_sync >= NORMAL_SYNC_INTERVAL_S:
             self._last_sync = now
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._sync_wal)
+            await self._run_sync(self._sync_wal if not self._full else self._make_ballast)
+            if not self._full:
+                await self._run_sync(self._make_ballast)
+
+    async def _run_sync(self, fn: Callable[[], object]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _ballast(self) -> Path:
+        return self._path.with_name(self._path.name + ".ballast")
+
+    def _drop_ballast(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._ballast().unlink()
+            log.warning("buffer: released %d bytes of ballast to recover", BALLAST_BYTES)
+
+    def _make_ballast(self) -> None:
+        """(Re)create the ballast file if the filesystem has comfortable room for it."""
+        path = self._ballast()
+        try:
+            if path.exists():
+                return
+            st = os.statvfs(self._path.parent)
+            if st.f_bavail * st.f_frsize < 4 * BALLAST_BYTES:
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, bytes(BALLAST_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("buffer: no ballast: %s", exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _sync_wal(self) -> None:
         """fsync the WAL (normal durability): bounds what a power cut can take."""

@@ -176,20 +176,19 @@ class Truck:
     # ------------------------------------------------------------------ internals
 
     def _tick(self, h: float) -> None:
-        st = self.state
-        t = st.t_s + h
+        t = self.state.t_s + h
         self._phase_left -= h
         if self._phase is Phase.PARKED and self._phase_left <= 0:
             self._phase, self._phase_left = Phase.WARMUP, self.params.warmup_s
-            st = replace(st, trip_fuel_l=0.0)
+            self.state = replace(self.state, trip_fuel_l=0.0)
         elif self._phase in (Phase.WARMUP, Phase.DWELL) and self._phase_left <= 0:
             self._phase = Phase.DRIVING
         if self._phase is Phase.DRIVING:
-            self._drive(h)
+            self._drive(h)  # may refuel at a fuel stop (updates self.state)
         else:
             self._v, self._a = 0.0, 0.0
-        self._faults(t)
-        self.state = self._books(st, t, h)
+        self._faults(t)  # may change the active DTCs (updates self.state)
+        self.state = self._books(self.state, t, h)
 
     def _drive(self, h: float) -> None:
         route = self.route

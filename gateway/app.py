@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from buffer.store import SqliteStore
+from buffer.store import SqliteStore, StoreState
 from gateway import __version__
 from gateway.clock import Clock
 from gateway.config import EX_CONFIG, TruckConfig
@@ -265,7 +265,7 @@ class Agent:
 
     async def _monitor(self) -> None:
         """Refresh the health snapshot, state file and metrics every interval."""
-        while True:
+        while not self._store_failed():
             await self._refresh()
             hwm = self._snapshot.get("buffer", {}).get("committed_seq")
             if hwm != self._last_hwm:
@@ -286,7 +286,7 @@ class Agent:
             return
         period = self._wd_s / 2
         reported: str | None = None
-        while True:
+        while not self._store_failed():
             problem = self.probe.problem(self.commits, self._group_tasks_alive())
             if problem is None:
                 self.notifier.watchdog()
@@ -298,6 +298,13 @@ class Agent:
                 self.notifier.status(f"unhealthy: {problem}")
             reported = problem
             await asyncio.sleep(period)
+
+    def _store_failed(self) -> bool:
+        """The store's writer died: only a restart (which reopens and recovers) helps."""
+        if self.store is not None and self.store.state is StoreState.FAILED:
+            self.request_stop(EX_FAILURE, "the buffer failed and must be reopened")
+            return True
+        return False
 
     def _group_tasks_alive(self) -> str | None:
         """The name of a supervised task whose supervisor has ended, if any."""

@@ -36,6 +36,7 @@ from drivers.j1939 import (
     make_id,
     request_payload,
 )
+from drivers.slcan import BufferedSlcanBus
 from gateway.config import CanConfig
 from gateway.events import Event
 from gateway.recording.can import CanRecorder
@@ -304,7 +305,8 @@ class CanDriver:
         kwargs: dict[str, Any] = {"interface": cfg.interface, "channel": cfg.channel,
                                   "bitrate": cfg.bitrate}
         if cfg.interface == "slcan":
-            kwargs["listen_only"] = cfg.listen_only
+            # python-can's slcan, reading whole buffers instead of byte by byte
+            return BufferedSlcanBus(cfg.channel, bitrate=cfg.bitrate, listen_only=cfg.listen_only)
         return can.Bus(**kwargs)
 
     def _mark_rates(self, now: float, *, reset: bool = False) -> None:

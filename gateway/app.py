@@ -25,11 +25,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -44,15 +42,13 @@ from gateway.liveness import CommitTracker, HealthProbe
 from gateway.logsetup import RateLimitFilter, setup_logging
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.snapshot import build_snapshot
+from gateway.supervisor import TaskInfo, supervise
 
 log = logging.getLogger(__name__)
 
 EX_OK = 0
 EX_FAILURE = 1  # unrecoverable fault: systemd restarts the unit
 SHUTDOWN_BUDGET_S = 4.5  # the issue asks for exit within 5 s of SIGTERM
-BACKOFF_MIN_S = 1.0
-BACKOFF_MAX_S = 30.0
-STABLE_S = 60.0  # a task that ran this long before crashing starts its backoff afresh
 FATAL_UNHEALTHY_S = 300.0
 DEFAULT_STALL_S = 10.0
 
@@ -68,26 +64,6 @@ class Phase(Enum):
 
     def __repr__(self) -> str:
         return f"Phase.{self.name}"
-
-
-@dataclass(slots=True)
-class TaskInfo:
-    """Supervision record of one named pipeline task."""
-
-    name: str
-    restarts: int = 0
-    alive: bool = False
-    last_error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """For the state file."""
-        return {"alive": self.alive, "restarts": self.restarts, "last_error": self.last_error}
-
-
-def backoff_delay(streak: int, lo: float = BACKOFF_MIN_S, hi: float = BACKOFF_MAX_S) -> float:
-    """Capped exponential backoff with jitter: uniform in [cap/2, cap]."""
-    cap = min(hi, lo * 2 ** min(streak, 30))
-    return random.uniform(cap / 2, cap)
 
 
 class Agent:
@@ -200,37 +176,7 @@ class Agent:
         return tg.create_task(self._supervise(self.tasks[name], body), name=name)
 
     async def _supervise(self, info: TaskInfo, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` until cancelled, restarting it with backoff when it fails."""
-        streak = 0
-        while not self._stop.is_set():
-            started = time.monotonic()
-            info.alive = True
-            try:
-                await body()
-            except ConfigError as exc:
-                info.alive, info.last_error = False, str(exc)
-                log.critical("task %s: configuration error: %s", info.name, exc)
-                self.request_stop(EX_CONFIG, f"configuration error in {info.name}")
-                return
-            except Exception as exc:  # a crashed task restarts; the others keep running
-                info.last_error = f"{type(exc).__name__}: {exc}"
-                # the traceback only at debug level: a flapping device must not fill the journal
-                log.error("task %s crashed: %s", info.name, info.last_error,  # noqa: TRY400
-                          exc_info=log.isEnabledFor(logging.DEBUG))
-            else:
-                if self._stop.is_set():
-                    break
-                info.last_error = "returned unexpectedly"
-                log.warning("task %s returned unexpectedly", info.name)
-            finally:
-                info.alive = False
-            info.restarts += 1
-            streak = 0 if time.monotonic() - started >= STABLE_S else streak + 1
-            delay = backoff_delay(streak)
-            log.info("restarting task %s in %.1f s", info.name, delay)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stop.wait()
+        await supervise(info, body, self._stop, self.request_stop)
 
     # ------------------------------------------------------------------ tasks
 

@@ -188,7 +188,8 @@ def test_status_command_reads_the_state_file(tmp_path: Path) -> None:
                                can_interface="virtual"))
     log = tmp_path / "agent.log"
     with reaped(start_agent(conf, log, {})) as proc:
-        assert wait_for((tmp_path / "state.json").exists, 30), log.read_text()
+        running = lambda: (read_state(tmp_path / "state.json") or {}).get("can")  # noqa: E731
+        assert wait_for(running, 30), log.read_text()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0, log.read_text()
     res = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "-c", str(conf),

@@ -37,7 +37,12 @@ class FakeReceiver:
         self.master, self.slave = master, slave
 
     def unplug(self) -> None:
-        """Close both sides: the driver's reads fail and the device node disappears."""
+        """Close both sides: the driver's reads fail and the device node disappears.
+
+        The link goes too, as udev removes ``/dev/serial/by-id`` links: left behind, it
+        could point at a pty number another test has been given meanwhile.
+        """
+        self.path.unlink(missing_ok=True)
         for fd in (self.slave, self.master):
             if fd is not None:
                 os.close(fd)

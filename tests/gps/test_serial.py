@@ -78,8 +78,9 @@ async def test_stream_split_at_random_boundaries_with_garbage(receiver: FakeRece
                 b"$", b"#"), b"$GPGGA,garbage*00\r\n", b"$$"])
     receiver.plug()
     events: list[Event] = []
+    # a generous idle flush: a loaded machine must not split an epoch between writes
     driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
-                       events.append, Clock(), **FAST)
+                       events.append, Clock(), **{**FAST, "idle_flush_s": 0.5})
     async with running(driver):
         await wait_until(lambda: driver.state is GpsState.RECEIVING)
         i = 0

@@ -59,7 +59,7 @@ class CanState(enum.Enum):
 
     STOPPED = "stopped"  # run() not running
     CONNECTING = "connecting"  # opening the bus
-    ACTIVE = "active"  # bus open, frames arriving
+    ACTIVE = "active"  # bus open, frames heard within SILENT_AFTER_S
     SILENT = "silent"  # bus open, no frame for SILENT_AFTER_S (ignition off?)
     BACKOFF = "backoff"  # the last attempt failed; waiting before the next
 
@@ -73,9 +73,15 @@ class CanState(enum.Enum):
 class CanDriver:
     """Reads a J1939 bus through python-can and hands ``engine`` / ``dtc`` events to a sink.
 
-    ``bus_factory`` builds the bus (tests and the simulator pass a ``virtual`` bus);
-    by default it is ``can.Bus(interface=cfg.interface, channel=cfg.channel,
-    bitrate=cfg.bitrate)`` (plus ``listen_only`` for slcan).
+    ``bus_factory`` builds the bus (tests and the simulator may pass a ``virtual``
+    bus); by default it is ``can.Bus(interface=cfg.interface, channel=cfg.channel,
+    bitrate=cfg.bitrate)``, except for ``slcan``, which opens
+    :class:`drivers.slcan.BufferedSlcanBus` (python-can's slcan with buffered reads)
+    with ``listen_only`` from the config. Other backends take listen-only from the
+    interface setup (``ip link set can0 type can listen-only on`` for socketcan).
+
+    Events go to ``sink`` on the event loop; ``now_ms`` stamps them. ``run()`` never
+    raises for device problems; :attr:`state` and :meth:`stats` tell how it goes.
     """
 
     def __init__(
@@ -199,7 +205,7 @@ class CanDriver:
         reader = self._reader
         if reader is None:
             return
-        self.decoder.expire(self.now_ms())
+        self.decoder.expire(int(now * 1000))
         self._mark_rates(now)
         if self._state is CanState.ACTIVE and now - self._last_frame_at > SILENT_AFTER_S:
             self._set_state(CanState.SILENT)
@@ -242,7 +248,9 @@ class CanDriver:
         inbox = reader.inbox
         if not inbox:
             return
-        ts = self.now_ms()
+        ts = self.now_ms()  # event time: the gateway's (GPS-disciplined) clock
+        # transport-protocol timeouts run on the monotonic loop clock: immune to clock steps
+        mono_ms = int(asyncio.get_running_loop().time() * 1000)
         feed = self.decoder.feed
         rec = self.recorder
         bits = 0
@@ -257,7 +265,7 @@ class CanDriver:
             bits += (67 if msg.is_extended_id else 47) + 8 * dlc
             if msg.is_remote_frame:
                 continue
-            out = feed(ts, msg.arbitration_id, msg.data, extended=msg.is_extended_id)
+            out = feed(mono_ms, msg.arbitration_id, msg.data, extended=msg.is_extended_id)
             if out is None:
                 continue
             if type(out) is SignalUpdate:

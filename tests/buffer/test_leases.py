@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,8 +59,8 @@ def test_coverage_matches_a_naive_model(ops: list[tuple[bool, int, int]]) -> Non
     got = {s for lo, hi in book.intervals for s in range(lo, hi + 1)}
     assert got == covered
     ivs = book.intervals
-    assert all(a[1] + 1 < b[0] for a, b in zip(ivs, ivs[1:], strict=False))
-    for x in range(0, 80):
+    assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ivs))
+    for x in range(80):
         start, end = book.gap_up(x)
         assert start >= x and start not in covered
         assert all(s not in covered for s in range(start, min(end, 80) + 1))

@@ -160,6 +160,7 @@ class SqliteStore(LeaseOps):
         """
         clock = now_ms or _wall_ms
         path = Path(cfg.path)
+        recovery.prepare_folder(path)  # so the budget can look at the filesystem
         budget = _budget_for(cfg)
         pragmas = schema.connection_pragmas(
             full=cfg.durability == "full",

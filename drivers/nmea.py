@@ -19,6 +19,7 @@ fix and misreads u-blox RMC status; see ``DOMAIN.md`` section 2.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -183,7 +184,10 @@ def parse_sentence(line: bytes) -> Sentence:
         raise ChecksumError(f"bad checksum digits: {line[star:]!r}") from exc
     if checksum(body) != want:
         raise ChecksumError(f"checksum mismatch: {line[:40]!r}")
-    f = body.decode("ascii").split(",")
+    try:
+        f = body.decode("ascii").split(",")
+    except UnicodeDecodeError as exc:  # the framer never passes these; direct callers may
+        raise NmeaParseError(f"non-ASCII sentence: {line[:40]!r}") from exc
     addr = f[0]
     if addr.startswith("P") or len(addr) != 5:
         return Sentence(talker="P" if addr.startswith("P") else addr[:2], kind=addr)
@@ -201,21 +205,34 @@ def _field(f: list[str], i: int) -> str:
     return f[i] if i < len(f) else ""
 
 
+# plain decimals only: float() would also take "nan", "inf", "1e5" and "1_0"
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_UNSIGNED = re.compile(r"\d+")
+
+
 def _num(f: list[str], i: int) -> float | None:
     s = _field(f, i)
-    return float(s) if s else None
+    if not s:
+        return None
+    if not _DECIMAL.fullmatch(s):
+        raise ValueError(f"number {s!r}")
+    return float(s)
 
 
 def _int(f: list[str], i: int) -> int | None:
     s = _field(f, i)
-    return int(s) if s else None
+    if not s:
+        return None
+    if not _UNSIGNED.fullmatch(s):
+        raise ValueError(f"integer {s!r}")
+    return int(s)
 
 
 def _tod(s: str) -> int | None:
     """``hhmmss[.sss]`` -> milliseconds since midnight."""
     if not s:
         return None
-    if len(s) < 6 or not s[:6].isdigit():
+    if len(s) < 6 or not _DECIMAL.fullmatch(s) or not s[:6].isdigit():
         raise ValueError(f"time {s!r}")
     h, m, sec = int(s[0:2]), int(s[2:4]), float(s[4:])
     if h > 23 or m > 59 or sec >= 61:
@@ -223,16 +240,20 @@ def _tod(s: str) -> int | None:
     return (h * 3600 + m * 60) * 1000 + round(sec * 1000)
 
 
+_COORD = {2: re.compile(r"\d{4}(?:\.\d*)?"), 3: re.compile(r"\d{5}(?:\.\d*)?")}
+
+
 def _coord(value: str, hemi: str, deg_digits: int) -> float | None:
     """``(d)ddmm.mmmm`` + hemisphere -> signed degrees; empty -> None."""
     if not value and not hemi:
         return None
-    if hemi not in ("N", "S", "E", "W") or len(value) < deg_digits + 2:
+    ok_hemi = ("N", "S") if deg_digits == 2 else ("E", "W")
+    if hemi not in ok_hemi or not _COORD[deg_digits].fullmatch(value):
         raise ValueError(f"coordinate {value!r},{hemi!r}")
     deg, minutes = int(value[:deg_digits]), float(value[deg_digits:])
-    if minutes >= 60 or deg > (90 if deg_digits == 2 else 180):
-        raise ValueError(f"coordinate {value!r}")
     out = deg + minutes / 60.0
+    if minutes >= 60 or out > (90 if deg_digits == 2 else 180):
+        raise ValueError(f"coordinate {value!r}")
     return -out if hemi in ("S", "W") else out
 
 
@@ -245,7 +266,7 @@ def _latlon(f: list[str], i: int) -> tuple[float | None, float | None]:
 def _date(s: str) -> dt.date | None:
     if not s:
         return None
-    if len(s) != 6 or not s.isdigit():
+    if not _UNSIGNED.fullmatch(s) or len(s) != 6:
         raise ValueError(f"date {s!r}")
     return dt.date(2000 + int(s[4:6]), int(s[2:4]), int(s[0:2]))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pytest
@@ -16,10 +17,12 @@ from drivers.nmea import (
     NmeaParseError,
     Rmc,
     Sentence,
+    checksum,
     parse_sentence,
 )
 from drivers.nmea_epoch import EpochMerger, NmeaDecoder
 from gateway.errors import DecodeError
+from gateway.events import Event, encode_body
 from tests.gps.nmea_util import epoch, sentence
 
 UBX = bytes.fromhex("b562 0107 5c00") + bytes(range(92)) + b"\x12\x34"  # NAV-PVT-like frame
@@ -241,3 +244,65 @@ def test_received_stamp_is_that_of_the_epochs_first_chunk() -> None:
     [fix] = dec.feed(b, 11.0)
     assert fix.received == 10.0
     assert dec.flush()[0].received == 11.0
+
+
+FIELD = st.one_of(
+    st.just(""), st.sampled_from(["nan", "inf", "-inf", "1e5", "1_0", "+3", "-0", "A", "V",
+                                  "N", "S", "E", "W", "M", "99.99", "0", "1", "8",
+                                  "4807.038", "01131.000", "9000.000", "18000.000",
+                                  "120000.00", "235960", "150626", "310299", "320126"]),
+    st.text(alphabet="0123456789.-+eNSEWAV", max_size=12),
+)
+
+
+TEMPLATES = [
+    "GPRMC,120000.00,A,4807.038,N,01131.000,E,22.4,84.4,150626,3.1,W,A",
+    "GNGGA,120000.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",
+    "GLGLL,4807.038,N,01131.000,E,120000.00,A,A",
+    "GAVTG,84.4,T,,M,22.4,N,41.5,K,A",
+    "BDGSA,A,3,01,02,03,,,,,,,,,,1.5,0.9,1.2",
+]
+
+
+@given(st.lists(st.tuples(st.integers(0, len(TEMPLATES) - 1),
+                          st.lists(st.tuples(st.integers(0, 15), FIELD), max_size=3)),
+                min_size=1, max_size=6))
+@settings(max_examples=800, deadline=None)
+def test_hostile_fields_decode_or_raise_a_decode_error(
+    mutations: list[tuple[int, list[tuple[int, str]]]],
+) -> None:
+    """Real sentences with hostile fields and good checksums: a typed error, or a sane fix."""
+    stream = b""
+    for which, changes in mutations:
+        fields = TEMPLATES[which].split(",")
+        for idx, value in changes:
+            if 0 < idx < len(fields):
+                fields[idx] = value
+        line = sentence(",".join(fields), crlf=False)
+        with contextlib.suppress(DecodeError):
+            parse_sentence(line)
+        stream += line + b"\r\n"
+    dec = NmeaDecoder()
+    for fix in dec.feed(stream) + dec.flush():
+        assert fix.fix in (0, 2, 3)
+        body = encode_body(Event("gps", fix.utc_ms or 0, fix.fields()))  # finite numbers only
+        assert body.startswith(b'{"ts":')
+        if fix.fix:
+            assert fix.lat is not None
+            assert fix.lon is not None
+            assert -90 <= fix.lat <= 90
+            assert -180 <= fix.lon <= 180
+
+
+def test_non_finite_and_exotic_numbers_are_rejected() -> None:
+    for body in ("GPRMC,120000,A,4807.038,N,01131.000,E,nan,,150626,,",
+                 "GPGGA,120000,4807.038,N,01131.000,E,1,08,inf,500,M,,M,,",
+                 "GPGGA,120000,48nan,N,01131.000,E,1,08,0.9,500,M,,M,,",
+                 "GPGGA,120000,4807.038,N,01131.000,E,1,1_0,0.9,500,M,,M,,",
+                 "GPRMC,120000,A,4807.038,N,01131.000,E,1e3,,150626,,",
+                 "GPRMC,120000,A,9000.001,N,01131.000,E,,,150626,,"):
+        with pytest.raises(NmeaParseError):
+            parse_sentence(sentence(body, crlf=False))
+    raw = b"GP\xff\xfeRMC"
+    with pytest.raises(DecodeError):
+        parse_sentence(b"$" + raw + b"*%02X" % checksum(raw))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.j1939 import (
@@ -41,6 +41,7 @@ def test_split_id(can_id: int, expected: J1939Id) -> None:
     assert split_id(can_id) == expected
 
 
+@settings(deadline=None)  # no per-example time limit on a busy CI machine
 @given(st.integers(0, 0x3FFFF), st.integers(0, 255), st.integers(0, 255), st.integers(0, 7))
 def test_make_id_round_trips(pgn: int, sa: int, da: int, prio: int) -> None:
     got = split_id(make_id(pgn, sa, da=da, priority=prio))
@@ -147,6 +148,7 @@ def test_table_is_extensible_data() -> None:
     assert out.values == {"ambient_temp_c": 25.0}
 
 
+@settings(deadline=None)  # no per-example time limit on a busy CI machine
 @given(st.integers(0, 0x1FFFFFFF), st.binary(max_size=8), st.booleans())
 def test_any_frame_never_raises(can_id: int, data: bytes, extended: bool) -> None:
     d = J1939Decoder()
@@ -158,6 +160,7 @@ def test_any_frame_never_raises(can_id: int, data: bytes, extended: bool) -> Non
     split_id(can_id)
 
 
+@settings(deadline=None)  # no per-example time limit on a busy CI machine
 @given(st.sampled_from(sorted(PGN_TABLE)), st.binary(min_size=8, max_size=8))
 def test_table_values_respect_not_available(pgn: int, data: bytes) -> None:
     """No decoded value ever comes from a raw field in the error / not-available range."""

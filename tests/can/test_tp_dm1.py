@@ -244,6 +244,7 @@ def test_dm1_lamp_not_available_is_absent() -> None:
     assert dm1.lamps_dict() == {"red_stop": "off", "amber_warning": "off"}
 
 
+@settings(deadline=None)  # no per-example time limit on a busy CI machine
 @given(st.binary(max_size=64))
 def test_dm1_any_bytes(data: bytes) -> None:
     d = J1939Decoder()

@@ -83,6 +83,7 @@ class Agent:
         self.tasks: dict[str, TaskInfo] = {}
         self.exit_code = EX_OK
         self._stop = asyncio.Event()
+        self._stop_requested_at: float | None = None
         self._started_mono = time.monotonic()
         self._started_at = time.time()
         self._wd_s = watchdog_interval_s()
@@ -103,6 +104,7 @@ class Agent:
         """Begin an orderly shutdown; the first non-zero code wins."""
         if not self._stop.is_set():
             log.info("stopping: %s", reason)
+            self._stop_requested_at = time.monotonic()
         if code and not self.exit_code:
             self.exit_code = code
         self._stop.set()
@@ -165,8 +167,9 @@ class Agent:
             await self._close_store()
         self.phase = Phase.STOPPED if self.exit_code == EX_OK else Phase.FAILED
         await self._refresh()
-        log.info("stopped with exit code %d; committed seq high-water mark %s",
-                 self.exit_code, self._snapshot.get("buffer", {}).get("committed_seq"))
+        took = time.monotonic() - (self._stop_requested_at or time.monotonic())
+        log.info("stopped with exit code %d; committed seq high-water mark %s; shutdown %.2f s",
+                 self.exit_code, self._snapshot.get("buffer", {}).get("committed_seq"), took)
         return self.exit_code
 
     def _spawn(

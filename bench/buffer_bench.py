@@ -29,6 +29,7 @@ from gateway.events import Event, encode_body
 
 CMD = "python bench/buffer_bench.py " + " ".join(sys.argv[1:])
 CHUNK = 2000  # events submitted between awaits (a busy ingest loop)
+MAX_CHUNKS_IN_FLIGHT = 10
 
 
 def _io() -> dict[str, int]:
@@ -50,12 +51,19 @@ async def _append(cfg: BufferConfig, n: int) -> tuple[float, float, dict[str, in
     t0 = time.perf_counter()
     async with await SqliteStore.open(cfg) as store:
         io0 = _io()  # after open: the one-time ballast file is not per-event cost
+        outstanding: deque[asyncio.Future[int]] = deque()
         for start in range(0, n, CHUNK):
             for i in range(start, min(n, start + CHUNK)):
-                store.submit(_event(i))
+                fut = store.submit(_event(i))
+            outstanding.append(fut)
+            if len(outstanding) > MAX_CHUNKS_IN_FLIGHT:  # a producer that awaits its appends
+                await outstanding.popleft()
             await asyncio.sleep(0)
         await store.flush()
         t1 = time.perf_counter()
+        st = await store.stats()
+        assert st.pending == n, st
+        assert not sum(st.evicted_by_class.values()), st
     io1 = _io()  # after close: includes the final checkpoint
     return n / (t1 - t0), t1 - t0, {k: io1[k] - io0[k] for k in io0}
 

@@ -142,6 +142,16 @@ def test_gps_vanishing_and_can_errors_do_not_stop_the_uplink(
                 log.read_text())
             assert proc.poll() is None
             assert section("uplink").get("state") == "connected"
+            # the retained status topic carries the health summary too
+
+            def online() -> dict[str, Any]:
+                status = sink.live("T1").get("status")
+                return status if isinstance(status, dict) else {}
+
+            assert wait_for(lambda: online().get("state") == "online" and
+                            (online().get("can") or {}).get("state") == "active", 15), online()
+            assert online()["buffer"]["committed_seq"] > 0
+            assert online()["gps"]["fix"] is True
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(15) == 0, log.read_text()
         assert wait_for(lambda: sink.live("T1").get("status", {}).get("state") == "offline", 10)

@@ -98,9 +98,11 @@ class LeaseOps:
                     pos = edge + 1 if asc else edge - 1
                 else:
                     pos = last + 1 if asc else last - 1  # type: ignore[operator]
-        if first is not None and last is not None:
-            lo_c, hi_c = (first, last) if asc else (last, first)
-            self._book.add(((e.seq, e.priority, len(e.body)) for e in taken), lo_c, hi_c)
+            # still under the lock: a release between the scan's queries would otherwise
+            # be covered over again and its events hidden from later scans
+            if first is not None and last is not None:
+                lo_c, hi_c = (first, last) if asc else (last, first)
+                self._book.add(((e.seq, e.priority, len(e.body)) for e in taken), lo_c, hi_c)
         if not taken:
             return None
         if not asc:
@@ -162,14 +164,19 @@ class LeaseOps:
 
     async def release(self, seqs: Sequence[int]) -> None:
         """Return leased events to pending (e.g. on disconnect). Unknown seqs are ignored."""
-        if self._book.release(seqs):
-            self._tally.extra["released"] += 1
+        async with self._lock:  # never in the middle of a lease scan (see lease)
+            n = self._book.release(seqs)
+        if n:
+            self._tally.extra["released"] += n
             self._pending_evt.set()
 
     async def release_all(self) -> None:
-        """Return every leased event to pending."""
-        if len(self._book):
+        """Return every leased event to pending (e.g. when the connection is lost)."""
+        async with self._lock:
+            n = len(self._book)
             self._book.clear()
+        if n:
+            self._tally.extra["released"] += n
             self._pending_evt.set()
 
     async def wait_pending(self, timeout: float) -> bool:

@@ -63,10 +63,10 @@ async def _run(path: Path, ops: list[tuple[Any, ...]]) -> None:
                 _, lane, n = op
                 batch = await store.lease(lane, n, 10**9)
                 if batch is not None:
-                    seqs = set(batch.seqs)
+                    got = set(batch.seqs)
                     held = {s for b in m.leased for s in b.seqs}
-                    assert not seqs & held, "a leased seq was handed out twice"
-                    assert not seqs & m.acked and seqs <= set(m.appended)
+                    assert not got & held, "a leased seq was handed out twice"
+                    assert not got & m.acked and got <= set(m.appended)
                     assert len(batch.events) <= n
                     m.leased.append(batch)
                 else:

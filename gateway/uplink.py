@@ -124,6 +124,7 @@ class Uplink:
         try:
             while not self._closing:
                 sess = Session(self, asyncio.get_running_loop(), self._executor)
+                self._chooser.reset()
                 self._session = sess
                 try:
                     await sess.serve()
@@ -276,6 +277,8 @@ class Uplink:
 
     def published(self, flight: Flight) -> None:
         """A message left: count it and charge the bandwidth bucket."""
+        if flight.lane is not None:
+            self._chooser.sent(flight.lane)
         self._bucket.spend(flight.nbytes, time.monotonic())
         self._counters["published_messages"] += 1
         self._counters["published_events"] += len(flight.seqs)
@@ -301,8 +304,8 @@ class Uplink:
         if new >= self.max_payload_bytes:
             return False
         log.warning(
-            "uplink: broker refused a %d-byte message as too large; max payload now %d bytes"
-            " (set [mqtt].max_payload_bytes below the broker's limit)",
+            "uplink: broker refused (or dropped the link on) a %d-byte message; max payload"
+            " now %d bytes (set [mqtt].max_payload_bytes below the broker's limit)",
             refused_size, new,
         )
         self.max_payload_bytes = new

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -44,6 +44,18 @@ def read_password(cfg: MqttConfig) -> str | None:
     return text.splitlines()[0] if text else ""
 
 
+class _TlsContext(ssl.SSLContext):
+    """An SSLContext that remembers its last socket: paho leaks the socket of a failed
+    TLS handshake, so :func:`connect_blocking` closes it."""
+
+    last_socket: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        self.last_socket = sock
+        return sock
+
+
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """A client TLS context that always verifies the server (never a silent downgrade).
 
@@ -51,16 +63,18 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
     on mutual TLS.
     """
     try:
-        ctx = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
-        )
+        ctx = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.ca_file is not None:
+            ctx.load_verify_locations(cafile=str(tls.ca_file))
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if tls.cert_file is not None:
             key = str(tls.key_file) if tls.key_file else None
             ctx.load_cert_chain(str(tls.cert_file), key)
     except (OSError, ssl.SSLError) as exc:
         raise UplinkError(f"cannot load TLS material: {exc}") from exc
-    # create_default_context sets both already; asserted so a refactor cannot drop them
+    # asserted so that a refactor cannot silently drop verification
     if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
         raise UplinkError("TLS context does not verify the server")
     return ctx
@@ -84,7 +98,9 @@ def make_client(
     if cfg.username is not None:
         client.username_pw_set(cfg.username, read_password(cfg))
     if cfg.tls is not None:
-        client.tls_set_context(tls_context(cfg.tls))
+        ctx = tls_context(cfg.tls)
+        client.tls_set_context(ctx)
+        client.user_data_set({"tls": ctx})
     props = None
     if cfg.protocol == "5":
         props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]  # paho leaves Properties.__init__ unannotated
@@ -93,14 +109,25 @@ def make_client(
     return client
 
 
-def connect_blocking(client: mqtt.Client, cfg: MqttConfig) -> None:
-    """DNS + TCP + TLS + send CONNECT (blocking; run in a worker thread)."""
-    if cfg.protocol == "5":
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # as above
-        props.SessionExpiryInterval = 0
-        client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True, properties=props)
-    else:
-        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+def connect_blocking(client: mqtt.Client, cfg: MqttConfig) -> MQTTErrorCode:
+    """DNS + TCP + TLS + send CONNECT (blocking; run in a worker thread).
+
+    Returns paho's result of sending CONNECT; raises OSError/SSLError when the TCP or
+    TLS connection cannot be made.
+    """
+    try:
+        if cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # as above
+            props.SessionExpiryInterval = 0
+            return client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True,
+                                  properties=props)
+        return client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+    except BaseException:
+        data = client.user_data_get()
+        ctx = data.get("tls") if isinstance(data, dict) else None
+        if isinstance(ctx, _TlsContext) and ctx.last_socket is not None:
+            ctx.last_socket.close()
+        raise
 
 
 class SocketDriver:

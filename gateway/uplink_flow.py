@@ -74,16 +74,19 @@ class TokenBucket:
 
 @dataclass(slots=True)
 class LaneChooser:
-    """Splits the in-flight window between the live and the backfill lane.
+    """Splits the uplink between the live lane and the backfill lane.
 
-    ``live_share`` of the window (rounded up, at least one slot when the share is above
-    zero) may carry newest-first batches; the rest drains the backlog oldest-first.
-    Both lanes take from the same pending pool, so the choice only decides which end
-    the next batch comes from.
+    ``live_share`` is the share of *messages* that come from the live lane (newest
+    first) while the rest drains the backlog oldest first; the in-flight window is
+    split in the same proportion (at least one live slot when the share is above
+    zero). Both lanes take from the same pending pool, so the choice only decides
+    which end of the backlog the next batch comes from. The live lane goes first.
     """
 
     window: int
     live_share: float
+    live_sent: int = 0
+    backfill_sent: int = 0
 
     @property
     def live_slots(self) -> int:
@@ -95,9 +98,23 @@ class LaneChooser:
     def choose(self, live_inflight: int, backfill_inflight: int) -> Lane:
         """The lane for the next batch given the messages in flight per lane."""
         backfill_slots = self.window - self.live_slots
-        if live_inflight < self.live_slots:
-            # live comes first whenever it has a free slot: the newest data is the most wanted
+        live_free = live_inflight < self.live_slots
+        back_free = backfill_inflight < backfill_slots
+        total = self.live_sent + self.backfill_sent
+        live_due = self.live_sent <= self.live_share * total  # below its share so far
+        if live_free and (live_due or not back_free):
             return Lane.LIVE
-        if backfill_inflight < backfill_slots:
+        if back_free:
             return Lane.BACKFILL
         return Lane.LIVE if backfill_slots == 0 else Lane.BACKFILL
+
+    def sent(self, lane: Lane) -> None:
+        """Count a message sent from ``lane``."""
+        if lane is Lane.LIVE:
+            self.live_sent += 1
+        else:
+            self.backfill_sent += 1
+
+    def reset(self) -> None:
+        """Start a new connection's accounting."""
+        self.live_sent = self.backfill_sent = 0

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: MQTT 5 reason code "Packet too large".
 RC_PACKET_TOO_LARGE = 0x95
+#: Disconnect reasons after which the largest in-flight message is suspected too large:
+#: malformed packet, protocol error, packet too large.
+RC_MAYBE_TOO_LARGE = frozenset({0x81, 0x82, RC_PACKET_TOO_LARGE})
 #: Half-open detection: no inbound byte for this many keepalives ends the connection.
 KEEPALIVE_FACTOR = 1.5
 #: Extra paho in-flight slots beyond the event window (status messages).
@@ -93,6 +96,7 @@ class Session:
         self.connected_at: float | None = None
         self.ended_at: float | None = None
         self.keepalive = float(m.keepalive_s)
+        self.disconnect_reason = "no reason given"
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -121,18 +125,25 @@ class Session:
                 m, up.cfg.client_id, will_topic=up.status_topic, will_payload=will,
                 inflight=self.window + EXTRA_INFLIGHT,
             )
-            self.client.on_connect = self._on_connect
-            self.client.on_disconnect = self._on_disconnect
-            self.client.on_publish = self._on_publish
             done = self.executor.submit(connect_blocking, self.client, m)
             try:
-                await asyncio.wrap_future(done)
+                rc = await asyncio.wrap_future(done)
             except asyncio.CancelledError:
                 # the worker cannot be interrupted: close whatever socket it ends up with
                 done.add_done_callback(lambda _: self._close_socket())
                 raise
         except (OSError, ssl.SSLError, ValueError, GatewayError) as exc:
             self._fail(f"cannot connect to {m.host}:{m.port}: {exc}", refused=_is_tls_refusal(exc))
+            return
+        # callbacks only now: paho must never call us from the worker thread
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        if rc != mqtt.MQTT_ERR_SUCCESS or self.client.socket() is None:
+            self._close_socket()
+            self._fail(f"connection to {m.host}:{m.port} failed while sending CONNECT: "
+                       f"{mqtt.error_string(rc)}; with TLS this is how a broker rejects a "
+                       "missing or unknown client certificate")
             return
         self.driver = SocketDriver(self.loop, self.client)
         self.driver.attach()
@@ -142,7 +153,15 @@ class Session:
         except TimeoutError:
             self._fail(f"no CONNACK from {m.host}:{m.port}")
             return
-        if self.ended.is_set() or self.refused:
+        if self.refused:
+            return
+        if self.ended.is_set():
+            self.up.count("connect_failures")
+            text = (f"{m.host}:{m.port} closed the connection before CONNACK "
+                    f"({self.disconnect_reason}); with TLS this is how a broker rejects a "
+                    "missing or unknown client certificate")
+            log.warning("uplink: %s", text)
+            self.up.note_error(text)
             return
         await self._connected()
 
@@ -339,6 +358,13 @@ class Session:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, rc: Any,
                        _props: Any) -> None:
+        code = int(getattr(rc, "value", 0))
+        self.disconnect_reason = reason_text(rc)
+        sizes = [f.nbytes for f in self.flights.values() if f.lane is not None]
+        if code in RC_MAYBE_TOO_LARGE and sizes and not self.ended.is_set():
+            # Mosquitto 2.0 answers an oversized PUBLISH with a PUBACK paho cannot parse
+            # (protocol error); other brokers DISCONNECT with 0x95. Either way: go smaller.
+            self.up.shrink_payload(max(sizes))
         if not self.ended.is_set():
             text = f"disconnected from {self.m.host}:{self.m.port}: {reason_text(rc)}"
             if self.connected_at is not None and not self.draining:

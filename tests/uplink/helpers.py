@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,21 @@ from buffer.api import EventStore
 from gateway import wire
 from gateway.config import BufferConfig, MqttConfig, TruckConfig
 from gateway.events import Event
+from gateway.uplink import Uplink
+
+
+def counter(up: Uplink, name: str) -> int:
+    """An integer counter of ``up.stats()``."""
+    value = up.stats()[name]
+    assert isinstance(value, int), (name, value)
+    return value
+
+
+def as_root() -> list[str]:
+    """Mosquitto started as root drops to user "mosquitto", which cannot read tmp_path:
+    keep root (tests only) so it can read password, ACL, certificate and persistence
+    files there."""
+    return ["user root"] if os.geteuid() == 0 else []
 
 
 def make_cfg(tmp_path: Path, host: str, port: int, *, truck_id: str = "truck-001",
@@ -67,10 +84,20 @@ class Subscriber:
     """A paho subscriber in its own loop thread that decodes every batch it gets."""
 
     def __init__(self, host: str, port: int, topic: str = "fleet/#", *,
-                 protocol: str = "5", **tls: Any) -> None:
-        proto = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{id(self)}",
-                                  protocol=proto)
+                 protocol: str = "5", persistent: bool = False, **tls: Any) -> None:
+        """``persistent``: an MQTT 3.1.1 session that survives a broker restart (with
+        broker persistence on) and reconnects by itself, so nothing sent meanwhile is
+        missed by the test."""
+        if persistent:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sub-persistent",
+                                      protocol=MQTTProtocolVersion.MQTTv311,
+                                      clean_session=False)
+            self.client.reconnect_delay_set(1, 1)
+        else:
+            proto = (MQTTProtocolVersion.MQTTv5 if protocol == "5"
+                     else MQTTProtocolVersion.MQTTv311)
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                      client_id=f"sub-{id(self)}", protocol=proto)
         if tls:
             self.client.tls_set(**tls)
         self.topic = topic
@@ -96,13 +123,13 @@ class Subscriber:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         ctype = getattr(msg.properties, "ContentType", None) if msg.properties else None
         with self.lock:
-            self.raw.append((msg.topic, msg.payload, ctype))
+            payload = bytes(msg.payload)
+            self.raw.append((msg.topic, payload, ctype))
             try:
                 if msg.topic.endswith("/status"):
-                    import json
                     self.status.append(json.loads(msg.payload))
                     return
-                batch = wire.decode_payload(msg.payload,
+                batch = wire.decode_payload(payload,
                                             compact=wire.is_compact(msg.topic, ctype))
             except Exception as exc:
                 self.errors.append(f"{msg.topic}: {exc!r}")

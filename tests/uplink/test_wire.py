@@ -1,0 +1,188 @@
+"""Pure tests of the wire format: round trips, size limits, topics, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import cbor2
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buffer.api import StoredEvent
+from gateway import wire
+from gateway.errors import WireError
+from gateway.events import Event, encode_body
+from tests.uplink.helpers import mixed_event
+
+
+def stored(seq: int, ev: Event) -> StoredEvent:
+    return StoredEvent(seq, ev.ts_ms, ev.type, ev.priority, encode_body(ev))
+
+
+def events(n: int, start: int = 1) -> list[StoredEvent]:
+    return [stored(start + i, mixed_event(i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("encoding", ["json", "compact"])
+def test_round_trip_keeps_every_field(encoding: str) -> None:
+    evs = events(50)
+    out = wire.encode_batches("truck-7", evs, encoding, 1 << 20)
+    assert len(out) == 1
+    payload, seqs = out[0]
+    assert seqs == tuple(range(1, 51))
+    batch = wire.decode_payload(payload, compact=encoding == "compact")
+    assert batch["truck_id"] == "truck-7"
+    for ev, got in zip(evs, batch["events"], strict=True):
+        want = json.loads(ev.body)
+        want["seq"] = ev.seq
+        assert got == want  # floats exactly equal: canonical CBOR only shortens losslessly
+
+
+def test_json_event_is_body_with_seq_in_front() -> None:
+    ev = stored(42, Event("gps", 5, {"lat": 1.5}))
+    assert wire.wire_event_json(42, ev.body) == b'{"seq":42,"ts":5,"type":"gps","lat":1.5}'
+    payload, _ = wire.encode_batches("t", [ev], "json", 4096)[0]
+    assert payload == b'{"truck_id":"t","events":[{"seq":42,"ts":5,"type":"gps","lat":1.5}]}'
+
+
+@pytest.mark.parametrize("encoding", ["json", "compact"])
+@pytest.mark.parametrize("limit", [1024, 3000, 20000])
+def test_split_respects_limit_and_keeps_order(encoding: str, limit: int) -> None:
+    evs = events(1500)
+    out = wire.encode_batches("truck-001", evs, encoding, limit)
+    assert len(out) > 1 if encoding == "json" or limit < 20000 else len(out) >= 1
+    assert all(len(p) <= limit for p, _ in out)
+    flat = [s for _, seqs in out for s in seqs]
+    assert flat == [e.seq for e in evs]
+    for p, seqs in out:
+        got = wire.decode_payload(p, compact=encoding == "compact")
+        assert [e["seq"] for e in got["events"]] == list(seqs)
+
+
+def test_json_payloads_are_packed_full() -> None:
+    out = wire.encode_batches("truck-001", events(500), "json", 4096)
+    # every payload but the last would overflow with one more event
+    for p, _ in out[:-1]:
+        assert len(p) > 4096 - 200
+
+
+def test_event_larger_than_limit_travels_alone() -> None:
+    big = stored(1, Event("dtc", 1, {"note": "x" * 3000}))
+    out = wire.encode_batches("t", [stored(0, mixed_event(0)), big, stored(2, mixed_event(2))],
+                              "json", 1024)
+    assert [s for _, s in out] == [(0,), (1,), (2,)]
+
+
+def test_compact_is_cbor_in_zstd() -> None:
+    payload, _ = wire.encode_batches("t", events(3), "compact", 4096)[0]
+    raw = zstandard.ZstdDecompressor().decompress(payload)
+    obj = cbor2.loads(raw)
+    assert obj["truck_id"] == "t"
+    assert [e["seq"] for e in obj["events"]] == [1, 2, 3]
+
+
+def test_compact_is_much_smaller_than_json() -> None:
+    evs = events(2000)
+    js = sum(len(p) for p, _ in wire.encode_batches("truck-001", evs, "json", 131072))
+    cp = sum(len(p) for p, _ in wire.encode_batches("truck-001", evs, "compact", 131072))
+    assert cp * 4 < js
+
+
+def test_topics_and_content_types() -> None:
+    assert wire.events_topic("fleet", "t1", "json", "5") == "fleet/t1/events"
+    assert wire.events_topic("fleet", "t1", "compact", "5") == "fleet/t1/events"
+    assert wire.events_topic("fleet", "t1", "json", "3.1.1") == "fleet/t1/events"
+    assert wire.events_topic("fleet", "t1", "compact", "3.1.1") == "fleet/t1/events/cbor-zstd"
+    assert wire.status_topic("a/b", "t1") == "a/b/t1/status"
+    assert wire.is_compact("fleet/t1/events", wire.CONTENT_TYPE_COMPACT)
+    assert not wire.is_compact("fleet/t1/events", wire.CONTENT_TYPE_JSON)
+    assert wire.is_compact("fleet/t1/events/cbor-zstd", None)
+    assert not wire.is_compact("fleet/t1/events", None)
+    with pytest.raises(ValueError, match="unknown wire encoding"):
+        wire.events_topic("fleet", "t1", "msgpack", "5")
+
+
+def test_status_payload() -> None:
+    obj = json.loads(wire.encode_status("t1", "online", 123, {"pending": 4, "state": "x"}))
+    assert obj == {"state": "online", "truck_id": "t1", "ts": 123, "pending": 4}
+
+
+@pytest.mark.parametrize(
+    ("payload", "compact", "match"),
+    [
+        (b"not json", False, "not valid"),
+        (b"[]", False, "not an object"),
+        (b'{"events":[]}', False, "truck_id"),
+        (b'{"truck_id":"t"}', False, "events list"),
+        (b'{"truck_id":"t","events":[1]}', False, "not an object"),
+        (b'{"truck_id":"t","events":[{"seq":true,"ts":1,"type":"x"}]}', False, "seq"),
+        (b'{"truck_id":"t","events":[{"seq":-1,"ts":1,"type":"x"}]}', False, "seq"),
+        (b'{"truck_id":"t","events":[{"seq":1,"ts":1.5,"type":"x"}]}', False, "ts"),
+        (b'{"truck_id":"t","events":[{"seq":1,"ts":1}]}', False, "type"),
+        (b"\x00\x01garbage", True, "zstd"),
+        (zstandard.ZstdCompressor().compress(b"\xff\xff"), True, "CBOR"),
+        (zstandard.ZstdCompressor().compress(cbor2.dumps({1: 2})), True, "truck_id"),
+    ],
+)
+def test_decode_rejects_bad_input(payload: bytes, compact: bool, match: str) -> None:
+    with pytest.raises(WireError, match=match):
+        wire.decode_payload(payload, compact=compact)
+
+
+def test_decode_refuses_a_zstd_bomb() -> None:
+    bomb = zstandard.ZstdCompressor().compress(b"\x00" * (2 << 20))
+    with pytest.raises(WireError, match="inflates"):
+        wire.decode_payload(bomb, compact=True, max_decoded_bytes=1 << 20)
+
+
+def test_decode_without_content_size_is_bounded() -> None:
+    cz = zstandard.ZstdCompressor(write_content_size=False)
+    good = cz.compress(cbor2.dumps({"truck_id": "t", "events": []}))
+    assert wire.decode_payload(good, compact=True)["events"] == []
+    bomb = cz.compress(b"\x00" * (2 << 20))
+    with pytest.raises(WireError, match="inflates"):
+        wire.decode_payload(bomb, compact=True, max_decoded_bytes=1 << 20)
+
+
+_fields = st.dictionaries(
+    st.text(min_size=1, max_size=12).filter(lambda k: k not in ("seq", "ts", "type")),
+    st.one_of(st.integers(-(2**53), 2**53), st.floats(allow_nan=False, allow_infinity=False),
+              st.text(max_size=20), st.booleans(), st.none(),
+              st.lists(st.integers(0, 1000), max_size=4)),
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    items=st.lists(st.tuples(st.sampled_from(["gps", "engine", "dtc"]),
+                             st.integers(0, 2**42), _fields), min_size=1, max_size=40),
+    encoding=st.sampled_from(["json", "compact"]),
+    limit=st.integers(1024, 8192),
+)
+def test_property_round_trip(items: list[tuple[str, int, dict[str, object]]], encoding: str,
+                             limit: int) -> None:
+    evs = [stored(i + 1, Event(t, ts, f)) for i, (t, ts, f) in enumerate(items)]
+    out = wire.encode_batches("truck-x", evs, encoding, limit)
+    got = []
+    for p, seqs in out:
+        batch = wire.decode_payload(p, compact=encoding == "compact")
+        assert [e["seq"] for e in batch["events"]] == list(seqs)
+        got.extend(batch["events"])
+    assert len(got) == len(evs)
+    for ev, g in zip(evs, got, strict=True):
+        want = json.loads(ev.body)
+        want["seq"] = ev.seq
+        assert g == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), compact=st.booleans())
+def test_property_decode_never_crashes(data: bytes, compact: bool) -> None:
+    with contextlib.suppress(WireError):
+        wire.decode_payload(data, compact=compact)
+
+

@@ -38,7 +38,7 @@ def test_round_trip_keeps_every_field(encoding: str) -> None:
     for ev, got in zip(evs, batch["events"], strict=True):
         want = json.loads(ev.body)
         want["seq"] = ev.seq
-        assert got == want  # floats exactly equal: canonical CBOR only shortens losslessly
+        assert got == want  # floats bit-identical: CBOR carries them as float64
 
 
 def test_json_event_is_body_with_seq_in_front() -> None:

@@ -26,7 +26,7 @@ from sim.ports import PtyPort
 from sim.report import write_report
 from sim.route import list_routes, load_route
 from sim.runner import TruckSim
-from sim.sink import Sink, format_summary
+from sim.sink import Sink, format_summary, session_store_conf
 from sim.slcan_adapter import SlcanPtyAdapter
 from sim.truck import DTC_CATALOGUE, Truck, TruckParams
 
@@ -92,9 +92,9 @@ class Demo:
         self.args = args
         self.base = base
         self.out: TextIO = sys.stdout
-        self.broker = Mosquitto(workdir=_mkdir(base / "broker"), extra_conf=[
-            # keep sessions across the outage so the sink's queued messages survive it
-            "persistence true", f"persistence_location {base / 'broker'}/"])
+        # keep sessions across the outage so the sink's queued messages survive it
+        self.broker = Mosquitto(workdir=_mkdir(base / "broker"),
+                                extra_conf=session_store_conf(base / "broker" / "store"))
         self.gps = PtyPort(base / "gps0")
         self.can = SlcanPtyAdapter(base / "can0")
         params = TruckParams(warmup_s=8.0, start_parked_s=2.0, fault_every_s=args.fault_every)

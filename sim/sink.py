@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -220,6 +221,20 @@ class Sink:
         with self._lock:
             st = self.stats.trucks.get(truck_id)
             return list(st.track) if st else []
+
+
+def session_store_conf(store: Path) -> list[str]:
+    """Mosquitto config lines that keep sessions (and queued QoS 1 messages) across a restart.
+
+    A consumer with a persistent session then misses nothing published while it was
+    reconnecting after a broker outage. Mosquitto started as root drops to its own
+    user before it saves, which cannot write a private temporary folder: stay root then.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    lines = ["persistence true", f"persistence_location {store}/"]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    return lines
 
 
 def _content_type(msg: mqtt.MQTTMessage) -> str | None:

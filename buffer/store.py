@@ -36,7 +36,7 @@ from buffer.maint import Tally, expire
 from buffer.reader import LeaseOps
 from gateway.config import BufferConfig
 from gateway.errors import StoreError
-from gateway.events import Event, Priority, encode_body
+from gateway.events import Event, Priority, encode_body, seq_gap_event
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ class SqliteStore(CommitOps, LeaseOps):
             base = max(meta.get(schema.META_LAST_SEQ, 0), opened.salvaged_seq)
             for (value,) in await conn.execute_fetchall(schema.MAX_SEQ_SQL):
                 base = max(base, int(value or 0))
+            known = base  # the highest seq this file can vouch for
             if mark is not None and (
                 mark.clean or opened.fresh or opened.quarantined or not mark.full
             ):
@@ -172,6 +173,18 @@ class SqliteStore(CommitOps, LeaseOps):
             await store._shutdown_io()
             raise
         store._writer = asyncio.create_task(store._run_writer(), name="buffer-writer")
+        if base > known:
+            # Tell consumers which seqs they will never get and why, so a jump over a
+            # reservation is never mistaken for (or confused with) a silent loss.
+            if opened.quarantined is not None:
+                reason = "quarantine"
+            elif opened.fresh:
+                reason = "missing_file"
+            else:
+                reason = "unclean_start"
+            log.warning("buffer: seqs %d..%d will never be sent (%s)", known + 1, base, reason)
+            notice = store.submit(seq_gap_event(clock(), known + 1, base, reason))
+            notice.add_done_callback(_log_failed_notice)
         if store._tally.total_pending():
             store._pending_evt.set()
         log.info(
@@ -356,3 +369,8 @@ class SqliteStore(CommitOps, LeaseOps):
     def file_bytes(self) -> int:
         """Size of the database file plus its WAL, in bytes."""
         return self._disk.file_bytes()
+
+
+def _log_failed_notice(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("buffer: could not record the seq gap notice: %s", fut.exception())

@@ -28,6 +28,7 @@ TYPE_PRIORITY: Mapping[str, Priority] = {
     "dtc": Priority.CRITICAL,
     "trip": Priority.CRITICAL,
     "status": Priority.CRITICAL,
+    "seq_gap": Priority.CRITICAL,
     "gps": Priority.POSITION,
     "engine": Priority.TELEMETRY,
 }
@@ -48,6 +49,19 @@ class Event:
     def priority(self) -> Priority:
         """The eviction class of this event's type."""
         return TYPE_PRIORITY.get(self.type, Priority.CRITICAL)
+
+
+def seq_gap_event(ts_ms: int, first: int, last: int, reason: str) -> Event:
+    """The notice a store records when seqs ``first..last`` will never be delivered.
+
+    ``reason`` is ``"unclean_start"`` (the agent stopped without closing the buffer:
+    the numbers were reserved but never used, or, in ``normal`` durability after a power
+    cut, lost in the last commit window) or ``"quarantine"`` (the buffer file was
+    corrupt and set aside; its undelivered events stay in the quarantined file) or
+    ``"missing_file"`` (the buffer file was gone at start: deleted by hand).
+    Consumers treat a missing seq inside such a range as explained, not as a loss.
+    """
+    return Event("seq_gap", ts_ms, {"first": first, "last": last, "reason": reason})
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)

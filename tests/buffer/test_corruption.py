@@ -10,6 +10,7 @@ from buffer.recovery import mark_path, quarantined_files
 from buffer.schema import PAGE_SIZE
 from buffer.store import SqliteStore
 from gateway.config import BufferConfig
+from gateway.events import decode_body
 
 from .conftest import make_event
 
@@ -35,7 +36,11 @@ async def test_garbage_header_is_quarantined_and_seq_continues(cfg: BufferConfig
         seq = await s.append(make_event())
         assert seq > last
         b = await s.lease(Lane.BACKFILL, 10, 10**6)
-        assert b is not None and b.seqs == (seq,)
+        # first the notice that tells consumers which seqs went with the quarantined file
+        assert b is not None and b.seqs == (seq - 1, seq)
+        notice = decode_body(b.events[0].body)
+        assert notice["type"] == "seq_gap" and notice["reason"] == "quarantine"
+        assert notice["first"] <= last + 1 and notice["last"] == seq - 2
     (q,) = quarantined_files(cfg.path)
     assert q.name == "buf.db.corrupt-20260101T000000Z"
     assert q.read_bytes() == damaged != original  # kept byte for byte

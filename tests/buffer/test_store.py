@@ -134,6 +134,9 @@ async def test_seq_never_reused_when_file_deleted(cfg: BufferConfig) -> None:
     cfg.path.unlink()
     async with await SqliteStore.open(cfg) as s:
         assert await s.append(make_event()) > last
+        b = await s.lease(Lane.BACKFILL, 10, 10**6)
+        assert b is not None
+        assert decode_body(b.events[0].body)["reason"] == "missing_file"
 
 
 async def test_unclean_normal_stop_jumps_over_the_reservation(cfg: BufferConfig) -> None:
@@ -143,8 +146,14 @@ async def test_unclean_normal_stop_jumps_over_the_reservation(cfg: BufferConfig)
     reserved = 10**6 + last
     mark_path(cfg.path).write_text(f'{{"reserved": {reserved}, "clean": false, "full": false}}')
     async with await SqliteStore.open(cfg) as s:
-        assert await s.append(make_event()) == reserved + 1
+        # the jump is announced to consumers with a seq_gap notice, then data continues
+        assert await s.append(make_event()) == reserved + 2
         assert (await s.stats()).extra["unclean_start"] == 1
+        b = await s.lease(Lane.BACKFILL, 10, 10**6)
+        assert b is not None
+        notice = decode_body(b.events[-2].body)
+        assert notice == {"ts": notice["ts"], "type": "seq_gap", "first": last + 1,
+                          "last": reserved, "reason": "unclean_start"}
 
 
 async def test_unclean_full_stop_trusts_the_database(make_cfg: Callable[..., BufferConfig]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from sim.truck import DTC_CATALOGUE, Truck, TruckParams
 
 EX_OK, EX_FAIL, EX_UNAVAILABLE = 0, 1, 69
 TRUCK_ID = "DEMO-0001"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 DTC_TEXT = {(spn, fmi): desc for spn, fmi, desc, _lamp in DTC_CATALOGUE}
 
 
@@ -166,10 +168,9 @@ class Demo:
                            if self.outage_until is not None else None,
                            phase=self.sim.truck.state.phase.value)
         if not self.args.plain and self.out.isatty():
-            self.out.write("\x1b[H\x1b[2J")
-        self.out.write("\n".join(lines) + "\n")
-        if self.args.plain or not self.out.isatty():
-            self.out.write("\n")
+            self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        else:  # a log or a pipe: plain lines, one block per refresh
+            self.out.write(_ANSI.sub("", "\n".join(lines)) + "\n\n")
         self.out.flush()
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ import select
 import time
 from pathlib import Path
 
-from drivers.nmea import ChecksumError, Gga, NmeaFramer, Rmc, parse_sentence
+from drivers.nmea import ChecksumError, Gga, NmeaFramer, Rmc, Sentence, parse_sentence
 from sim.faults import FaultPlan
 from sim.ports import PtyPort
 from sim.route import load_route
@@ -75,8 +75,9 @@ async def run_with(tmp_path: Path, faults: list[str], seconds: float,
     return sim, reader
 
 
-def parsed(data: bytes) -> tuple[list[object], int]:
-    ok, bad = [], 0
+def parsed(data: bytes) -> tuple[list[Sentence], int]:
+    ok: list[Sentence] = []
+    bad = 0
     for line in NmeaFramer().feed(data):
         try:
             ok.append(parse_sentence(line))

@@ -195,7 +195,9 @@ def cmd_truck(args: argparse.Namespace) -> int:
     finally:
         outputs.close()
     st = sim.truck.state
-    print(f"done: {sim.epochs} NMEA epochs, {sim.frames} CAN frames, "
+    dropped = outputs.can.dropped if isinstance(outputs.can, SlcanPtyAdapter) else 0
+    print(f"done: {sim.epochs} NMEA epochs, {sim.frames} CAN frames "
+          f"({dropped} dropped while the adapter was closed), "
           f"odometer {st.odometer_km:.1f} km, fuel used {st.trip_fuel_l:.1f} L")
     return EX_OK
 

@@ -231,17 +231,17 @@ class LatencyProbe:
 
 
 async def live_latency(workdir: Path, host: str, port: int, backlog: int,
-                       probe_host: str, probe_port: int) -> tuple[list[float], int]:
-    db = workdir / f"live-{port}.db"
+                       probe_host: str, probe_port: int, rate: int = 0) -> tuple[list[float], int]:
+    db = workdir / f"live-{port}-{rate}.db"
     store = await filled_store(db, backlog)
     probe = LatencyProbe(probe_host, probe_port)
-    up = Uplink(truck_cfg(db, host, port, keepalive_s=30), store)
+    up = Uplink(truck_cfg(db, host, port, keepalive_s=30, bandwidth_bytes_per_s=rate), store)
     task = asyncio.create_task(up.run(), name="uplink")
     sent_at: dict[int, float] = {}
     lat: list[float] = []
     try:
         live = realistic_events(10**6, seed=99)
-        while (await store.stats()).pending > 1000 and len(sent_at) < 5000:
+        while (await store.stats()).pending > 1000 and len(sent_at) < 500:
             t = time.perf_counter()
             seq = await store.append(next(live))
             with probe.lock:
@@ -273,7 +273,35 @@ def pct(xs: list[float], p: float) -> float:
 # ----------------------------------------------------------------------------- main
 
 
-async def main(n: int, live_backlog: int) -> None:
+async def drains(work: Path, broker: Mosquitto, proxy: TcpProxy, n: int) -> None:
+    """Backlog drain: ours vs. the naive baseline, on loopback and through the proxy."""
+    print(f"\n## drain of a {n}-event backlog (QoS 1, acked + deleted)", flush=True)
+    res: dict[str, float] = {}
+    res["ours json loopback"] = await drain_ours(work, broker.host, broker.port, n, "json")
+    print(f"- ours json, loopback: {res['ours json loopback']:,.0f} events/s", flush=True)
+    res["ours compact loopback"] = await drain_ours(work, broker.host, broker.port, n,
+                                                    "compact")
+    print(f"- ours compact, loopback: {res['ours compact loopback']:,.0f} events/s",
+          flush=True)
+    base_lo, base_lo_n = await drain_baseline(work, broker.host, broker.port, n, n, 60)
+    print(f"- naive baseline, loopback: {base_lo:,.0f} events/s ({base_lo_n} events"
+          f"{'' if base_lo_n == n else ', bounded at 60 s'})", flush=True)
+    res["ours json 100ms"] = await drain_ours(work, proxy.host, proxy.port, n, "json")
+    print(f"- ours json, 100 ms RTT proxy: {res['ours json 100ms']:,.0f} events/s",
+          flush=True)
+    res["ours compact 100ms"] = await drain_ours(work, proxy.host, proxy.port, n,
+                                                 "compact")
+    print(f"- ours compact, 100 ms RTT proxy: {res['ours compact 100ms']:,.0f} events/s",
+          flush=True)
+    base_px, base_px_n = await drain_baseline(work, proxy.host, proxy.port, 2000, 150, 20)
+    print(f"- naive baseline, 100 ms RTT proxy: {base_px:,.1f} events/s (measured on "
+          f"{base_px_n} events, extrapolated: {n} events would take "
+          f"{n / base_px / 3600:.1f} h)", flush=True)
+    print(f"- speed-up: loopback {res['ours json loopback'] / base_lo:.1f}x, "
+          f"100 ms RTT {res['ours json 100ms'] / base_px:,.0f}x (json)", flush=True)
+
+
+async def main(n: int, live_backlog: int, *, skip_drain: bool = False) -> None:
     print(f"# uplink bench: {n} events, python {sys.version.split()[0]}, "
           f"cores shared with other work", flush=True)
     evs = stored(list(realistic_events(20_000)))
@@ -297,37 +325,17 @@ async def main(n: int, live_backlog: int) -> None:
         broker = Mosquitto()
         with broker, TcpProxy(broker.host, broker.port) as proxy:
             proxy.delay(RTT_MS / 2)
-            print(f"\n## drain of a {n}-event backlog (QoS 1, acked + deleted)", flush=True)
-            res: dict[str, float] = {}
-            res["ours json loopback"] = await drain_ours(work, broker.host, broker.port, n, "json")
-            print(f"- ours json, loopback: {res['ours json loopback']:,.0f} events/s", flush=True)
-            res["ours compact loopback"] = await drain_ours(work, broker.host, broker.port, n,
-                                                            "compact")
-            print(f"- ours compact, loopback: {res['ours compact loopback']:,.0f} events/s",
-                  flush=True)
-            base_lo, base_lo_n = await drain_baseline(work, broker.host, broker.port, n, n, 60)
-            print(f"- naive baseline, loopback: {base_lo:,.0f} events/s ({base_lo_n} events"
-                  f"{'' if base_lo_n == n else ', bounded at 60 s'})", flush=True)
-            res["ours json 100ms"] = await drain_ours(work, proxy.host, proxy.port, n, "json")
-            print(f"- ours json, 100 ms RTT proxy: {res['ours json 100ms']:,.0f} events/s",
-                  flush=True)
-            res["ours compact 100ms"] = await drain_ours(work, proxy.host, proxy.port, n,
-                                                         "compact")
-            print(f"- ours compact, 100 ms RTT proxy: {res['ours compact 100ms']:,.0f} events/s",
-                  flush=True)
-            base_px, base_px_n = await drain_baseline(work, proxy.host, proxy.port, 2000, 150, 20)
-            print(f"- naive baseline, 100 ms RTT proxy: {base_px:,.1f} events/s (measured on "
-                  f"{base_px_n} events, extrapolated: {n} events would take "
-                  f"{n / base_px / 3600:.1f} h)", flush=True)
-            print(f"- speed-up: loopback {res['ours json loopback'] / base_lo:.1f}x, "
-                  f"100 ms RTT {res['ours json 100ms'] / base_px:,.0f}x (json)", flush=True)
-
+            if not skip_drain:
+                await drains(work, broker, proxy, n)
             print(f"\n## live-first latency, {live_backlog}-event backlog draining, "
                   "a new event every 20 ms", flush=True)
-            for name, host, port in (("loopback", broker.host, broker.port),
-                                     ("100 ms RTT proxy", proxy.host, proxy.port)):
+            for name, host, port, rate in (
+                ("loopback", broker.host, broker.port, 0),
+                ("100 ms RTT proxy", proxy.host, proxy.port, 0),
+                ("100 ms RTT proxy + 1 MB/s cap", proxy.host, proxy.port, 1_000_000),
+            ):
                 lat, sent = await live_latency(work, host, port, live_backlog,
-                                               broker.host, broker.port)
+                                               broker.host, broker.port, rate)
                 if lat:
                     print(f"- {name}: p50 {statistics.median(lat) * 1000:.0f} ms, "
                           f"p99 {pct(lat, 99) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms "
@@ -343,7 +351,8 @@ if __name__ == "__main__":
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--live-backlog", type=int, default=100_000)
     ap.add_argument("--quick", action="store_true", help="20k events, 20k live backlog")
+    ap.add_argument("--skip-drain", action="store_true", help="only bytes and latency")
     a = ap.parse_args()
     if a.quick:
         a.events, a.live_backlog = 20_000, 20_000
-    asyncio.run(main(a.events, a.live_backlog))
+    asyncio.run(main(a.events, a.live_backlog, skip_drain=a.skip_drain))

@@ -135,6 +135,9 @@ class Session:
         except (OSError, ssl.SSLError, ValueError, GatewayError) as exc:
             self._fail(f"cannot connect to {m.host}:{m.port}: {exc}", refused=_is_tls_refusal(exc))
             return
+        if self.ended.is_set():  # close() came while connecting
+            self._close_socket()
+            return
         # callbacks only now: paho must never call us from the worker thread
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -25,7 +25,7 @@ from typing import Any
 from buffer.api import Batch, EventStore, Lane
 from gateway import __version__, wire
 from gateway.config import TruckConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, WireError
 from gateway.uplink_conn import publish_props
 from gateway.uplink_flow import Backoff, LaneChooser, TokenBucket
 from gateway.uplink_session import Flight, Session, UplinkState
@@ -88,6 +88,7 @@ class Uplink:
                 "published_messages", "published_events", "published_bytes", "acked_messages",
                 "acked_events", "released_events", "refused_publishes", "publish_timeouts",
                 "connects", "connect_failures", "refusals", "half_open_detected",
+                "dropped_unencodable",
             ),
             0,
         )
@@ -266,10 +267,27 @@ class Uplink:
         return await self._store.wait_pending(timeout)
 
     def encode(self, batch: Batch) -> list[tuple[bytes, tuple[int, ...]]]:
-        """Wire payloads for a leased batch."""
-        return wire.encode_batches(
-            self._cfg.truck_id, batch.events, self._m.encoding, self.max_payload_bytes
-        )
+        """Wire payloads for a leased batch.
+
+        A stored body that is not a JSON object can never be sent; rather than block
+        the backlog behind it forever, it is logged, counted (``dropped_unencodable``)
+        and deleted, and the rest of the batch goes.
+        """
+        enc, limit, tid = self._m.encoding, self.max_payload_bytes, self._cfg.truck_id
+        try:
+            return wire.encode_batches(tid, batch.events, enc, limit)
+        except WireError:
+            good = []
+            for ev in batch.events:
+                try:
+                    wire.encode_batches(tid, [ev], enc, limit)
+                except WireError as exc:
+                    log.error("uplink: dropping event seq %d: %s", ev.seq, exc)  # noqa: TRY400  # the reason is the message; no traceback needed
+                    self._counters["dropped_unencodable"] += 1
+                    self._queue("ack", (ev.seq,))
+                else:
+                    good.append(ev)
+            return wire.encode_batches(tid, good, enc, limit)
 
     def bandwidth_delay(self, nbytes: int) -> float:
         """Seconds to wait before ``nbytes`` may go (bandwidth cap)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,36 @@ async def test_cancel_leaves_the_will(
     finally:
         await up.close()
         sub.close()
+
+
+async def test_unencodable_stored_body_is_dropped_not_blocking(
+    tmp_path: Path, mosquitto: Mosquitto, open_store: Callable[[str], Awaitable[SqliteStore]]
+) -> None:
+    store = await open_store("buffer.db")
+    seqs = await append_many(store, 20)
+    await store.close()
+    # a body that is not a JSON object (bit rot the integrity check did not catch)
+    with sqlite3.connect(tmp_path / "buffer.db") as db:
+        db.execute("UPDATE ev_telemetry SET body = ? WHERE seq = ?", (b"\xffgarbage", seqs[5]))
+    db.close()
+    store = await open_store("buffer.db")
+    cfg = make_cfg(tmp_path, mosquitto.host, mosquitto.port)
+    sub = Subscriber(mosquitto.host, mosquitto.port)
+    up = Uplink(cfg, store)
+    task = asyncio.create_task(up.run(), name="uplink")
+    try:
+        good = set(seqs) - {seqs[5]}
+        assert await sub.wait_for(lambda s: good <= s.seen(), 10), up.stats()
+        assert seqs[5] not in sub.seen()
+        assert counter(up, "dropped_unencodable") == 1
+        for _ in range(100):
+            if (await store.stats()).pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await store.stats()).pending == 0
+    finally:
+        await up.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sub.close()
+        await store.close()

@@ -25,7 +25,7 @@ from typing import Any
 from buffer.api import Batch, EventStore, Lane
 from gateway import __version__, wire
 from gateway.config import TruckConfig
-from gateway.errors import GatewayError, WireError
+from gateway.errors import WireError
 from gateway.uplink_conn import publish_props
 from gateway.uplink_flow import Backoff, LaneChooser, TokenBucket
 from gateway.uplink_session import Flight, Session, UplinkState
@@ -355,7 +355,7 @@ class Uplink:
             if acks:
                 try:
                     await self._store.ack(acks)
-                except GatewayError as exc:
+                except Exception as exc:  # noqa: BLE001  # whatever the store raises, acks go on
                     log.error(  # noqa: TRY400  # a store error is reported, not a crash
                         "uplink: store ack of %d events failed (%s); they will be resent",
                         len(acks), exc,
@@ -364,7 +364,7 @@ class Uplink:
             if rels:
                 try:
                     await self._store.release(rels)
-                except GatewayError as exc:
+                except Exception as exc:  # noqa: BLE001  # as above
                     log.error(  # noqa: TRY400  # as above
                         "uplink: store release of %d events failed: %s", len(rels), exc
                     )

@@ -141,7 +141,7 @@ def check_plausible(t: dict[str, Any], sim: TruckSim) -> None:
 async def test_accelerated_drive_arrives_complete(mosquitto_factory: Callable[..., Mosquitto],
                                                   tmp_path: Path) -> None:
     broker = persistent_broker(mosquitto_factory, tmp_path)
-    t, sim = await drive(tmp_path, broker, seconds=20, speed=6)  # 2 minutes of driving
+    t, sim = await drive(tmp_path, broker, seconds=16, speed=8)  # 2 minutes of driving
     check_plausible(t, sim)
     assert sim.truck.state.t_s >= 60
 
@@ -149,7 +149,7 @@ async def test_accelerated_drive_arrives_complete(mosquitto_factory: Callable[..
 async def test_broker_outage_is_caught_up(mosquitto_factory: Callable[..., Mosquitto],
                                           tmp_path: Path) -> None:
     broker = persistent_broker(mosquitto_factory, tmp_path)
-    t, sim = await drive(tmp_path, broker, seconds=24, speed=6, outage=(9, 8))
+    t, sim = await drive(tmp_path, broker, seconds=18, speed=8, outage=(7, 6))
     check_plausible(t, sim)
     up = t["agent_state"]["uplink"]
     assert up.get("connects", 0) >= 2 or up.get("reconnects", 0) >= 1
@@ -171,7 +171,7 @@ async def test_replay_of_a_real_capture_reaches_the_sink(
     epochs = nmea_epochs((DATA / "nmea" / "neo-m8n.log").read_bytes())
     async with stack(tmp_path, broker) as s:
         await asyncio.sleep(3.0)  # python-can's slcan waits after opening the port
-        await replay(epochs=epochs, candump=dump, gps=s.gps, can=s.can, speed=6.0)
+        await replay(epochs=epochs, candump=dump, gps=s.gps, can=s.can, speed=10.0)
         await drained(s)
         t = s.sink.summary()["trucks"][TRUCK]
     lo, hi = log_rpm_range()

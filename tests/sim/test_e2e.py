@@ -53,13 +53,15 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path, broker: Mosquitto, *, protocol: str = "5",
+                encoding: str = "json") -> AsyncIterator[Stack]:
     gps = PtyPort(tmp_path / "gps0")
     can = SlcanPtyAdapter(tmp_path / "can0")
     gw = GatewayProcess(tmp_path / "gw", truck_config(
         truck_id=TRUCK, workdir=tmp_path / "gw", mqtt_host=broker.host, mqtt_port=broker.port,
-        gps_port=str(gps.link), can_channel=can.channel))
-    sink = Sink(broker.host, broker.port, "fleet", client_id=f"e2e-sink-{broker.port}")
+        gps_port=str(gps.link), can_channel=can.channel, protocol=protocol, encoding=encoding))
+    sink = Sink(broker.host, broker.port, "fleet", client_id=f"e2e-sink-{broker.port}",
+                protocol=protocol)
     sink.start()
     gw.start()
     try:
@@ -94,8 +96,9 @@ def in_range(ranges: dict[str, list[float]], key: str, lo: float, hi: float) -> 
 
 
 async def drive(tmp_path: Path, broker: Mosquitto, *, seconds: float, speed: float,
-                outage: tuple[float, float] | None = None) -> tuple[dict[str, Any], TruckSim]:
-    async with stack(tmp_path, broker) as s:
+                outage: tuple[float, float] | None = None, protocol: str = "5",
+                encoding: str = "json") -> tuple[dict[str, Any], TruckSim]:
+    async with stack(tmp_path, broker, protocol=protocol, encoding=encoding) as s:
         truck = Truck(load_route("hamburg-port-loop"), seed=3,
                       params=TruckParams(start_parked_s=2, warmup_s=4, fault_every_s=0))
         sim = TruckSim(truck, gps=s.gps, can=s.can, speed=speed,
@@ -138,10 +141,13 @@ def check_plausible(t: dict[str, Any], sim: TruckSim) -> None:
     assert t["lag_ms"]["max"] is not None
 
 
+@pytest.mark.parametrize(("protocol", "encoding"), [("5", "json"), ("3.1.1", "compact")])
 async def test_accelerated_drive_arrives_complete(mosquitto_factory: Callable[..., Mosquitto],
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, protocol: str,
+                                                  encoding: str) -> None:
     broker = persistent_broker(mosquitto_factory, tmp_path)
-    t, sim = await drive(tmp_path, broker, seconds=16, speed=8)  # 2 minutes of driving
+    t, sim = await drive(tmp_path, broker, seconds=16, speed=8,  # 2 minutes of driving
+                         protocol=protocol, encoding=encoding)
     check_plausible(t, sim)
     assert sim.truck.state.t_s >= 60
 

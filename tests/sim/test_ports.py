@@ -120,3 +120,32 @@ def test_unread_port_overruns_instead_of_blocking(tmp_path: Path) -> None:
         assert port.overruns >= 1
     finally:
         port.close()
+
+
+def test_python_can_virtual_output_answers_requests() -> None:
+    from sim.runner import PythonCanOutput  # noqa: PLC0415
+
+    seen: list[Frame] = []
+    out = PythonCanOutput("virtual", "sim-test-bus", on_request=seen.append)
+    peer = can.Bus(interface="virtual", channel="sim-test-bus")
+    try:
+        out.send([Frame(can_id(3, 61444, 0), bytes(8))])
+        msg = peer.recv(timeout=2)
+        assert msg is not None and msg.arbitration_id == can_id(3, 61444, 0)
+        assert msg.is_extended_id
+        peer.send(can.Message(arbitration_id=0x18EA00F9, data=b"\xe5\xfe\x00",
+                              is_extended_id=True))
+        deadline = time.monotonic() + 2
+        while not seen and time.monotonic() < deadline:
+            out.poll()
+            time.sleep(0.01)
+        assert seen == [Frame(0x18EA00F9, b"\xe5\xfe\x00")]
+        out.vanish()
+        out.send([Frame(can_id(3, 61444, 0), bytes(8))])  # dropped while off the bus
+        assert peer.recv(timeout=0.2) is None
+        out.reappear()
+        out.send([Frame(can_id(3, 61444, 0), bytes(8))])
+        assert peer.recv(timeout=2) is not None
+    finally:
+        peer.shutdown()
+        out.close()

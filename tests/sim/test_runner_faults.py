@@ -122,3 +122,36 @@ async def test_can_silence_and_dtc_on_demand(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10
     assert sim.frames == 0  # silent bus: nothing reached the adapter
     assert len(sim.truck.state.dtcs) == 3
+
+
+def link_exists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+async def test_can_adapter_vanishes_and_returns(tmp_path: Path) -> None:
+    gps = PtyPort(tmp_path / "gps0")
+    adapter = SlcanPtyAdapter(tmp_path / "can0")
+    truck = Truck(load_route("hamburg-port-loop"), seed=1,
+                  params=TruckParams(start_parked_s=0, warmup_s=0, fault_every_s=0))
+    sim = TruckSim(truck, gps=gps, can=adapter, faults=FaultPlan.parse(["can-vanish@0.5+1"]))
+    first = os.readlink(adapter.channel)
+    seen_gone = False
+
+    async def watch() -> None:
+        nonlocal seen_gone
+        for _ in range(300):
+            if not link_exists(adapter.channel):
+                seen_gone = True
+                return
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch(), name="watch")
+    try:
+        await sim.run(2.0)
+        await watcher
+        assert seen_gone
+        assert link_exists(adapter.channel)  # back, as a new pty
+        assert adapter.device.state.value == "closed"  # the host must open it again
+        assert os.readlink(adapter.channel).startswith("/dev/pts/") and first
+    finally:
+        sim.close()

@@ -153,3 +153,28 @@ def test_shared_subscription_splits_the_traffic(mosquitto: Mosquitto) -> None:
 def test_share_needs_mqtt5() -> None:
     with pytest.raises(ValueError, match="MQTT 5"):
         Sink("127.0.0.1", 1, share="g", protocol="3.1.1")
+
+
+@pytest.mark.broker
+def test_sink_on_mqtt311_reads_compact_from_the_topic_suffix(mosquitto: Mosquitto) -> None:
+    sink = Sink(mosquitto.host, mosquitto.port, "fleet", protocol="3.1.1")
+    sink.start()
+    pub = publisher(mosquitto)
+    try:
+        assert sink.wait_connected(10)
+        time.sleep(0.3)
+        now = int(time.time() * 1000)
+        (payload, _), = wire.encode_batches(
+            "TRK-3", [stored(i, "engine", now, engine_speed_rpm=800.0 + i) for i in (1, 2, 3)],
+            "compact", 10_000)
+        topic = wire.events_topic("fleet", "TRK-3", "compact", "3.1.1")
+        assert topic.endswith("/cbor-zstd")
+        pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        wait_for(lambda: sink.summary()["totals"]["unique"] >= 3)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        sink.stop()
+    t = sink.summary()["trucks"]["TRK-3"]
+    assert t["ranges"]["engine.engine_speed_rpm"] == [801.0, 803.0]
+    assert t["bad_payloads"] == 0

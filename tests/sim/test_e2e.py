@@ -132,6 +132,12 @@ def check_plausible(t: dict[str, Any], sim: TruckSim) -> None:
     in_range(r, "engine.fuel_level_pct", 0, 100)
     in_range(r, "engine.coolant_temp_c", -40, 110)
     in_range(r, "engine.oil_pressure_kpa", 100, 600)
+    in_range(r, "engine.accelerator_pedal_pct", 0, 100)
+    in_range(r, "engine.engine_load_pct", 0, 100)
+    in_range(r, "engine.fuel_rate_lph", 0, 120)
+    in_range(r, "engine.instant_fuel_economy_kmpl", 0, 60)
+    in_range(r, "gps.sats", 4, 20)
+    in_range(r, "gps.hdop", 0.5, 3)
     st = sim.truck.state
     in_range(r, "engine.total_distance_km", st.odometer_km - 5, st.odometer_km + 0.1)
     in_range(r, "engine.engine_hours_h", st.engine_hours_h - 0.5, st.engine_hours_h + 0.05)

@@ -115,11 +115,14 @@ class CommitOps:
         try:
             for p, r in rows.items():
                 await conn.executemany(schema.insert_sql(p), r)
-            if self._full:  # in normal mode the seq mark covers an unclean stop
-                await conn.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                    (schema.META_LAST_SEQ, batch[-1].seq),
-                )
+            # In every mode: after a crash the file then knows its own last commit, so
+            # the seq_gap notice of an unclean start covers only numbers never committed
+            # (normal mode still jumps over the reservation: a power cut may take back
+            # commits that were already delivered, and their seqs must not be reused).
+            await conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                (schema.META_LAST_SEQ, batch[-1].seq),
+            )
             await conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -87,6 +87,25 @@ class TruckStats:
     status: dict[str, Any] = field(default_factory=dict)
     track: list[dict[str, Any]] = field(default_factory=list)
     arrivals: collections.deque[int] = field(default_factory=collections.deque)
+    #: ``[first, last]`` ranges the truck announced it will never send (``seq_gap`` events)
+    never_sent: list[tuple[int, int]] = field(default_factory=list)
+
+    def announced_missing(self) -> int:
+        """Missing seqs that a ``seq_gap`` notice explains (not losses)."""
+        # the union of the notices, so overlapping ones count once
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(self.never_sent):
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        total = 0
+        for lo, hi in self.seqs.gaps():
+            for first, last in merged:
+                a, b = max(lo, first), min(hi, last)
+                if a <= b:
+                    total += b - a + 1
+        return total
 
     def rate(self, now_ms: int) -> float:
         """Events per second over the last few seconds of arrivals."""
@@ -105,7 +124,9 @@ class TruckStats:
             "first_seq": self.seqs.first,
             "last_seq": self.seqs.last,
             "missing": self.seqs.missing(),
+            "missing_announced": self.announced_missing(),
             "gaps": self.seqs.gaps()[:20],
+            "seq_gaps": [list(r) for r in self.never_sent[:20]],
             "batches": self.batches,
             "bad_payloads": self.bad_payloads,
             "by_type": dict(self.by_type),
@@ -156,6 +177,9 @@ class FleetStats:
     def _fold_event(st: TruckStats, ev: dict[str, Any], arrival_ms: int) -> None:
         etype = str(ev.get("type"))
         st.by_type[etype] += 1
+        if etype == "seq_gap" and isinstance(ev.get("first"), int) and isinstance(
+                ev.get("last"), int):
+            st.never_sent.append((ev["first"], ev["last"]))
         lag = arrival_ms - int(ev["ts"])
         st.lags_ms.append(lag)
         st.lag_max_ms = max(st.lag_max_ms, lag)

@@ -3,10 +3,11 @@
 ``Sink(host, port, prefix)`` subscribes (QoS 1) to ``{prefix}/+/events/#`` (both
 encodings, both protocols) and ``{prefix}/+/status``, decodes batches with
 :func:`gateway.wire.decode_payload` and folds them into :class:`~sim.sink_stats.FleetStats`.
-It uses a persistent MQTT session (fixed client id, no clean start), so messages
-published while it was reconnecting after a broker restart are queued for it when
-the broker keeps sessions. ``share="group"`` subscribes through ``$share/group/...``
-(MQTT 5) so several sinks split one fleet's traffic.
+Given a ``client_id`` it uses a persistent MQTT session (no clean start, 1 h expiry),
+so messages published while it was reconnecting after a broker restart are queued for
+it when the broker keeps sessions; without one it uses a random id and a clean session.
+``share="group"`` subscribes through ``$share/group/...`` (MQTT 5) so several sinks
+split one fleet's traffic.
 
 Usable in-process (tests, the demo) with ``start()``/``stop()``/``summary()``, or as
 ``truckgw sim sink``.
@@ -50,6 +51,9 @@ class Sink:
         self.host, self.port, self.prefix = host, port, prefix
         self.share = share
         self.protocol = protocol
+        # a persistent session only for a named client: a random id would leave an
+        # orphaned session (and its queued messages) on the broker after every run
+        self.persistent = client_id is not None
         self.client_id = client_id or f"truckgw-sink-{uuid.uuid4().hex[:8]}"
         self.stats = FleetStats()
         self.connected = threading.Event()
@@ -67,7 +71,7 @@ class Sink:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
+            clean_session=None if v5 else not self.persistent,
         )
         self._client.reconnect_delay_set(1, 2)
         self._client.on_connect = self._on_connect
@@ -87,7 +91,7 @@ class Sink:
         """Connect in the background (retries until the broker is up)."""
         props = None
         kwargs: dict[str, Any] = {}
-        if self.protocol == "5":
+        if self.protocol == "5" and self.persistent:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
             props.SessionExpiryInterval = SESSION_EXPIRY_S
             kwargs = {"clean_start": False, "properties": props}

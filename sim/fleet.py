@@ -125,7 +125,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if sink is not None:
         summary = sink.summary()
         print(format_summary(summary))
-        if args.expect_no_gaps and summary["totals"]["missing"]:
+        if args.expect_no_gaps and summary["totals"]["lost"]:
             return 1
     return 0
 

@@ -206,7 +206,10 @@ class Sink:
         with self._lock:
             trucks = {tid: st.summary() for tid, st in sorted(self.stats.trucks.items())}
         totals = {k: sum(int(t[k]) for t in trucks.values())
-                  for k in ("events", "unique", "duplicates", "missing", "bad_payloads")}
+                  for k in ("events", "unique", "duplicates", "missing", "missing_announced",
+                            "bad_payloads")}
+        # seqs the agent announced it never committed (seq_gap notices) are not losses
+        totals["lost"] = totals["missing"] - totals["missing_announced"]
         return {"trucks": trucks, "totals": totals, "connected": self.connected.is_set()}
 
     def live(self, truck_id: str) -> dict[str, Any]:
@@ -255,6 +258,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"{tid}: events={t['events']} unique={t['unique']} dup={t['duplicates']} "
             f"seq={t['first_seq']}..{t['last_seq']} missing={t['missing']} "
+            f"(announced {t.get('missing_announced', 0)}) "
             f"bad={t['bad_payloads']} lag_ms p50={lag['p50']} p95={lag['p95']} max={lag['max']} "
             f"types={t['by_type']} state={t['status'].get('state', '?')}")
         if t["gaps"]:

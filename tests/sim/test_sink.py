@@ -178,3 +178,17 @@ def test_sink_on_mqtt311_reads_compact_from_the_topic_suffix(mosquitto: Mosquitt
     t = sink.summary()["trucks"]["TRK-3"]
     assert t["ranges"]["engine.engine_speed_rpm"] == [801.0, 803.0]
     assert t["bad_payloads"] == 0
+
+
+def test_announced_gaps_are_not_losses() -> None:
+    sink = Sink("127.0.0.1", 1, "fleet")  # never started: fed directly
+    now = int(time.time() * 1000)
+    batch = {"truck_id": "T5", "events": [
+        {"seq": 1, "ts": now, "type": "gps", "lat": 1.0, "lon": 2.0},
+        {"seq": 9, "ts": now, "type": "seq_gap", "first": 2, "last": 5},
+        {"seq": 10, "ts": now, "type": "gps", "lat": 1.0, "lon": 2.0},
+    ]}
+    sink.handle("fleet/T5/events", json.dumps(batch).encode(), None, now)
+    sink.stop()
+    tot = sink.summary()["totals"]
+    assert (tot["missing"], tot["missing_announced"], tot["lost"]) == (7, 4, 3)

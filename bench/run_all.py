@@ -121,7 +121,9 @@ def parse_uplink(out: str) -> Figures:
           "drain_base_px", "base_px_n")
     _grab(out, f, rf"drain of a {NUM}-event backlog", "events")
     _grab(out, f, rf"live-first latency, {NUM}-event backlog", "live_backlog")
-    for name, key in (("loopback", "lo"), ("100 ms RTT proxy", "px")):
+    _grab(out, f, rf"^- 100 ms RTT proxy \+ {NUM} MB/s cap: ", "cap_mbps")
+    for name, key in (("loopback", "lo"), ("100 ms RTT proxy", "px"),
+                      (r"100 ms RTT proxy \+ [\d.]+ MB/s cap", "cap")):
         _grab(out, f, rf"^- {name}: p50 {NUM} ms, p99 {NUM} ms, max {NUM} ms \({NUM}/{NUM} live",
               f"p50_{key}", f"p99_{key}", f"max_{key}", f"live_{key}", f"sent_{key}")
     return f
@@ -318,7 +320,10 @@ def _uplink_rows(t: Table) -> None:
           ok=lambda v, b: v * 5 <= b)
     lb = t.fig("uplink", "live_backlog")
     during = f"during a {lb:,.0f}-event drain" if lb else "during a backlog drain"
-    for key, where in (("lo", "loopback"), ("px", "100 ms RTT proxy")):
+    cap = t.fig("uplink", "cap_mbps")
+    cap_s = f"{cap:g}" if cap else "?"
+    for key, where in (("lo", "loopback"), ("px", "100 ms RTT proxy"),
+                       ("cap", f"100 ms RTT proxy + {cap_s} MB/s bandwidth cap")):
         t.add("uplink", f"live-first latency p50 / p99, {where}, {during}",
               (f"p50_{key}", f"p99_{key}", f"live_{key}", f"sent_{key}"),
               lambda a, b, k, m: f"{a:,.0f} ms / {b:,.0f} ms ({k:,.0f} of {m:,.0f} live "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,33 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from buffer.api import EventStore
+from buffer.store import SqliteStore
 from gateway import wire
 from gateway.config import BufferConfig, MqttConfig, TruckConfig
 from gateway.events import Event
 from gateway.uplink import Uplink
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: TruckConfig, store: SqliteStore) -> AsyncIterator[Uplink]:
+    """An uplink running in a task; closed (offline status published) and awaited at exit."""
+    up = Uplink(cfg, store)
+    task = asyncio.create_task(up.run(), name="uplink")
+    try:
+        yield up
+    finally:
+        await up.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``pred`` every 50 ms for at most ``timeout`` seconds; its last value."""
+    for _ in range(int(timeout / 0.05)):
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return pred()
 
 
 def counter(up: Uplink, name: str) -> int:

@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trustme
 
 from buffer.store import SqliteStore
-from gateway.config import TlsConfig, TruckConfig
-from gateway.uplink import Uplink, UplinkState
+from gateway.config import TlsConfig
+from gateway.uplink import UplinkState
 from sim.broker import Mosquitto
-from tests.uplink.helpers import Subscriber, append_many, as_root, counter, make_cfg, with_mqtt
+from tests.uplink.helpers import (
+    Subscriber,
+    append_many,
+    as_root,
+    counter,
+    make_cfg,
+    running,
+    wait_until,
+    with_mqtt,
+)
 
 pytestmark = pytest.mark.broker
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: TruckConfig, store: SqliteStore) -> AsyncIterator[Uplink]:
-    up = Uplink(cfg, store)
-    task = asyncio.create_task(up.run(), name="uplink")
-    try:
-        yield up
-    finally:
-        await up.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return pred()
 
 
 class Pki:

@@ -314,7 +314,7 @@ def _uplink_rows(t: Table) -> None:
     t.add("uplink", "bytes on the wire per event, json (PUBLISH incl. header)",
           ("bytes_json", "bytes_base"), lambda v, b: f"{v:.1f} B (1/{b / v:.1f} of baseline)",
           baseline=base("bytes_base", "B"))
-    t.add("uplink", "bytes on the wire per event, compact (CBOR+zstd)",
+    t.add("uplink", "bytes on the wire per event, compact (JSON+zstd)",
           ("bytes_compact", "bytes_base"), lambda v, b: f"{v:.1f} B (1/{b / v:.1f} of baseline)",
           baseline=base("bytes_base", "B"), target="<= 1/5 of baseline",
           ok=lambda v, b: v * 5 <= b)

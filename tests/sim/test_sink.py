@@ -168,7 +168,7 @@ def test_sink_on_mqtt311_reads_compact_from_the_topic_suffix(mosquitto: Mosquitt
             "TRK-3", [stored(i, "engine", now, engine_speed_rpm=800.0 + i) for i in (1, 2, 3)],
             "compact", 10_000)
         topic = wire.events_topic("fleet", "TRK-3", "compact", "3.1.1")
-        assert topic.endswith("/cbor-zstd")
+        assert topic.endswith("/json-zstd")
         pub.publish(topic, payload, qos=1).wait_for_publish(5)
         wait_for(lambda: sink.summary()["totals"]["unique"] >= 3)
     finally:

@@ -53,7 +53,7 @@ async def test_delivers_every_event_and_acks(
         assert all(b["truck_id"] == "truck-001" for b in sub.batches)
         topics = {t for t, _, _ in sub.raw if "/events" in t}
         if protocol == "3.1.1" and encoding == "compact":
-            assert topics == {"fleet/truck-001/events/cbor-zstd"}
+            assert topics == {"fleet/truck-001/events/json-zstd"}
         else:
             assert topics == {"fleet/truck-001/events"}
         online = [s for s in sub.status if s["state"] == "online"]

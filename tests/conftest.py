@@ -16,6 +16,23 @@ import pytest
 from sim.broker import BrokerUnavailableError, Mosquitto
 
 LEAK_GRACE_S = 3.0
+#: user property under which the chaos suite reports its one-line summary
+CHAOS_SUMMARY_KEY = "chaos_summary"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print each chaos run's summary line at the end (also under xdist, whose workers
+    send user properties back to the controller, where only this conftest is loaded)."""
+    lines = []
+    for key in ("passed", "failed"):
+        for report in terminalreporter.stats.get(key, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == CHAOS_SUMMARY_KEY:
+                    lines.append(f"{report.nodeid}: {value}")
+    if lines:
+        terminalreporter.section("chaos summary")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

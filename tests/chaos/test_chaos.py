@@ -46,8 +46,7 @@ from sim.runner import TruckSim
 from sim.sink import Sink, session_store_conf
 from sim.slcan_adapter import SlcanPtyAdapter
 from sim.truck import Truck, TruckParams
-
-from .conftest import SUMMARY_KEY
+from tests.conftest import CHAOS_SUMMARY_KEY as SUMMARY_KEY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(400)]
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import can
 
-from drivers.can import CanDriver
-from drivers.j1939 import DtcUpdate, J1939Decoder, SignalUpdate
+from drivers.can import CanDriver, record_decoded
+from drivers.j1939 import J1939Decoder
 from gateway.config import CanConfig, CanSampling
 from gateway.events import Event, encode_body
 from gateway.recording.can import CanRecorder
@@ -60,13 +60,7 @@ def throughput(msgs: list[can.Message], sampling: CanSampling, passes: int) -> t
             out = dec.feed(t, can_id, data)
             if out is None:
                 continue
-            if type(out) is SignalUpdate:
-                ev = rec.on_signals(t, out.sa, out.values, pgn=out.pgn, missing=out.missing)
-            elif isinstance(out, DtcUpdate):
-                dm1 = out.dm1
-                ev = rec.on_dtc(t, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
-            else:
-                continue
+            ev = record_decoded(rec, t, out)
             if ev is not None:
                 encode_body(ev)
                 events += 1

@@ -54,6 +54,19 @@ REQUESTED_PGNS = (PGN_HOURS, PGN_LFC)
 STUFFING = 141.9 / 131.0
 
 
+def record_decoded(rec: CanRecorder, ts_ms: int, out: SignalUpdate | DtcUpdate) -> Event | None:
+    """Offer one decoded message to the recording policy; the event it records, if any.
+
+    The one path from the codec to the policy, shared by the driver and bench/can_bench.py.
+    """
+    if type(out) is SignalUpdate:
+        return rec.on_signals(ts_ms, out.sa, out.values, pgn=out.pgn, missing=out.missing)
+    if isinstance(out, DtcUpdate):
+        dm1 = out.dm1
+        return rec.on_dtc(ts_ms, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
+    return None  # pragma: no cover - Decoded has two members
+
+
 class CanState(enum.Enum):
     """Where the driver is in its lifecycle."""
 
@@ -268,13 +281,7 @@ class CanDriver:
             out = feed(mono_ms, msg.arbitration_id, msg.data, extended=msg.is_extended_id)
             if out is None:
                 continue
-            if type(out) is SignalUpdate:
-                ev = rec.on_signals(ts, out.sa, out.values, pgn=out.pgn, missing=out.missing)
-            elif isinstance(out, DtcUpdate):
-                dm1 = out.dm1
-                ev = rec.on_dtc(ts, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
-            else:  # pragma: no cover - Decoded has two members
-                continue
+            ev = record_decoded(rec, ts, out)
             if ev is not None:
                 self._emit(ev)
         self._bits += bits * STUFFING

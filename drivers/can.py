@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # housekeeping period: TP timeouts, silence, requests, rates
 SILENT_AFTER_S = 5.0  # no frame for this long on an open bus: state SILENT
+WHEEL_SPEED_FRESH_S = 3.0  # a wheel speed older than this says nothing about moving
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STOP_WAIT_S = 5.0  # how long cancellation waits for the reader thread (slcan opens take 2 s)
@@ -120,6 +121,7 @@ class CanDriver:
         self._rate_mark: tuple[float, int, float] | None = None
         self._frames_per_s = 0.0
         self._bus_load = 0.0
+        self._wheel: tuple[float, int] | None = None  # (km/h, loop-clock ms)
         self._counts = {"error_frames": 0, "dropped": 0, "reconnects": 0, "sink_errors": 0,
                         "requests_sent": 0, "request_errors": 0}
         self._last_error: str | None = None
@@ -132,6 +134,14 @@ class CanDriver:
     def state(self) -> CanState:
         """The current :class:`CanState`."""
         return self._state
+
+    def wheel_speed_kmh(self) -> float | None:
+        """The latest CCVS wheel-based speed if it is fresh, else None (unknown)."""
+        if self._wheel is None:
+            return None
+        speed, at_ms = self._wheel
+        now_ms = asyncio.get_running_loop().time() * 1000
+        return speed if now_ms - at_ms <= WHEEL_SPEED_FRESH_S * 1000 else None
 
     def stats(self) -> dict[str, int | float | str | None]:
         """Counters and rates for status/metrics; cheap, call as often as you like."""
@@ -281,6 +291,8 @@ class CanDriver:
             out = feed(mono_ms, msg.arbitration_id, msg.data, extended=msg.is_extended_id)
             if out is None:
                 continue
+            if type(out) is SignalUpdate and "vehicle_speed_kmh" in out.values:
+                self._wheel = (float(out.values["vehicle_speed_kmh"]), mono_ms)
             ev = record_decoded(rec, ts, out)
             if ev is not None:
                 self._emit(ev)

@@ -108,8 +108,11 @@ class GpsDriver:
         detect_window_s: float = 3.0,
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
+        moving_hint: Callable[[], bool | None] | None = None,
     ) -> None:
         self.cfg = cfg
+        # e.g. CAN wheel speed: decides moving vs stopped when it knows (DOMAIN.md 3)
+        self._moving_hint = moving_hint
         self._sink = sink
         self._clock = clock
         self._idle_flush_s = idle_flush_s
@@ -290,7 +293,8 @@ class GpsDriver:
                 self._last_fix_mono = received
             if fix.utc_ms is not None:
                 self._clock.on_gps_time(fix.utc_ms, received, fix.time_trusted)
-            if self.recorder.offer(fix, received) is None:
+            moving = self._moving_hint() if self._moving_hint is not None else None
+            if self.recorder.offer(fix, received, moving) is None:
                 continue
             if fix.time_trusted and fix.utc_ms is not None:
                 ts = fix.utc_ms  # the receiver's own time of the measurement

@@ -187,8 +187,20 @@ class Agent:
         from drivers.gps import GpsDriver  # noqa: PLC0415  # only when [gps] is configured
 
         assert self.cfg.gps is not None  # noqa: S101  # spawned only with [gps]
-        self.gps = GpsDriver(self.cfg.gps, sink=self.submit, clock=self.clock)
+        self.gps = GpsDriver(self.cfg.gps, sink=self.submit, clock=self.clock,
+                             moving_hint=self.moving_from_can)
         await self.gps.run()
+
+    def moving_from_can(self) -> bool | None:
+        """Moving vs stopped from the CAN wheel speed when it is known (else GPS decides).
+
+        Wheel speed does not drift at a standstill the way a GPS speed does, so a parked
+        truck is not recorded as moving (DOMAIN.md section 3).
+        """
+        speed: float | None = self.can.wheel_speed_kmh() if self.can is not None else None
+        if speed is None or self.cfg.gps is None:
+            return None
+        return speed > self.cfg.gps.sampling.moving_speed_kmh
 
     async def _run_can(self) -> None:
         from drivers.can import CanDriver  # noqa: PLC0415  # only when [can] is configured

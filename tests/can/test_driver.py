@@ -303,3 +303,21 @@ async def test_silent_bus_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
             await until(lambda: driver.state is CanState.ACTIVE)
             await until(lambda: driver.state is CanState.SILENT)
             assert len(events) == 1
+
+
+async def test_wheel_speed_for_the_moving_decision() -> None:
+    """The latest CCVS wheel speed is offered to the GPS recording (absent when N/A)."""
+    channel = f"test-{uuid.uuid4()}"
+    driver = CanDriver(vcfg(channel), lambda ev: None, now_ms)
+    with can.Bus(interface="virtual", channel=channel) as tx:
+        async with running(driver):
+            await until(lambda: driver.state is CanState.ACTIVE)
+            assert driver.wheel_speed_kmh() is None  # nothing heard yet
+            tx.send(frames()[1])  # CCVS with FF FF: not available
+            await until(lambda: driver.stats()["frames_total"] == 1)
+            assert driver.wheel_speed_kmh() is None
+            # CCVS 42.5 km/h: bytes 2-3 = 42.5 * 256 = 0x2A80, little-endian
+            tx.send(can.Message(arbitration_id=0x18FEF100,
+                                data=bytes.fromhex("F3802A00FFFFFFFF"), is_extended_id=True))
+            await until(lambda: driver.wheel_speed_kmh() is not None)
+            assert driver.wheel_speed_kmh() == 42.5

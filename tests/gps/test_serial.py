@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from tests.gps.nmea_util import epoch
 
 EVERY_FIX = GpsSampling(0, 0, 0, 0, 0, 0, 5)
 UBX = bytes.fromhex("b562 0107 5c00") + bytes(range(92)) + b"\x12\x34"
-FAST = {"idle_flush_s": 0.1, "silence_s": 0.5, "detect_window_s": 0.6,
+FAST: dict[str, Any] = {"idle_flush_s": 0.1, "silence_s": 0.5, "detect_window_s": 0.6,
         "retry_min_s": 0.05, "retry_max_s": 0.2}
 
 
@@ -225,3 +226,33 @@ async def test_async_sink_is_awaited_and_clock_syncs(receiver: FakeReceiver) -> 
     assert clock.synced
     # the clock now follows GPS time (2026-06-15T12:00:0x), not the 1970 system clock
     assert abs(clock.now_ms() - 1781524800000) < 60_000
+
+
+async def test_moving_hint_decides_moving_over_gps_speed(receiver: FakeReceiver) -> None:
+    """A wheel speed (the agent passes CAN's) overrides a parked GPS's speed of 0."""
+    receiver.plug()
+    got: list[Event] = []
+    hint: dict[str, bool | None] = {"moving": False}
+    sampling = GpsSampling(min_interval_s=0, max_interval_s=30, min_distance_m=50,
+                           min_heading_change_deg=10, min_speed_change_kmh=10,
+                           stopped_interval_s=300, moving_speed_kmh=5)
+    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=sampling),
+                       got.append, Clock(), moving_hint=lambda: hint["moving"], **FAST)
+
+    def parked(second: int) -> bytes:
+        return epoch(f"1200{second:02d}.00", 48.1, 11.5, speed_kn=0.0, course=0.0,
+                     date="150626")
+
+    async with running(driver):
+        await wait_until(lambda: driver.state is GpsState.RECEIVING)
+        await receiver.write(parked(0) + parked(1))
+        await wait_until(lambda: driver.recorder.offered == 2)
+        assert len(got) == 1  # the first point; parked and stopped: nothing more
+        hint["moving"] = True  # the wheels turn although the GPS still says 0 km/h
+        await receiver.write(parked(2))
+        await wait_until(lambda: driver.recorder.offered == 3)
+        assert len(got) == 2  # recorded as the start of a movement
+        hint["moving"] = None  # wheel speed unknown: GPS speed decides again (stopped)
+        await receiver.write(parked(3))
+        await wait_until(lambda: driver.recorder.offered == 4)
+        assert len(got) == 3  # recorded as the stop

@@ -102,3 +102,5 @@ def test_networkd_example_brings_can0_up_at_250k() -> None:
     cp.read(SYSTEMD_DIR / "80-can0.network")
     assert cp["Match"]["Name"] == "can0"
     assert cp["CAN"]["BitRate"] == "250K"
+    # a passive tap by default: the controller itself cannot disturb the truck's bus
+    assert cp["CAN"]["ListenOnly"] == "yes"

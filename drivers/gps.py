@@ -29,7 +29,7 @@ from drivers.nmea_epoch import Fix, NmeaDecoder
 from gateway.clock import Clock
 from gateway.config import GpsConfig
 from gateway.errors import DeviceUnavailableError
-from gateway.events import Event
+from gateway.events import TS_UNVERIFIED, Event
 from gateway.recording.gps import GpsRecorder
 
 log = logging.getLogger(__name__)
@@ -296,11 +296,14 @@ class GpsDriver:
             moving = self._moving_hint() if self._moving_hint is not None else None
             if self.recorder.offer(fix, received, moving) is None:
                 continue
+            fields = fix.fields()
             if fix.time_trusted and fix.utc_ms is not None:
                 ts = fix.utc_ms  # the receiver's own time of the measurement
             else:  # corrected clock at the moment the epoch's data arrived
                 ts = self._clock.now_ms() - round((time.monotonic() - received) * 1000)
-            result = self._sink(Event(type="gps", ts_ms=ts, fields=fix.fields()))
+                if not self._clock.verified:
+                    fields[TS_UNVERIFIED] = True
+            result = self._sink(Event(type="gps", ts_ms=ts, fields=fields))
             if inspect.isawaitable(result):
                 await result
 

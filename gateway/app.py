@@ -36,7 +36,7 @@ from gateway import __version__
 from gateway.clock import Clock
 from gateway.config import EX_CONFIG, TruckConfig
 from gateway.errors import ConfigError
-from gateway.events import Event
+from gateway.events import TS_UNVERIFIED, Event
 from gateway.health import HealthWriter
 from gateway.liveness import CommitTracker, HealthProbe
 from gateway.logsetup import RateLimitFilter, setup_logging
@@ -110,8 +110,14 @@ class Agent:
         self._stop.set()
 
     def submit(self, event: Event) -> asyncio.Future[int]:
-        """The drivers' sink: the store's submit, counted for the watchdog."""
+        """The drivers' sink: the store's submit, counted for the watchdog.
+
+        A non-GPS event stamped while the clock is unverified is marked ``ts_unverified``
+        (GPS points carry the receiver's own time; the GPS driver marks its own).
+        """
         assert self.store is not None  # noqa: S101  # drivers start after the store opens
+        if event.type != "gps" and not self.clock.verified:
+            event = Event(event.type, event.ts_ms, {**event.fields, TS_UNVERIFIED: True})
         fut: asyncio.Future[int] = self.store.submit(event)
         self.commits.submitted(fut)
         return fut

@@ -25,6 +25,8 @@ See ``docs/time.md``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
 from collections import deque
@@ -42,6 +44,27 @@ AGREE_MS = 1500
 MAX_HOLD_MS = 1000
 
 
+#: adjtimex(2) returns this clock state while the kernel's clock is not synchronized.
+TIME_ERROR = 5
+#: How long one answer of the kernel about NTP sync is reused.
+SYSTEM_SYNC_CACHE_S = 5.0
+
+
+def system_clock_synced() -> bool | None:
+    """Whether the kernel's clock is disciplined by NTP (timesyncd, chrony, ntpd).
+
+    Asks ``adjtimex(2)`` without changing anything; ``None`` where it cannot be asked.
+    A Pi without network after boot answers False: its clock is fake-hwclock's guess.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+        state = int(libc.adjtimex(timex))
+    except (OSError, AttributeError, TypeError):
+        return None
+    return None if state < 0 else state != TIME_ERROR
+
+
 class Clock:
     """Best-estimate UTC in milliseconds, corrected by GPS time.
 
@@ -53,9 +76,12 @@ class Clock:
         self,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        system_synced: Callable[[], bool | None] = system_clock_synced,
     ) -> None:
         self._wall = wall
         self._mono = mono
+        self._system_synced = system_synced
+        self._system_checked: tuple[float, bool] | None = None  # (mono_s, answer)
         self._offset_ms: float | None = None  # UTC ms - monotonic ms, once synced
         self._window: deque[tuple[float, float]] = deque(maxlen=256)  # (mono_s, cand_ms)
         self._pending: list[float] = []  # candidates not yet agreeing with the estimate
@@ -68,6 +94,18 @@ class Clock:
     def synced(self) -> bool:
         """True once GPS time has been confirmed and drives :meth:`now_ms`."""
         return self._offset_ms is not None
+
+    @property
+    def verified(self) -> bool:
+        """True when :meth:`now_ms` can be trusted: GPS-synced, or the system clock is
+        NTP-synced. False in the first seconds after a Pi boots without network, when
+        the system clock may be off by however long the truck was switched off."""
+        if self._offset_ms is not None:
+            return True
+        now = self._mono()
+        if self._system_checked is None or now - self._system_checked[0] > SYSTEM_SYNC_CACHE_S:
+            self._system_checked = (now, self._system_synced() is True)
+        return self._system_checked[1]
 
     def now_ms(self) -> int:
         """Best-estimate UTC milliseconds since the Unix epoch."""
@@ -127,6 +165,7 @@ class Clock:
         """Counters and state for the health report."""
         return {
             "synced": self.synced,
+            "verified": self.verified,
             "wall_error_ms": self.wall_error_ms(),
             "untrusted_gps_times": self.untrusted,
             "rejected_gps_times": self.rejected,

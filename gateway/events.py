@@ -33,6 +33,10 @@ TYPE_PRIORITY: Mapping[str, Priority] = {
     "engine": Priority.TELEMETRY,
 }
 
+#: Optional key, present and true when ``ts`` came from a system clock that neither GPS
+#: nor NTP had confirmed (see docs/time.md): such a ``ts`` may be far off.
+TS_UNVERIFIED = "ts_unverified"
+
 #: Keys every event body carries and which fields may therefore not use.
 RESERVED_KEYS = frozenset({"seq", "ts", "type"})
 

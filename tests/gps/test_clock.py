@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gateway.clock import AGREE_MS, CONFIRM, Clock
+from gateway.clock import AGREE_MS, CONFIRM, Clock, system_clock_synced
 
 TRUE_UTC_AT_MONO0 = 1_780_000_000_000  # ms: the real UTC when the monotonic clock read 0
 
@@ -107,3 +107,30 @@ def test_now_ms_does_not_jitter_backwards() -> None:
     assert abs(clock.now_ms() - fake.true_ms()) <= 600
     fake.mono_s += 1.0
     assert abs(clock.now_ms() - fake.true_ms()) <= 600
+
+
+def verified(clock: Clock) -> bool:
+    """Read the property through a call, so each read is a fresh question to mypy too."""
+    return clock.verified
+
+
+def test_verified_needs_gps_or_an_ntp_synced_system_clock() -> None:
+    fake = Fake(wall_error_s=-2 * 86400)  # fake-hwclock: two days behind after a weekend
+    ntp: dict[str, bool | None] = {"synced": False}
+    clock = Clock(wall=fake.wall, mono=fake.mono, system_synced=lambda: ntp["synced"])
+    assert not verified(clock)
+    ntp["synced"] = True
+    fake.mono_s += 10  # the kernel's answer is cached for a few seconds
+    assert verified(clock)
+    ntp["synced"] = None  # cannot ask the kernel: not verified
+    fake.mono_s += 10
+    assert not verified(clock)
+    feed_fixes(clock, fake, CONFIRM)
+    assert clock.synced
+    assert verified(clock)  # GPS time confirmed: verified whatever the kernel says
+    assert clock.stats()["verified"] is True
+
+
+def test_system_clock_synced_asks_the_kernel() -> None:
+    # a real adjtimex(2) call; its answer depends on the machine, its type does not
+    assert system_clock_synced() in (True, False, None)

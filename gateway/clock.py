@@ -26,11 +26,12 @@ See ``docs/time.md``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,22 @@ def system_clock_synced() -> bool | None:
     Asks ``adjtimex(2)`` without changing anything; ``None`` where it cannot be asked.
     A Pi without network after boot answers False: its clock is fake-hwclock's guess.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
-        state = int(libc.adjtimex(timex))
-    except (OSError, AttributeError, TypeError):
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return None
+    timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+    state = int(adjtimex(timex))
     return None if state < 0 else state != TIME_ERROR
+
+
+@functools.cache
+def _adjtimex() -> Any:
+    """libc's adjtimex, looked up once: the symbols already loaded into this process
+    include libc, so no library search (``find_library`` forks ``ldconfig``)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
 
 
 class Clock:

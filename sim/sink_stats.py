@@ -92,6 +92,11 @@ class TruckStats:
 
     def announced_missing(self) -> int:
         """Missing seqs that a ``seq_gap`` notice explains (not losses)."""
+        return self.missing_in()[1]
+
+    def missing_in(self, lo: int | None = None, hi: int | None = None) -> tuple[int, int]:
+        """``(missing, announced)``: seqs missing between the first and last seen (within
+        ``[lo, hi]`` when given), and how many of them a ``seq_gap`` notice explains."""
         # the union of the notices, so overlapping ones count once
         merged: list[tuple[int, int]] = []
         for first, last in sorted(self.never_sent):
@@ -99,13 +104,18 @@ class TruckStats:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], last))
             else:
                 merged.append((first, last))
-        total = 0
-        for lo, hi in self.seqs.gaps():
+        missing = announced = 0
+        for g_lo, g_hi in self.seqs.gaps():
+            a = g_lo if lo is None else max(lo, g_lo)
+            b = g_hi if hi is None else min(hi, g_hi)
+            if a > b:
+                continue
+            missing += b - a + 1
             for first, last in merged:
-                a, b = max(lo, first), min(hi, last)
-                if a <= b:
-                    total += b - a + 1
-        return total
+                c, d = max(a, first), min(b, last)
+                if c <= d:
+                    announced += d - c + 1
+        return missing, announced
 
     def rate(self, now_ms: int) -> float:
         """Events per second over the last few seconds of arrivals."""

@@ -227,15 +227,7 @@ class Chaos:
         """
         stats = self.sink.stats.truck(TRUCK)
         with self.sink._lock:  # the sink folds batches on paho's thread
-            gaps = stats.seqs.gaps()
-            notices = sorted(stats.never_sent)
-        missing = announced = 0
-        for g_lo, g_hi in gaps:
-            a, b = max(lo, g_lo), min(hi, g_hi)
-            if a > b:
-                continue
-            missing += b - a + 1
-            announced += _covered(a, b, notices)
+            missing, announced = stats.missing_in(lo, hi)
         return missing, announced, max(0, missing - announced - evicted)
 
     async def corrupt_phase(self) -> None:
@@ -331,13 +323,3 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
     if tmpfs:
         assert chaos.disk_full_seen, line
 
-
-def _covered(lo: int, hi: int, ranges: list[tuple[int, int]]) -> int:
-    """How many of ``lo..hi`` lie inside the union of ``ranges`` (sorted by start)."""
-    total, upto = 0, lo - 1
-    for first, last in ranges:
-        a, b = max(first, upto + 1), min(last, hi)
-        if a <= b:
-            total += b - a + 1
-            upto = b
-    return total

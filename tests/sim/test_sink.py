@@ -192,3 +192,21 @@ def test_announced_gaps_are_not_losses() -> None:
     sink.stop()
     tot = sink.summary()["totals"]
     assert (tot["missing"], tot["missing_announced"], tot["lost"]) == (7, 4, 3)
+
+
+def test_missing_in_a_stretch_counts_overlapping_notices_once() -> None:
+    stats = FleetStats()
+    now = int(time.time() * 1000)
+    stats.add_batch({"truck_id": "T6", "events": [
+        {"seq": 1, "ts": now, "type": "gps"},
+        {"seq": 20, "ts": now, "type": "seq_gap", "first": 2, "last": 8},
+        {"seq": 21, "ts": now, "type": "seq_gap", "first": 5, "last": 10},
+        {"seq": 30, "ts": now, "type": "gps"},
+    ]}, now)
+    t = stats.truck("T6")
+    # missing: 2..19 and 22..29 (26); notices cover 2..10 once (9), not 5..8 twice
+    assert t.missing_in() == (26, 9)
+    assert t.announced_missing() == 9
+    assert t.missing_in(6, 12) == (7, 5)  # 6..12 missing, 6..10 announced
+    assert t.missing_in(22, 29) == (8, 0)
+    assert t.missing_in(31, 40) == (0, 0)

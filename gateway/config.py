@@ -271,11 +271,10 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
         ctx.err("mqtt.tls", "cert_file and key_file go together (mutual TLS)")
     if cfg.gps is None and cfg.can is None:
         ctx.warnings.append(f"{ctx.name}: neither [gps] nor [can] is configured")
-    for key in cfg.buffer.ttl_s:
+    for key, value in cfg.buffer.ttl_s.items():
         if key not in ("critical", "position", "telemetry"):
             ctx.err(f"buffer.ttl_s.{key}", "expected one of critical, position, telemetry")
-    for key, value in cfg.buffer.ttl_s.items():
-        if value <= 0:
+        elif value <= 0:
             ctx.err(f"buffer.ttl_s.{key}", f"expected a number > 0, got {value!r}")
     for key, value in (cfg.can.sampling.deadbands.items() if cfg.can else ()):
         if value < 0:

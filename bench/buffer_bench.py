@@ -24,8 +24,8 @@ from typing import Literal
 
 from buffer.api import Batch, Lane
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import Event, encode_body
+from config import BufferConfig
+from config.events import Event, encode_body
 
 CMD = "python bench/buffer_bench.py " + " ".join(sys.argv[1:])
 CHUNK = 2000  # events submitted between awaits (a busy ingest loop)

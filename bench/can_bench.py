@@ -31,10 +31,10 @@ from pathlib import Path
 
 import can
 
+from config import CanConfig, CanSampling
+from config.events import Event, encode_body
 from drivers.can import CanDriver, record_decoded
 from drivers.j1939 import J1939Decoder
-from gateway.config import CanConfig, CanSampling
-from gateway.events import Event, encode_body
 from gateway.recording.can import CanRecorder
 
 LOG = Path(__file__).resolve().parent.parent / "tests" / "data" / "j1939" / "css_j1939_truck.log"

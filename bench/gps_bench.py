@@ -23,11 +23,11 @@ import time
 import tty
 from pathlib import Path
 
+from config import GpsConfig, GpsSampling
+from config.events import Event, encode_body
 from drivers.gps import GpsDriver
 from drivers.nmea_epoch import NmeaDecoder
 from gateway.clock import Clock
-from gateway.config import GpsConfig, GpsSampling
-from gateway.events import Event, encode_body
 from gateway.recording.gps import GpsRecorder
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import can
 
 from buffer.api import StoredEvent
+from config.events import Event, encode_body
 from gateway import wire
-from gateway.events import Event, encode_body
 from sim.j1939_out import Schedule
 from sim.route import load_route
 from sim.sink_stats import FleetStats

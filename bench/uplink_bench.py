@@ -37,9 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from buffer.api import Lane, StoredEvent
 from buffer.store import SqliteStore
+from config import BufferConfig, MqttConfig, TruckConfig
+from config.events import Event, encode_body
 from gateway import wire
-from gateway.config import BufferConfig, MqttConfig, TruckConfig
-from gateway.events import Event, encode_body
 from gateway.uplink import Uplink
 from sim.broker import Mosquitto
 from sim.proxy import TcpProxy

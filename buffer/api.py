@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from gateway.events import Event, Priority
+from config.events import Event, Priority
 
 
 class Lane(Enum):
@@ -30,7 +30,7 @@ class Lane(Enum):
 class StoredEvent:
     """An event as the store hands it out: its ``seq`` and its encoded body.
 
-    ``body`` is the UTF-8 JSON object made by :func:`gateway.events.encode_body`
+    ``body`` is the UTF-8 JSON object made by :func:`config.events.encode_body`
     (``{"ts":..,"type":..,<fields>}``), without ``seq``.
     """
 

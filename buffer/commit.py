@@ -20,8 +20,8 @@ from buffer import policy, recovery, schema
 from buffer.disk import DiskGuard
 from buffer.leases import LeaseBook
 from buffer.maint import Tally, evict_to
-from gateway.errors import StoreError, StoreFullError
-from gateway.events import Priority
+from config.errors import StoreError, StoreFullError
+from config.events import Priority
 
 log = logging.getLogger(__name__)
 

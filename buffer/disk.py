@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from buffer import policy
-from gateway.config import BufferConfig
+from config import BufferConfig
 
 log = logging.getLogger(__name__)
 

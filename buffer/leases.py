@@ -19,7 +19,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
-from gateway.events import Priority
+from config.events import Priority
 
 #: Cap on covered intervals; beyond it the narrowest interval is forgotten.
 MAX_COVERED_INTERVALS = 1024

@@ -16,7 +16,7 @@ import aiosqlite
 
 from buffer import policy, schema
 from buffer.leases import LeaseBook
-from gateway.events import Priority
+from config.events import Priority
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from buffer import schema
 from buffer.api import Batch, Lane, StoredEvent
 from buffer.leases import LeaseBook
 from buffer.maint import Tally
-from gateway.errors import StoreError
-from gateway.events import Priority
+from config.errors import StoreError
+from config.events import Priority
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A file that fails ``PRAGMA quick_check`` or cannot be read as a database is renamed to
 ``<name>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm`` beside it), never
 deleted, and a new file is started. A file locked by another process is *not* corrupt:
-that raises :class:`~gateway.errors.StoreError` and leaves the file alone.
+that raises :class:`~config.errors.StoreError` and leaves the file alone.
 
 The seq mark (``<name>.seq``) is a tiny sidecar, replaced atomically (write, fsync,
 rename, fsync directory), that records a *reservation*: no seq above ``reserved`` is
@@ -26,7 +26,7 @@ from pathlib import Path
 import aiosqlite
 
 from buffer import schema
-from gateway.errors import StoreCorruptError, StoreError
+from config.errors import StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.events import Priority
+from config.events import Priority
 
 SCHEMA_VERSION = 1
 

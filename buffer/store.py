@@ -34,9 +34,9 @@ from buffer.disk import DiskGuard, budget_for
 from buffer.leases import LeaseBook
 from buffer.maint import Tally, expire
 from buffer.reader import LeaseOps
-from gateway.config import BufferConfig
-from gateway.errors import StoreError
-from gateway.events import Event, Priority, encode_body, seq_gap_event
+from config import BufferConfig
+from config.errors import StoreError
+from config.events import Event, Priority, encode_body, seq_gap_event
 
 log = logging.getLogger(__name__)
 

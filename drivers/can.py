@@ -24,6 +24,8 @@ from typing import Any
 
 import can
 
+from config import CanConfig
+from config.events import Event
 from drivers.can_io import BusReader
 from drivers.j1939 import (
     GLOBAL,
@@ -37,8 +39,6 @@ from drivers.j1939 import (
     request_payload,
 )
 from drivers.slcan import BufferedSlcanBus
-from gateway.config import CanConfig
-from gateway.events import Event
 from gateway.recording.can import CanRecorder
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.errors import DecodeError
+from config.errors import DecodeError
 
 PGN_DM1 = 65226
 

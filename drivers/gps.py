@@ -25,11 +25,11 @@ from collections.abc import Callable
 
 import serial
 
+from config import GpsConfig
+from config.errors import DeviceUnavailableError
+from config.events import TS_UNVERIFIED, Event
 from drivers.nmea_epoch import Fix, NmeaDecoder
 from gateway.clock import Clock
-from gateway.config import GpsConfig
-from gateway.errors import DeviceUnavailableError
-from gateway.events import TS_UNVERIFIED, Event
 from gateway.recording.gps import GpsRecorder
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
+from config.errors import DecodeError
 from drivers.dm1 import PGN_DM1, Dm1, decode_dm1
 from drivers.j1939_tp import PGN_TP_CM, PGN_TP_DT, TpReassembler
-from gateway.errors import DecodeError
 
 PGN_REQUEST: Final = 59904  # 0xEA00
 PGN_HOURS: Final = 65253

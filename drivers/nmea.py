@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import DecodeError
+from config.errors import DecodeError
 
 #: Longest line accepted, ``$`` to checksum. The spec says 82 bytes, real receivers
 #: send 93-byte GGA and 134-byte proprietary lines; anything longer is garbage.

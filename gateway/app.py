@@ -12,8 +12,8 @@ Lifecycle (``truckgw run``):
    pending appends and close the database, write a last snapshot, exit 0, all within
    :data:`SHUTDOWN_BUDGET_S`.
 
-A task that raises :class:`~gateway.errors.ConfigError` stops the agent with
-:data:`~gateway.config.EX_CONFIG` (78; the unit's ``RestartPreventExitStatus``), since
+A task that raises :class:`~config.errors.ConfigError` stops the agent with
+:data:`~config.EX_CONFIG` (78; the unit's ``RestartPreventExitStatus``), since
 retrying cannot help. A pipeline that stays unhealthy for
 :data:`FATAL_UNHEALTHY_S` stops the agent with :data:`EX_FAILURE` even without a
 systemd watchdog.
@@ -32,11 +32,11 @@ from enum import Enum
 from typing import Any
 
 from buffer.store import SqliteStore, StoreState
+from config import EX_CONFIG, TruckConfig
+from config.errors import ConfigError
+from config.events import TS_UNVERIFIED, Event
 from gateway import __version__
 from gateway.clock import Clock
-from gateway.config import EX_CONFIG, TruckConfig
-from gateway.errors import ConfigError
-from gateway.events import TS_UNVERIFIED, Event
 from gateway.health import HealthWriter
 from gateway.liveness import CommitTracker, HealthProbe
 from gateway.logsetup import RateLimitFilter, setup_logging

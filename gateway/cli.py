@@ -14,9 +14,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from config import EX_CONFIG, ConfigWarning, TruckConfig, load_config
+from config.errors import ConfigError
 from gateway import __version__
-from gateway.config import EX_CONFIG, ConfigWarning, TruckConfig, load_config
-from gateway.errors import ConfigError
 
 EX_OK = 0
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import TruckConfig
+from config import TruckConfig
 from gateway.health import read_state
 
 EXIT_RUNNING = 0

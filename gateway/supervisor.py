@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import EX_CONFIG
-from gateway.errors import ConfigError
+from config import EX_CONFIG
+from config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from buffer.api import Batch, EventStore, Lane
+from config import TruckConfig
+from config.errors import WireError
 from gateway import __version__, wire
-from gateway.config import TruckConfig
-from gateway.errors import WireError
 from gateway.uplink_conn import publish_props
 from gateway.uplink_flow import Backoff, LaneChooser, TokenBucket
 from gateway.uplink_session import Flight, Session, UplinkState

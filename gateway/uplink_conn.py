@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.config import MqttConfig, TlsConfig
-from gateway.errors import UplinkError
+from config import MqttConfig, TlsConfig
+from config.errors import UplinkError
 
 log = logging.getLogger(__name__)
 

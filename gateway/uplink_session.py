@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 
 from buffer.api import Lane
-from gateway.errors import GatewayError
+from config.errors import GatewayError
 from gateway.uplink_conn import (
     SocketDriver,
     connect_blocking,

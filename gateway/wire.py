@@ -24,7 +24,7 @@ from typing import Any, Final
 import zstandard
 
 from buffer.api import StoredEvent
-from gateway.errors import WireError
+from config.errors import WireError
 
 CONTENT_TYPE_JSON: Final = "application/json"
 CONTENT_TYPE_COMPACT: Final = "application/json+zstd"

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from gateway.errors import GatewayError
+from config.errors import GatewayError
 
 log = logging.getLogger(__name__)
 

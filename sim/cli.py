@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError
+from config.errors import GatewayError
 from sim.faults import FaultPlan
 from sim.j1939_out import Schedule
 from sim.ports import PtyPort, SerialPortOut

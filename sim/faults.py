@@ -19,7 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from gateway.errors import GatewayError
+from config.errors import GatewayError
 
 KINDS = frozenset({"garbage", "badsum", "tunnel", "gps-vanish", "can-vanish", "can-silence",
                    "tp-malformed", "dtc"})

@@ -20,7 +20,7 @@ import termios
 import tty
 from pathlib import Path
 
-from gateway.errors import DeviceUnavailableError
+from config.errors import DeviceUnavailableError
 
 log = logging.getLogger(__name__)
 

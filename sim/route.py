@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError
+from config.errors import GatewayError
 
 ROUTES_DIR = Path(__file__).with_name("routes")
 EARTH_RADIUS_M = 6_371_008.8

@@ -31,8 +31,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from config.errors import WireError
 from gateway import wire
-from gateway.errors import WireError
 from sim.sink_stats import FleetStats
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gateway.config import CanSampling
-from gateway.events import Event
+from config import CanSampling
+from config.events import Event
 
 Value = float | int | bool
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from enum import StrEnum
 
+from config import GpsSampling
 from drivers.nmea_epoch import Fix
-from gateway.config import GpsSampling
 
 #: Below this speed a heading change is not a reason to record (heading is noise).
 HEADING_MIN_SPEED_KMH = 6.0

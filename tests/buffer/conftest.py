@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import Event
+from config import BufferConfig
+from config.events import Event
 
 _ts = itertools.count(1_700_000_000_000, 100)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from buffer.api import Lane
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import Event
+from config import BufferConfig
+from config.events import Event
 
 KINDS = ["gps", "engine", "dtc"]
 

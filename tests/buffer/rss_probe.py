@@ -16,8 +16,8 @@ from pathlib import Path
 from buffer import schema
 from buffer.api import Lane
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import Event, encode_body
+from config import BufferConfig
+from config.events import Event, encode_body
 
 MAX_BYTES = 1024 * 2**20
 

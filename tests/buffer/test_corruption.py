@@ -9,8 +9,8 @@ from buffer.api import Lane
 from buffer.recovery import mark_path, quarantined_files
 from buffer.schema import PAGE_SIZE
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import decode_body
+from config import BufferConfig
+from config.events import decode_body
 
 from .conftest import make_event
 

@@ -11,8 +11,8 @@ import pytest
 
 from buffer.api import Lane
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import Event
+from config import BufferConfig
+from config.events import Event
 
 FS_BYTES = 3 * 2**20
 

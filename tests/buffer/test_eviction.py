@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from buffer.api import Lane
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import Event
+from config import BufferConfig
+from config.events import Event
 
 MAX = 2 * 2**20
 ROUNDS = 24

@@ -21,7 +21,7 @@ import pytest
 
 from buffer.schema import TABLES
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
+from config import BufferConfig
 
 KILLS = 30
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buffer.leases import SEQ_MAX, LeaseBook
-from gateway.events import Priority
+from config.events import Priority
 
 P = Priority.POSITION
 

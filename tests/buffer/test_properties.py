@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from buffer.api import Batch, Lane
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
-from gateway.events import Event
+from config import BufferConfig
+from config.events import Event
 
 MAX = 2**20
 KINDS = ["dtc", "gps", "engine"]

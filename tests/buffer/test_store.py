@@ -12,9 +12,9 @@ import pytest
 from buffer.api import Lane
 from buffer.recovery import mark_path
 from buffer.store import SqliteStore, StoreState
-from gateway.config import BufferConfig
-from gateway.errors import StoreError
-from gateway.events import Priority, decode_body, encode_body
+from config import BufferConfig
+from config.errors import StoreError
+from config.events import Priority, decode_body, encode_body
 
 from .conftest import make_event
 

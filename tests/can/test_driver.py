@@ -20,10 +20,10 @@ import pytest
 
 from buffer.api import Lane
 from buffer.store import SqliteStore
+from config import BufferConfig, CanConfig, CanSampling
+from config.events import Event, decode_body, encode_body
 from drivers import can as can_driver
 from drivers.can import CanDriver, CanState
-from gateway.config import BufferConfig, CanConfig, CanSampling
-from gateway.events import Event, decode_body, encode_body
 
 TRUCK_LOG = Path(__file__).parent.parent / "data" / "j1939" / "css_j1939_truck.log"
 EVERY = CanSampling(min_interval_s=0, max_interval_s=0, dtc_refresh_s=0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from gateway.config import CanSampling
-from gateway.events import Event, encode_body
+from config import CanSampling
+from config.events import Event, encode_body
 from gateway.recording.can import DEFAULT_STALE_MS, CanRecorder
 
 EEC1 = 61444

@@ -8,9 +8,9 @@ from pathlib import Path
 import can
 import pytest
 
+from config import CanSampling
+from config.events import encode_body
 from drivers.j1939 import DtcUpdate, J1939Decoder, SignalUpdate, split_id
-from gateway.config import CanSampling
-from gateway.events import encode_body
 from gateway.recording.can import CanRecorder
 
 DATA = Path(__file__).parent.parent / "data" / "j1939"

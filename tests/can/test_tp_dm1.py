@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from config.errors import DecodeError
 from drivers.dm1 import Dm1, Dtc, decode_dm1
 from drivers.j1939 import DtcUpdate, J1939Decoder, SignalUpdate, make_id
 from drivers.j1939_tp import MAX_MESSAGE, T1_MS, TpMessage, TpReassembler
-from gateway.errors import DecodeError
 
 DATA = Path(__file__).parent.parent / "data" / "j1939"
 

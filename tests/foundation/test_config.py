@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from config import EX_CONFIG, ConfigWarning, TruckConfig, load_config, parse_config
+from config.errors import ConfigError
 from gateway.cli import main
-from gateway.config import EX_CONFIG, ConfigWarning, TruckConfig, load_config, parse_config
-from gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "example.toml"

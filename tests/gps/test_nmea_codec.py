@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from config.errors import DecodeError
+from config.events import Event, encode_body
 from drivers.nmea import (
     MAX_LINE,
     ChecksumError,
@@ -21,8 +23,6 @@ from drivers.nmea import (
     parse_sentence,
 )
 from drivers.nmea_epoch import EpochMerger, NmeaDecoder
-from gateway.errors import DecodeError
-from gateway.events import Event, encode_body
 from tests.gps.nmea_util import epoch, sentence
 
 UBX = bytes.fromhex("b562 0107 5c00") + bytes(range(92)) + b"\x12\x34"  # NAV-PVT-like frame

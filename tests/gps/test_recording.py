@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from config import GpsSampling
 from drivers.nmea_epoch import Fix
-from gateway.config import GpsSampling
 from gateway.recording.gps import GpsRecorder, RecordReason, distance_m, heading_change_deg
 
 CFG = GpsSampling(min_interval_s=1, max_interval_s=30, min_distance_m=100,

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from config import GpsConfig, GpsSampling
+from config.events import Event
 from drivers.gps import GpsDriver, GpsState
 from drivers.nmea_epoch import NmeaDecoder
 from gateway.clock import Clock
-from gateway.config import GpsConfig, GpsSampling
-from gateway.events import Event
 from tests.gps.fake_receiver import FakeReceiver
 from tests.gps.nmea_util import epoch
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = ("pyproject.toml", "README.md", "LICENSE", "gateway", "drivers", "buffer", "sim",

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from buffer.store import SqliteStore
-from gateway.config import parse_config
-from gateway.events import Event
+from config import parse_config
+from config.events import Event
 from gateway.health import encode_state, write_atomic
 from gateway.status import (
     EXIT_NOT_RUNNING,

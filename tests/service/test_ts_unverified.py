@@ -6,10 +6,10 @@ from pathlib import Path
 
 from buffer.api import Lane
 from buffer.store import SqliteStore
+from config import parse_config
+from config.events import Event, decode_body
 from gateway.app import Agent
 from gateway.clock import Clock
-from gateway.config import parse_config
-from gateway.events import Event, decode_body
 from gateway.sdnotify import Notifier
 
 

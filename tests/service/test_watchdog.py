@@ -17,9 +17,9 @@ from pathlib import Path
 import can
 import pytest
 
+from config import EX_CONFIG, load_config
+from config.errors import ConfigError
 from gateway.app import EX_OK, Agent, Phase
-from gateway.config import EX_CONFIG, load_config
-from gateway.errors import ConfigError
 from gateway.sdnotify import Notifier
 from gateway.supervisor import TaskInfo, backoff_delay, supervise
 from tests.service.agent_env import eec1_frame, free_port, truck_toml

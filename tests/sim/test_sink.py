@@ -17,8 +17,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from buffer.api import StoredEvent
+from config.events import Event, encode_body
 from gateway import wire
-from gateway.events import Event, encode_body
 from sim.broker import Mosquitto
 from sim.report import render
 from sim.sink import Sink, format_summary

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from buffer.store import SqliteStore
-from gateway.config import BufferConfig
+from config import BufferConfig
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from buffer.api import EventStore
 from buffer.store import SqliteStore
+from config import BufferConfig, MqttConfig, TruckConfig
+from config.events import Event
 from gateway import wire
-from gateway.config import BufferConfig, MqttConfig, TruckConfig
-from gateway.events import Event
 from gateway.uplink import Uplink
 
 

@@ -9,7 +9,7 @@ import pytest
 import trustme
 
 from buffer.store import SqliteStore
-from gateway.config import TlsConfig
+from config import TlsConfig
 from gateway.uplink import UplinkState
 from sim.broker import Mosquitto
 from tests.uplink.helpers import (

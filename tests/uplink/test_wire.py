@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buffer.api import StoredEvent
+from config.errors import WireError
+from config.events import Event, encode_body
 from gateway import wire
-from gateway.errors import WireError
-from gateway.events import Event, encode_body
 from tests.uplink.helpers import mixed_event
 
 

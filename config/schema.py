@@ -1,0 +1,191 @@
+"""The truck configuration schema: frozen, slotted dataclasses, one per TOML table.
+
+The schema is the dataclasses themselves: each field's type drives parsing and its
+``metadata`` (built with :func:`_f`) carries ranges, choices and documentation hints.
+:mod:`config.loader` reads a file into these; ``config/example.toml`` documents every key.
+Mapping fields (``deadbands``, ``ttl_s``) are read-only ``MappingProxyType`` views.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+TRUCK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
+
+
+class ConfigWarning(UserWarning):
+    """A configuration that works but is risky (e.g. a secret file readable by others)."""
+
+
+def _f(
+    default: Any = dataclasses.MISSING,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    pattern: re.Pattern[str] | None = None,
+    path: bool = False,
+    must_exist: bool = False,
+    secret: bool = False,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with validation metadata."""
+    meta = {
+        "lo": lo,
+        "hi": hi,
+        "pattern": pattern,
+        "path": path,
+        "must_exist": must_exist,
+        "secret": secret,
+    }
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, slots=True)
+class GpsSampling:
+    """Point recording thresholds; all zero => every fix is recorded."""
+
+    min_interval_s: float = _f(1.0, lo=0)
+    max_interval_s: float = _f(30.0, lo=0)
+    min_distance_m: float = _f(50.0, lo=0)
+    min_heading_change_deg: float = _f(10.0, lo=0, hi=180)
+    min_speed_change_kmh: float = _f(10.0, lo=0)
+    stopped_interval_s: float = _f(300.0, lo=0)
+    moving_speed_kmh: float = _f(5.0, lo=0)
+
+
+@dataclass(frozen=True, slots=True)
+class GpsConfig:
+    """``[gps]``: an NMEA 0183 receiver on a serial port."""
+
+    port: str = _f()
+    baudrate: int | Literal["auto"] = _f(9600)
+    sampling: GpsSampling = _f(factory=GpsSampling)
+
+
+@dataclass(frozen=True, slots=True)
+class CanSampling:
+    """Engine event recording; all zero => every decoded frame is recorded.
+
+    ``deadbands`` maps a signal name (``engine_speed_rpm``, ...) to the change that
+    counts as significant; signals not listed use the driver's defaults.
+    """
+
+    min_interval_s: float = _f(1.0, lo=0)
+    max_interval_s: float = _f(60.0, lo=0)
+    deadbands: Mapping[str, float] = _f(factory=dict)
+    dtc_refresh_s: float = _f(600.0, lo=0)
+
+
+@dataclass(frozen=True, slots=True)
+class CanConfig:
+    """``[can]``: a J1939 bus reached through any python-can interface."""
+
+    interface: str = _f("socketcan")
+    channel: str = _f("can0")
+    bitrate: int = _f(250000, lo=10000, hi=1000000)
+    listen_only: bool = _f(True)
+    request_interval_s: float = _f(60.0, lo=0)
+    dbc_file: Path | None = _f(None, path=True, must_exist=True)
+    sampling: CanSampling = _f(factory=CanSampling)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferConfig:
+    """``[buffer]``: the store-and-forward SQLite log.
+
+    ``ttl_s`` optionally maps an event class (``critical``, ``position``,
+    ``telemetry``) to a maximum age in seconds; expired events are dropped and counted.
+    """
+
+    path: Path = _f(Path("/var/lib/truckgw/buffer.db"), path=True)
+    max_bytes: int = _f(268435456, lo=1048576)
+    durability: Literal["normal", "full"] = _f("normal")
+    commit_interval_ms: int = _f(50, lo=1, hi=10000)
+    commit_max_events: int = _f(2000, lo=1, hi=1000000)
+    ttl_s: Mapping[str, float] = _f(factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[mqtt.tls]``: when present, the server certificate is always verified."""
+
+    ca_file: Path | None = _f(None, path=True, must_exist=True)
+    cert_file: Path | None = _f(None, path=True, must_exist=True)
+    key_file: Path | None = _f(None, path=True, must_exist=True, secret=True)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """``[mqtt]``: the uplink to the fleet broker."""
+
+    host: str = _f()
+    port: int = _f(8883, lo=1, hi=65535)
+    topic_prefix: str = _f("fleet", pattern=re.compile(r"[^#+\x00]{1,128}"))
+    keepalive_s: int = _f(60, lo=5, hi=65535)
+    protocol: Literal["5", "3.1.1"] = _f("5")
+    client_id: str | None = _f(None, pattern=re.compile(r"[^\x00]{1,128}"))
+    username: str | None = _f(None)
+    password_file: Path | None = _f(None, path=True, must_exist=True, secret=True)
+    tls: TlsConfig | None = _f(None)
+    encoding: Literal["json", "compact"] = _f("json")
+    max_payload_bytes: int = _f(131072, lo=1024, hi=268435455)
+    inflight_window: int = _f(16, lo=1, hi=65535)
+    live_share: float = _f(0.5, lo=0, hi=1)
+    bandwidth_bytes_per_s: int = _f(0, lo=0)
+    status_interval_s: float = _f(60.0, lo=1)
+    publish_timeout_s: float = _f(30.0, lo=1)
+    reconnect_min_s: float = _f(1.0, lo=0.01)
+    reconnect_max_s: float = _f(120.0, lo=0.01)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: local health outputs, read by ``truckgw status`` and node_exporter."""
+
+    state_file: Path | None = _f(None, path=True)
+    textfile: Path | None = _f(None, path=True)
+    interval_s: float = _f(10.0, lo=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``."""
+
+    level: Literal["debug", "info", "warning", "error"] = _f("info")
+
+
+@dataclass(frozen=True, slots=True)
+class TruckConfig:
+    """The whole configuration of one truck."""
+
+    truck_id: str = _f(pattern=TRUCK_ID_RE)
+    mqtt: MqttConfig = _f()
+    gps: GpsConfig | None = _f(None)
+    can: CanConfig | None = _f(None)
+    buffer: BufferConfig = _f(factory=BufferConfig)
+    metrics: MetricsConfig = _f(factory=MetricsConfig)
+    log: LogConfig = _f(factory=LogConfig)
+    source: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id: ``mqtt.client_id`` or, by default, the truck id."""
+        return self.mqtt.client_id or self.truck_id
+
+    @property
+    def state_file(self) -> Path:
+        """Where the agent writes its health snapshot for ``truckgw status``."""
+        if self.metrics.state_file is not None:
+            return self.metrics.state_file
+        return self.buffer.path.with_name(self.buffer.path.name + ".state.json")

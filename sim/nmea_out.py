@@ -42,16 +42,25 @@ def sentence(body: str) -> bytes:
     return f"${body}*{checksum(body)}\r\n".encode("ascii")
 
 
+def ddmm(value: float, deg_digits: int, decimals: int = 5) -> str:
+    """``abs(value)`` degrees as NMEA ``(d)ddmm.mmmmm``, rounded once, with the carry.
+
+    Rounding the minutes alone can give ``60.00000`` (``1.9999999999999716`` degrees
+    would print as ``00160.00000``, which a strict parser rightly rejects); rounding the
+    whole value in units of the last minute digit first carries into the degrees.
+    """
+    scale = 10**decimals
+    units = round(abs(value) * 60 * scale)
+    deg, rest = divmod(units, 60 * scale)
+    return f"{deg:0{deg_digits}d}{rest / scale:0{3 + decimals}.{decimals}f}"
+
+
 def _lat(lat: float) -> tuple[str, str]:
-    a = abs(lat)
-    deg = int(a)
-    return f"{deg:02d}{(a - deg) * 60:08.5f}", "N" if lat >= 0 else "S"
+    return ddmm(lat, 2), "N" if lat >= 0 else "S"
 
 
 def _lon(lon: float) -> tuple[str, str]:
-    a = abs(lon)
-    deg = int(a)
-    return f"{deg:03d}{(a - deg) * 60:08.5f}", "E" if lon >= 0 else "W"
+    return ddmm(lon, 3), "E" if lon >= 0 else "W"
 
 
 def _hms(t: dt.datetime) -> str:

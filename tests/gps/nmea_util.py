@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import reduce
 
+from sim.nmea_out import ddmm
+
 
 def sentence(body: str, *, crlf: bool = True) -> bytes:
     """``$body*HH`` (+ CRLF) with the right checksum."""
@@ -14,10 +16,7 @@ def sentence(body: str, *, crlf: bool = True) -> bytes:
 def dm(value: float, deg_digits: int) -> tuple[str, str]:
     """Degrees -> (``(d)ddmm.mmmmmm``, hemisphere) for lat (2) or lon (3 digits)."""
     hemi = ("N" if value >= 0 else "S") if deg_digits == 2 else ("E" if value >= 0 else "W")
-    v = abs(value)
-    deg = int(v)
-    minutes = (v - deg) * 60
-    return f"{deg:0{deg_digits}d}{minutes:09.6f}", hemi
+    return ddmm(value, deg_digits, decimals=6), hemi
 
 
 def epoch(hhmmss: str, lat: float, lon: float, *, speed_kn: float = 0.0, course: float = 0.0,

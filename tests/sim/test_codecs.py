@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers.j1939 import DtcUpdate, J1939Decoder, SignalUpdate
@@ -29,6 +29,9 @@ def lines(data: bytes) -> list[bytes]:
 @settings(max_examples=200, deadline=None)
 @given(lat=st.floats(-89.9, 89.9), lon=st.floats(-179.9, 179.9),
        speed=st.floats(0, 160), course=st.floats(0, 359.9), alt=st.floats(-100, 5000))
+# minutes that round to 60.00000 must carry into the degrees (was printed as 00160.00000)
+@example(lat=0.0, lon=1.9999999999999716, speed=0.0, course=0.0, alt=0.0)
+@example(lat=-45.99999999, lon=-179.9, speed=0.0, course=0.0, alt=0.0)
 def test_nmea_epoch_round_trips_through_the_gateway_parser(
         lat: float, lon: float, speed: float, course: float, alt: float) -> None:
     fix = nmea_out.GpsFix(lat=lat, lon=lon, alt_m=alt, speed_kmh=speed, course_deg=course)

@@ -66,5 +66,13 @@ class BrokerRefusedError(UplinkError):
     """The broker refused the connection or a publish (credentials, ACL, size)."""
 
 
+class EventError(GatewayError, ValueError):
+    """An event cannot be recorded as given (a reserved field name, NaN or infinity)."""
+
+
+class SimError(GatewayError):
+    """The simulator or one of its test tools (proxy, replay, sink) was misused or failed."""
+
+
 class WireError(GatewayError):
     """A payload does not follow the wire contract (docs/wire-format.md)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from config.errors import EventError
+
 
 class Priority(IntEnum):
     """Eviction class: a lower value outlives a higher one when the buffer is full."""
@@ -74,15 +76,19 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 def encode_body(event: Event) -> bytes:
     """Serialise an event to its stored body: ``{"ts":..,"type":..,<fields>}``.
 
-    Raises ``ValueError`` for fields named like reserved keys or holding NaN/inf, which
-    JSON cannot carry; drivers must leave a value out rather than send a non-number.
+    Raises :class:`~config.errors.EventError` (a ``ValueError``) for fields named like
+    reserved keys or holding NaN/inf, which JSON cannot carry: a reading without a value
+    leaves the field out rather than sending a non-number.
     """
     clash = RESERVED_KEYS.intersection(event.fields)
     if clash:
-        raise ValueError(f"event fields use reserved keys: {sorted(clash)}")
+        raise EventError(f"event fields use reserved keys: {sorted(clash)}")
     obj: dict[str, Any] = {"ts": event.ts_ms, "type": event.type}
     obj.update(event.fields)
-    return _ENCODER.encode(obj).encode()
+    try:
+        return _ENCODER.encode(obj).encode()
+    except ValueError as exc:  # NaN or infinity
+        raise EventError(f"{event.type} event: {exc}") from exc
 
 
 def decode_body(body: bytes) -> dict[str, Any]:

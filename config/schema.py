@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,11 @@ def _f(
     return field(default=default, metadata=meta)
 
 
+def _empty_mapping() -> Mapping[str, float]:
+    """A read-only empty mapping: config objects stay immutable all the way down."""
+    return types.MappingProxyType({})
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -83,7 +89,7 @@ class CanSampling:
 
     min_interval_s: float = _f(1.0, lo=0)
     max_interval_s: float = _f(60.0, lo=0)
-    deadbands: Mapping[str, float] = _f(factory=dict)
+    deadbands: Mapping[str, float] = _f(factory=_empty_mapping)
     dtc_refresh_s: float = _f(600.0, lo=0)
 
 
@@ -113,7 +119,7 @@ class BufferConfig:
     durability: Literal["normal", "full"] = _f("normal")
     commit_interval_ms: int = _f(50, lo=1, hi=10000)
     commit_max_events: int = _f(2000, lo=1, hi=1000000)
-    ttl_s: Mapping[str, float] = _f(factory=dict)
+    ttl_s: Mapping[str, float] = _f(factory=_empty_mapping)
 
 
 @dataclass(frozen=True, slots=True)

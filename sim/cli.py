@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from sim.j1939_out import Schedule
 from sim.ports import PtyPort, SerialPortOut
 from sim.route import list_routes, load_route
 from sim.runner import CanOutput, GpsOutput, PythonCanOutput, TruckSim
+from sim.signals import stop_event_on_signals
 from sim.slcan_adapter import SlcanPtyAdapter
 from sim.truck import Truck, TruckParams
 
@@ -164,15 +164,6 @@ def build_sim(args: argparse.Namespace, outputs: Outputs, seed_offset: int = 0) 
     elif isinstance(outputs.can, PythonCanOutput):
         outputs.can.on_request = sim.on_frame_from_host
     return sim
-
-
-def stop_event_on_signals() -> asyncio.Event:
-    """An event set by SIGINT/SIGTERM (call inside the running loop)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 def cmd_truck(args: argparse.Namespace) -> int:

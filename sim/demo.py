@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim.broker import INSTALL_HINT, BrokerUnavailableError, Mosquitto, find_mosquitto
-from sim.cli import stop_event_on_signals
 from sim.gateway_proc import GatewayProcess, truck_config
 from sim.ports import PtyPort
 from sim.report import write_report
 from sim.route import list_routes, load_route
 from sim.runner import TruckSim
+from sim.signals import stop_event_on_signals
 from sim.sink import Sink, format_summary, session_store_conf
 from sim.slcan_adapter import SlcanPtyAdapter
 from sim.truck import DTC_CATALOGUE, Truck, TruckParams

@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sim.cli import stop_event_on_signals
 from sim.faults import FaultPlan
 from sim.gateway_proc import GatewayProcess, truck_config
 from sim.j1939_out import Schedule
 from sim.ports import PtyPort
 from sim.route import list_routes, load_route
 from sim.runner import TruckSim
+from sim.signals import stop_event_on_signals
 from sim.sink import Sink, format_summary
 from sim.slcan_adapter import SlcanPtyAdapter
 from sim.truck import Truck, TruckParams

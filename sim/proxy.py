@@ -27,6 +27,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 
+from config.errors import SimError
+
 log = logging.getLogger(__name__)
 
 CHUNK = 65536
@@ -116,7 +118,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._main, name="truckgw-tcp-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(10) or self._error is not None:
-            raise RuntimeError(f"proxy did not start: {self._error!r}")
+            raise SimError(f"proxy did not start: {self._error!r}")
         return self
 
     def close(self) -> None:
@@ -164,7 +166,7 @@ class TcpProxy:
     def _call(self, fn: Callable[..., None], *args: object) -> None:
         loop = self._loop
         if loop is None:
-            raise RuntimeError("proxy is not running")
+            raise SimError("proxy is not running")
         done = threading.Event()
 
         def run() -> None:

@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from config.errors import SimError
 from sim.j1939_out import Frame
 from sim.runner import CanOutput, GpsOutput
 
@@ -91,7 +92,7 @@ async def replay(*, epochs: list[bytes] | None = None, candump: CandumpLog | Non
                  stop: asyncio.Event | None = None) -> dict[str, int]:
     """Play the logs to the outputs; returns how many epochs and frames were written."""
     if speed <= 0:
-        raise ValueError("speed must be > 0")
+        raise SimError("speed must be > 0")
     sent = {"epochs": 0, "frames": 0}
     for _ in range(max(1, repeat)):
         await _once(epochs or [], candump=candump, gps=gps, can=can, speed=speed, stop=stop,

@@ -17,6 +17,7 @@ import random
 import time
 from typing import Any, Protocol
 
+from config.errors import SimError
 from sim import nmea_out
 from sim.faults import FaultPlan, corrupt_sentences, garbage
 from sim.j1939_out import PGN_REQUEST, Frame, Schedule
@@ -110,7 +111,7 @@ class TruckSim:
                  faults: FaultPlan | None = None, schedule: Schedule | None = None,
                  seed: int = 0) -> None:
         if not 0.1 <= gps_hz <= 10:
-            raise ValueError("gps_hz must be within 0.1..10")
+            raise SimError("gps_hz must be within 0.1..10")
         self.truck = truck
         self.gps = gps
         self.can = can

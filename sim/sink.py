@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from config.errors import WireError
+from config.errors import SimError, WireError
 from gateway import wire
 from sim.sink_stats import FleetStats
 
@@ -47,7 +47,7 @@ class Sink:
                  share: str | None = None, protocol: str = "5", client_id: str | None = None,
                  jsonl: Path | None = None, sqlite: Path | None = None) -> None:
         if share and protocol != "5":
-            raise ValueError("shared subscriptions need MQTT 5 (--protocol 5)")
+            raise SimError("shared subscriptions need MQTT 5 (--protocol 5)")
         self.host, self.port, self.prefix = host, port, prefix
         self.share = share
         self.protocol = protocol
@@ -56,8 +56,11 @@ class Sink:
         self.persistent = client_id is not None
         self.client_id = client_id or f"truckgw-sink-{uuid.uuid4().hex[:8]}"
         self.stats = FleetStats()
+        #: set once the broker has acknowledged every subscription (SUBACK), cleared on
+        #: disconnect: a message published after this is seen by the sink
         self.connected = threading.Event()
         self.connects = 0
+        self._suback_pending: set[int] = set()
         self._lock = threading.Lock()
         self._jsonl: IO[str] | None = jsonl.open("a", encoding="utf-8") if jsonl else None
         self._db: sqlite3.Connection | None = None
@@ -77,6 +80,7 @@ class Sink:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._started = False
 
     def topics(self) -> list[str]:
@@ -100,7 +104,7 @@ class Sink:
         self._started = True
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Block until subscribed once (or timeout); True when connected."""
+        """Block until every subscription is acknowledged (or timeout); True when it is."""
         return self.connected.wait(timeout)
 
     def stop(self) -> None:
@@ -131,14 +135,29 @@ class Sink:
         if getattr(rc, "is_failure", False):
             log.warning("sink: connect refused: %s", rc)
             return
-        for topic in self.topics():
-            if self.protocol == "5":
-                client.subscribe(topic, options=SubscribeOptions(qos=1))
-            else:
-                client.subscribe(topic, qos=1)
+        mids = set()
+        with self._lock:
+            for topic in self.topics():
+                if self.protocol == "5":
+                    _rc, mid = client.subscribe(topic, options=SubscribeOptions(qos=1))
+                else:
+                    _rc, mid = client.subscribe(topic, qos=1)
+                if mid is not None:
+                    mids.add(mid)
+            self._suback_pending = mids
         self.connects += 1
-        self.connected.set()
-        log.info("sink: connected to %s:%s, subscribed %s", self.host, self.port, self.topics())
+        log.info("sink: connected to %s:%s, subscribing %s", self.host, self.port, self.topics())
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        refused = [c for c in (codes or ()) if getattr(c, "is_failure", False)]
+        if refused:
+            log.warning("sink: subscription %s refused: %s", mid, refused)
+            return
+        with self._lock:
+            self._suback_pending.discard(mid)
+            done = not self._suback_pending
+        if done:
+            self.connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.connected.clear()
@@ -180,6 +199,12 @@ class Sink:
             log.warning("sink: bad payload from %s: %s", truck_id, exc)
             self.stats.add_bad(truck_id)
             return
+        if batch.get("truck_id") != truck_id:
+            # the topic is what the broker's ACL vouches for; a payload that claims another
+            # truck must not make that truck's real events look like duplicates
+            log.warning("sink: payload on %s claims truck %r", topic, batch.get("truck_id"))
+            self.stats.add_bad(truck_id)
+            return
         fresh = self.stats.add_batch(batch, arrival_ms)
         self._write(batch, fresh, arrival_ms)
 
@@ -211,6 +236,11 @@ class Sink:
         # seqs the agent announced it never committed (seq_gap notices) are not losses
         totals["lost"] = totals["missing"] - totals["missing_announced"]
         return {"trucks": trucks, "totals": totals, "connected": self.connected.is_set()}
+
+    def missing_in(self, truck_id: str, lo: int, hi: int) -> tuple[int, int]:
+        """(missing, announced by ``seq_gap``) seqs of one truck in ``[lo, hi]`` now."""
+        with self._lock:
+            return self.stats.truck(truck_id).missing_in(lo, hi)
 
     def live(self, truck_id: str) -> dict[str, Any]:
         """Latest values of one truck for a live view (gps, engine, dtc, status, rate)."""

@@ -60,15 +60,26 @@ def cmd_sink(args: argparse.Namespace) -> int:
     sink.start()
     print(f"sink: {args.host}:{args.port} topics {sink.topics()}", flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    subscribed = False
+    next_live = time.monotonic() + args.interval
     try:
         while not done.is_set():
-            wait = args.interval
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            if done.wait(wait) or (deadline is not None and time.monotonic() >= deadline):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 break
-            if not args.quiet:
-                print(live_line(sink.summary()), flush=True)
+            # poll quickly until every SUBACK is in, so callers can wait for this line
+            wait = next_live - now if subscribed else min(0.05, max(0.0, next_live - now))
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            if done.wait(max(0.0, wait)):
+                break
+            if not subscribed and sink.connected.is_set():
+                subscribed = True
+                print("sink: subscribed", flush=True)
+            if time.monotonic() >= next_live:
+                next_live += args.interval
+                if not args.quiet:
+                    print(live_line(sink.summary()), flush=True)
     finally:
         sink.stop()
         for s, h in old.items():

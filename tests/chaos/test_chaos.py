@@ -225,9 +225,7 @@ class Chaos:
         Missing seqs are explained by a ``seq_gap`` notice (numbers never used) or, by
         count, by the agent's eviction counters for the same stretch.
         """
-        stats = self.sink.stats.truck(TRUCK)
-        with self.sink._lock:  # the sink folds batches on paho's thread
-            missing, announced = stats.missing_in(lo, hi)
+        missing, announced = self.sink.missing_in(TRUCK, lo, hi)
         return missing, announced, max(0, missing - announced - evicted)
 
     async def corrupt_phase(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -224,3 +225,18 @@ def test_fuzz_loader_raises_only_config_error(doc: dict[str, Any]) -> None:
         assert all(f == "fuzz.toml" for f, _k, _r in exc.problems)
     else:
         assert isinstance(cfg, TruckConfig)
+
+
+def test_config_is_immutable_all_the_way_down() -> None:
+    """Mapping fields are read-only views, both when given and when defaulted."""
+    given = parse_config({"truck_id": "T1", "mqtt": {"host": "h"},
+                          "buffer": {"ttl_s": {"telemetry": 60}},
+                          "can": {"sampling": {"deadbands": {"engine_speed_rpm": 50}}}})
+    default = parse_config({"truck_id": "T1", "mqtt": {"host": "h"}, "can": {}})
+    for cfg in (given, default):
+        assert cfg.can is not None
+        for mapping in (cfg.buffer.ttl_s, cfg.can.sampling.deadbands):
+            with pytest.raises(TypeError):
+                mapping["x"] = 1.0  # type: ignore[index]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.buffer.max_bytes = 1  # type: ignore[misc]

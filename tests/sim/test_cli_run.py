@@ -44,8 +44,7 @@ def test_sink_command_exits_1_on_gaps_and_writes_outputs(mosquitto: Mosquitto,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ,
                                                                "PYTHONUNBUFFERED": "1"})
     try:
-        wait_for_line(proc, b"sink:")
-        time.sleep(1.0)  # subscribed
+        wait_for_line(proc, b"sink: subscribed")
         pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="p",
                           protocol=mqtt.MQTTv5)
         pub.connect(mosquitto.host, mosquitto.port)

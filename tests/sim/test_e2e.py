@@ -89,6 +89,17 @@ async def drained(s: Stack) -> dict[str, Any]:
                 f"sink={s.sink.summary()}\n{s.gateway.log_tail()}")
 
 
+async def can_open(s: Stack, limit_s: float = 30.0) -> None:
+    """Wait until the agent reports its CAN bus open (its state file says so)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if (s.gateway.state().get("can") or {}).get("state") in ("active", "silent"):
+            return
+        assert s.gateway.running, s.gateway.log_tail()
+        await asyncio.sleep(0.2)
+    pytest.fail(f"CAN bus never opened: {s.gateway.state().get('can')}\n{s.gateway.log_tail()}")
+
+
 def in_range(ranges: dict[str, list[float]], key: str, lo: float, hi: float) -> None:
     assert key in ranges, f"{key} never arrived; got {sorted(ranges)}"
     got_lo, got_hi = ranges[key]
@@ -182,7 +193,7 @@ async def test_replay_of_a_real_capture_reaches_the_sink(
     dump = parse_candump((DATA / "j1939" / "css_j1939_truck.log").read_bytes())
     epochs = nmea_epochs((DATA / "nmea" / "neo-m8n.log").read_bytes())
     async with stack(tmp_path, broker) as s:
-        await asyncio.sleep(3.0)  # python-can's slcan waits after opening the port
+        await can_open(s)  # python-can's slcan waits ~2 s after opening the port
         await replay(epochs=epochs, candump=dump, gps=s.gps, can=s.can, speed=10.0)
         await drained(s)
         t = s.sink.summary()["trucks"][TRUCK]

@@ -17,6 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from buffer.api import StoredEvent
+from config.errors import SimError
 from config.events import Event, encode_body
 from gateway import wire
 from sim.broker import Mosquitto
@@ -91,8 +92,7 @@ def test_sink_decodes_json_and_compact_and_finds_gaps(mosquitto: Mosquitto,
     sink.start()
     pub = publisher(mosquitto)
     try:
-        assert sink.wait_connected(10)
-        time.sleep(0.3)  # let the SUBACK land before publishing
+        assert sink.wait_connected(10)  # every SUBACK is in
         (p1, _), = wire.encode_batches("TRK-1", events[:4], "json", 100_000)
         (p2, _), = wire.encode_batches("TRK-1", events[4:], "compact", 100_000)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -133,7 +133,6 @@ def test_shared_subscription_splits_the_traffic(mosquitto: Mosquitto) -> None:
     pub = publisher(mosquitto)
     try:
         assert all(s.wait_connected(10) for s in sinks)
-        time.sleep(0.3)
         now = int(time.time() * 1000)
         for i in range(1, 41):
             (payload, _), = wire.encode_batches("TRK-2", [stored(i, "gps", now, lat=1.0,
@@ -151,7 +150,7 @@ def test_shared_subscription_splits_the_traffic(mosquitto: Mosquitto) -> None:
 
 
 def test_share_needs_mqtt5() -> None:
-    with pytest.raises(ValueError, match="MQTT 5"):
+    with pytest.raises(SimError, match="MQTT 5"):
         Sink("127.0.0.1", 1, share="g", protocol="3.1.1")
 
 
@@ -162,7 +161,6 @@ def test_sink_on_mqtt311_reads_compact_from_the_topic_suffix(mosquitto: Mosquitt
     pub = publisher(mosquitto)
     try:
         assert sink.wait_connected(10)
-        time.sleep(0.3)
         now = int(time.time() * 1000)
         (payload, _), = wire.encode_batches(
             "TRK-3", [stored(i, "engine", now, engine_speed_rpm=800.0 + i) for i in (1, 2, 3)],
@@ -210,3 +208,29 @@ def test_missing_in_a_stretch_counts_overlapping_notices_once() -> None:
     assert t.missing_in(6, 12) == (7, 5)  # 6..12 missing, 6..10 announced
     assert t.missing_in(22, 29) == (8, 0)
     assert t.missing_in(31, 40) == (0, 0)
+
+
+@pytest.mark.broker
+def test_the_truck_id_comes_from_the_topic(mosquitto: Mosquitto) -> None:
+    """A batch on TRK-A's topic that claims to be TRK-B is a bad payload of TRK-A."""
+    now = int(time.time() * 1000)
+    sink = Sink(mosquitto.host, mosquitto.port, "fleet")
+    sink.start()
+    pub = publisher(mosquitto)
+    try:
+        assert sink.wait_connected(10)
+        (real, _), = wire.encode_batches("TRK-B", [stored(1, "gps", now, lat=1.0, lon=2.0)],
+                                         "json", 10_000)
+        (forged, _), = wire.encode_batches("TRK-B", [stored(2, "gps", now, lat=1.0, lon=2.0)],
+                                           "json", 10_000)
+        pub.publish("fleet/TRK-B/events", real, qos=1).wait_for_publish(5)
+        pub.publish("fleet/TRK-A/events", forged, qos=1).wait_for_publish(5)
+        wait_for(lambda: sink.summary()["totals"]["bad_payloads"] >= 1
+                 and sink.summary()["totals"]["events"] >= 1)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        sink.stop()
+    trucks = sink.summary()["trucks"]
+    assert trucks["TRK-A"]["bad_payloads"] == 1 and trucks["TRK-A"]["events"] == 0
+    assert trucks["TRK-B"]["unique"] == 1 and trucks["TRK-B"]["bad_payloads"] == 0

@@ -1,7 +1,7 @@
 """J1939 frame encoders and a rate scheduler (pure: time is passed in).
 
 Encoders turn a :class:`~sim.truck.TruckState` into 8-byte payloads with the SAE
-scalings listed in DOMAIN.md; unused bytes are 0xFF ("not available"). The
+scalings of the decode table in docs/can.md; unused bytes are 0xFF ("not available"). The
 :class:`Schedule` emits each parameter group at its real-world rate and sends DM1
 with several DTCs over the transport protocol as a BAM (TP.CM + TP.DT 50 ms apart).
 HOURS and LFC are on-request PGNs: the schedule plays another ECU (the instrument

@@ -20,6 +20,7 @@ The schema is the dataclasses themselves: each field's type drives parsing and i
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import stat
@@ -27,12 +28,12 @@ import tomllib
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from config.errors import ConfigError
-from config.schema import ConfigWarning, TruckConfig
+from config.schema import MAX_DEADBAND, MAX_TTL_S, ConfigWarning, TruckConfig
 
 # --------------------------------------------------------------------------- loading
 
@@ -92,16 +93,23 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
     tls = cfg.mqtt.tls
     if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
         ctx.err("mqtt.tls", "cert_file and key_file go together (mutual TLS)")
+    if cfg.can is not None and cfg.can.interface not in can_interfaces():
+        ctx.err("can.interface",
+                f"unknown python-can interface {cfg.can.interface!r}"
+                f"{_did_you_mean(cfg.can.interface, can_interfaces())}"
+                f" (known: {', '.join(sorted(can_interfaces()))})")
     if cfg.gps is None and cfg.can is None:
         ctx.warnings.append(f"{ctx.name}: neither [gps] nor [can] is configured")
     for key, value in cfg.buffer.ttl_s.items():
         if key not in ("critical", "position", "telemetry"):
             ctx.err(f"buffer.ttl_s.{key}", "expected one of critical, position, telemetry")
-        elif value <= 0:
-            ctx.err(f"buffer.ttl_s.{key}", f"expected a number > 0, got {value!r}")
+        elif not 0 < value <= MAX_TTL_S:
+            ctx.err(f"buffer.ttl_s.{key}",
+                    f"expected a number 0 < x <= {MAX_TTL_S}, got {value!r}")
     for key, value in (cfg.can.sampling.deadbands.items() if cfg.can else ()):
-        if value < 0:
-            ctx.err(f"can.sampling.deadbands.{key}", f"expected a number >= 0, got {value!r}")
+        if not 0 <= value <= MAX_DEADBAND:
+            ctx.err(f"can.sampling.deadbands.{key}",
+                    f"expected a number 0..{MAX_DEADBAND:g}, got {value!r}")
 
 
 class _Ctx:
@@ -127,7 +135,8 @@ class _Ctx:
         for key in table:
             if key not in fields:
                 known = ", ".join(sorted(fields))
-                self.err(_join(prefix, key), f"unknown key in {where} (known: {known})")
+                hint = _did_you_mean(str(key), fields)
+                self.err(_join(prefix, key), f"unknown key in {where}{hint} (known: {known})")
         kwargs: dict[str, Any] = {}
         ok = True
         for fname, fdef in fields.items():
@@ -252,6 +261,21 @@ class _Ctx:
 
 
 _BAD: Any = object()
+
+
+def can_interfaces() -> frozenset[str]:
+    """The interface names python-can knows (``can.interface`` must be one of them)."""
+    from can.interfaces import VALID_INTERFACES  # noqa: PLC0415  # python-can is slow to import
+
+    return frozenset(VALID_INTERFACES)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    options = sorted(choices)
+    # a truncated key ("prot") means the longer one, even when another is closer in letters
+    close = [c for c in options if len(word) >= 3 and c.startswith(word)]
+    close = close or difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _join(prefix: str, key: str) -> str:

@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 TRUCK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Upper bound of every interval and time-to-live that is not otherwise bounded: a day
+#: for intervals; :data:`MAX_TTL_S` for ``buffer.ttl_s``. A number beyond these is a typo
+#: (``1e308`` overflowed the millisecond arithmetic at start), never an intent.
+DAY_S = 86_400
+MAX_TTL_S = 10 * 365 * DAY_S
+#: Largest ``[can.sampling.deadbands]`` value accepted.
+MAX_DEADBAND = 1e9
+#: Most MQTT messages in flight at once: well inside the 16-bit packet-id space, so an id
+#: is never reused while its message is in flight (the broker's Receive Maximum may lower it).
+MAX_INFLIGHT = 4096
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 
 
@@ -61,13 +71,13 @@ def _empty_mapping() -> Mapping[str, float]:
 class GpsSampling:
     """Point recording thresholds; all zero => every fix is recorded."""
 
-    min_interval_s: float = _f(1.0, lo=0)
-    max_interval_s: float = _f(30.0, lo=0)
-    min_distance_m: float = _f(50.0, lo=0)
+    min_interval_s: float = _f(1.0, lo=0, hi=DAY_S)
+    max_interval_s: float = _f(30.0, lo=0, hi=DAY_S)
+    min_distance_m: float = _f(50.0, lo=0, hi=1_000_000)
     min_heading_change_deg: float = _f(10.0, lo=0, hi=180)
-    min_speed_change_kmh: float = _f(10.0, lo=0)
-    stopped_interval_s: float = _f(300.0, lo=0)
-    moving_speed_kmh: float = _f(5.0, lo=0)
+    min_speed_change_kmh: float = _f(10.0, lo=0, hi=500)
+    stopped_interval_s: float = _f(300.0, lo=0, hi=DAY_S)
+    moving_speed_kmh: float = _f(5.0, lo=0, hi=200)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +85,7 @@ class GpsConfig:
     """``[gps]``: an NMEA 0183 receiver on a serial port."""
 
     port: str = _f()
-    baudrate: int | Literal["auto"] = _f(9600)
+    baudrate: int | Literal["auto"] = _f(9600, lo=300, hi=4_000_000)
     sampling: GpsSampling = _f(factory=GpsSampling)
 
 
@@ -87,10 +97,10 @@ class CanSampling:
     counts as significant; signals not listed use the driver's defaults.
     """
 
-    min_interval_s: float = _f(1.0, lo=0)
-    max_interval_s: float = _f(60.0, lo=0)
+    min_interval_s: float = _f(1.0, lo=0, hi=DAY_S)
+    max_interval_s: float = _f(60.0, lo=0, hi=DAY_S)
     deadbands: Mapping[str, float] = _f(factory=_empty_mapping)
-    dtc_refresh_s: float = _f(600.0, lo=0)
+    dtc_refresh_s: float = _f(600.0, lo=0, hi=DAY_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +111,7 @@ class CanConfig:
     channel: str = _f("can0")
     bitrate: int = _f(250000, lo=10000, hi=1000000)
     listen_only: bool = _f(True)
-    request_interval_s: float = _f(60.0, lo=0)
+    request_interval_s: float = _f(60.0, lo=0, hi=DAY_S)
     dbc_file: Path | None = _f(None, path=True, must_exist=True)
     sampling: CanSampling = _f(factory=CanSampling)
 
@@ -115,7 +125,7 @@ class BufferConfig:
     """
 
     path: Path = _f(Path("/var/lib/truckgw/buffer.db"), path=True)
-    max_bytes: int = _f(268435456, lo=1048576)
+    max_bytes: int = _f(268435456, lo=1048576, hi=1 << 40)
     durability: Literal["normal", "full"] = _f("normal")
     commit_interval_ms: int = _f(50, lo=1, hi=10000)
     commit_max_events: int = _f(2000, lo=1, hi=1000000)
@@ -135,7 +145,7 @@ class TlsConfig:
 class MqttConfig:
     """``[mqtt]``: the uplink to the fleet broker."""
 
-    host: str = _f()
+    host: str = _f(pattern=re.compile(r"[^\s/#+]{1,253}"))
     port: int = _f(8883, lo=1, hi=65535)
     topic_prefix: str = _f("fleet", pattern=re.compile(r"[^#+\x00]{1,128}"))
     keepalive_s: int = _f(60, lo=5, hi=65535)
@@ -146,13 +156,13 @@ class MqttConfig:
     tls: TlsConfig | None = _f(None)
     encoding: Literal["json", "compact"] = _f("json")
     max_payload_bytes: int = _f(131072, lo=1024, hi=268435455)
-    inflight_window: int = _f(16, lo=1, hi=65535)
+    inflight_window: int = _f(16, lo=1, hi=MAX_INFLIGHT)
     live_share: float = _f(0.5, lo=0, hi=1)
-    bandwidth_bytes_per_s: int = _f(0, lo=0)
-    status_interval_s: float = _f(60.0, lo=1)
-    publish_timeout_s: float = _f(30.0, lo=1)
-    reconnect_min_s: float = _f(1.0, lo=0.01)
-    reconnect_max_s: float = _f(120.0, lo=0.01)
+    bandwidth_bytes_per_s: int = _f(0, lo=0, hi=1_000_000_000)
+    status_interval_s: float = _f(60.0, lo=1, hi=DAY_S)
+    publish_timeout_s: float = _f(30.0, lo=1, hi=3600)
+    reconnect_min_s: float = _f(1.0, lo=0.01, hi=3600)
+    reconnect_max_s: float = _f(120.0, lo=0.01, hi=DAY_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +171,7 @@ class MetricsConfig:
 
     state_file: Path | None = _f(None, path=True)
     textfile: Path | None = _f(None, path=True)
-    interval_s: float = _f(10.0, lo=1)
+    interval_s: float = _f(10.0, lo=1, hi=3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,19 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ("bad-baud", MINIMAL.replace('"/dev/ttyACM0"', '"/dev/x"\nbaudrate = "fast"'),
      "gps.baudrate", 'got "fast"'),
     ("negative-threshold", MINIMAL + "[gps.sampling]\nmin_distance_m = -1\n",
-     "gps.sampling.min_distance_m", "expected a number >= 0"),
+     "gps.sampling.min_distance_m", "expected a number 0..1000000"),
+    # numbers that passed check-config and then broke `run` (a restart loop, not exit 78)
+    ("huge-ttl", MINIMAL + "[buffer.ttl_s]\ntelemetry = 1e308\n", "buffer.ttl_s.telemetry",
+     "expected a number 0 < x <= 315360000"),
+    ("huge-reconnect", MINIMAL.replace('host = "127.0.0.1"',
+                                       'host = "h"\nreconnect_min_s = 1e300'),
+     "mqtt.reconnect_min_s", "expected a number 0.01..3600"),
+    ("empty-host", MINIMAL.replace('host = "127.0.0.1"', 'host = ""'), "mqtt.host",
+     "expected a string matching"),
+    ("unknown-can-interface", MINIMAL + '[can]\ninterface = "socketcn"\n', "can.interface",
+     "unknown python-can interface 'socketcn'; did you mean 'socketcan'?"),
+    ("did-you-mean", MINIMAL.replace('host = "127.0.0.1"', 'host = "h"\nprot = "5"'),
+     "mqtt.prot", "did you mean 'protocol'?"),
     ("section-not-table", "gps = 3\n" + MINIMAL.replace('[gps]\nport = "/dev/ttyACM0"\n', ""),
      "gps", "expected a table"),
     ("unreadable-tls-file", MINIMAL + '[mqtt.tls]\nca_file = "missing-ca.pem"\n',
@@ -240,3 +253,32 @@ def test_config_is_immutable_all_the_way_down() -> None:
                 mapping["x"] = 1.0  # type: ignore[index]
         with pytest.raises(dataclasses.FrozenInstanceError):
             cfg.buffer.max_bytes = 1  # type: ignore[misc]
+
+
+def _numeric_fields(cls: type, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(dotted key, metadata) of every number in the schema, nested tables included."""
+    import typing  # noqa: PLC0415
+
+    out: list[tuple[str, dict[str, Any]]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (Mapping, dict):
+            continue  # mapping values: bounded by the loader's cross-field checks
+        args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        for a in args:
+            if dataclasses.is_dataclass(a):
+                out += _numeric_fields(a, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            elif a in (int, float):
+                out.append((f"{prefix}{f.name}", dict(f.metadata)))
+    return out
+
+
+def test_every_number_in_the_schema_has_both_bounds() -> None:
+    """A number without an upper bound lets a typo (1e308) through check-config."""
+    fields = _numeric_fields(TruckConfig)
+    assert len(fields) > 20
+    unbounded = [k for k, meta in fields if meta.get("lo") is None or meta.get("hi") is None]
+    assert unbounded == []

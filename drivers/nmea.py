@@ -10,7 +10,10 @@ No I/O and no clock reads. The epoch merge that turns sentences into fixes, and 
   and SiRF binary frames) and any line longer than :data:`MAX_LINE`. Memory is
   bounded by :data:`MAX_LINE` whatever the input.
 - :func:`parse_sentence` checks the mandatory ``*HH`` checksum and decodes RMC,
-  GGA, GLL, VTG and GSA of the GNSS talkers in :data:`TALKERS` into typed records.
+  GGA, GLL, VTG and GSA of any well-formed talker (two capital letters: the GNSS ones,
+  and also ``IN`` integrated navigation, ``II`` integrated instrumentation, ...) into
+  typed records. A value outside its physical range (a negative speed, a course of
+  -400 degrees) is dropped from the record; the rest of the sentence is kept.
 
 Why not pynmea2: it accepts sentences without checksums, yields 0.0 latitude with no
 fix and misreads u-blox RMC status; see ``DOMAIN.md`` section 2.
@@ -29,8 +32,15 @@ from config.errors import DecodeError
 #: send 93-byte GGA and 134-byte proprietary lines; anything longer is garbage.
 MAX_LINE = 200
 
-#: GNSS talkers whose position sentences are decoded; other talkers are ignored.
+#: The GNSS talkers. Position sentences of any well-formed talker are decoded (a receiver
+#: fused with an IMU talks as ``IN``); this set only documents the common ones.
 TALKERS = frozenset({"GP", "GN", "GL", "GA", "GB", "BD", "GQ", "GI"})
+_TALKER = re.compile(r"[A-Z]{2}")
+
+#: Physical ranges: a value outside is a receiver fault and is dropped from the record.
+MAX_SPEED_KMH = 1000.0  # faster than any road vehicle (or airliner at cruise)
+ALT_RANGE_M = (-1000.0, 20000.0)
+MAX_HDOP = 100.0
 
 KNOT_KMH = 1.852
 _PRINTABLE = bytes(range(0x20, 0x7F))
@@ -193,7 +203,7 @@ def parse_sentence(line: bytes) -> Sentence:
         return Sentence(talker="P" if addr.startswith("P") else addr[:2], kind=addr)
     talker, kind = addr[:2], addr[2:]
     parser = _PARSERS.get(kind)
-    if talker not in TALKERS or parser is None:
+    if not _TALKER.fullmatch(talker) or parser is None:
         return Sentence(talker=talker, kind=kind)
     try:
         return parser(talker, f)
@@ -271,19 +281,37 @@ def _date(s: str) -> dt.date | None:
     return dt.date(2000 + int(s[4:6]), int(s[2:4]), int(s[0:2]))
 
 
+def _speed_kmh(kmh: float | None) -> float | None:
+    return kmh if kmh is not None and 0 <= kmh <= MAX_SPEED_KMH else None
+
+
+def _course(deg: float | None) -> float | None:
+    if deg is None or not 0 <= deg <= 360:
+        return None
+    return 0.0 if deg == 360 else deg
+
+
 def _rmc(talker: str, f: list[str]) -> Rmc:
     lat, lon = _latlon(f, 3)
     # field 12 (NMEA 2.3) mode 'N' = data not valid; field 13 (4.1 nav status) is ignored
     valid = _field(f, 2) == "A" and _field(f, 12) != "N"
+    knots = _num(f, 7)
+    if knots is not None and _speed_kmh(knots * KNOT_KMH) is None:
+        knots = None
     return Rmc(talker, "RMC", _tod(_field(f, 1)), valid, lat, lon,
-               _num(f, 7), _num(f, 8), _date(_field(f, 9)))
+               knots, _course(_num(f, 8)), _date(_field(f, 9)))
 
 
 def _gga(talker: str, f: list[str]) -> Gga:
     lat, lon = _latlon(f, 2)
     alt = _num(f, 9) if _field(f, 10) in ("M", "") else None
+    if alt is not None and not ALT_RANGE_M[0] <= alt <= ALT_RANGE_M[1]:
+        alt = None
+    hdop = _num(f, 8)
+    if hdop is not None and not 0 <= hdop <= MAX_HDOP:
+        hdop = None
     return Gga(talker, "GGA", _tod(_field(f, 1)), lat, lon, _int(f, 6) or 0,
-               _int(f, 7), _num(f, 8), alt)
+               _int(f, 7), hdop, alt)
 
 
 def _gll(talker: str, f: list[str]) -> Gll:
@@ -296,11 +324,12 @@ def _vtg(talker: str, f: list[str]) -> Vtg:
     kmh = _num(f, 7)
     if kmh is None and _num(f, 5) is not None:
         kmh = _num(f, 5) * KNOT_KMH  # type: ignore[operator]  # checked just above
-    return Vtg(talker, "VTG", _num(f, 1), kmh, _field(f, 9) != "N")
+    return Vtg(talker, "VTG", _course(_num(f, 1)), _speed_kmh(kmh), _field(f, 9) != "N")
 
 
 def _gsa(talker: str, f: list[str]) -> Gsa:
-    return Gsa(talker, "GSA", _int(f, 2), _num(f, 16))
+    hdop = _num(f, 16)
+    return Gsa(talker, "GSA", _int(f, 2), hdop if hdop is None or 0 <= hdop <= MAX_HDOP else None)
 
 
 _PARSERS: dict[str, Callable[[str, list[str]], Sentence]] = {

@@ -10,7 +10,8 @@ calls it when the line goes quiet after a burst). :class:`NmeaDecoder` chains
 :class:`~drivers.nmea.NmeaFramer`, :func:`~drivers.nmea.parse_sentence` and the merger.
 
 Rules: RMC status ``V`` (or mode ``N``), GGA quality 0 (or 7 manual, 8 simulator) and
-GLL status ``V`` mean no fix; a fix without a position, or at exactly 0,0, is no fix.
+GLL status ``V`` mean no fix, and so does a GGA that claims a fix from 0 satellites; a
+fix without a position, or at exactly 0,0, is no fix.
 The fix mode comes from GSA when it says 2 or 3, else 3 when GGA has an altitude.
 """
 
@@ -152,6 +153,7 @@ class EpochMerger:
         invalid = (
             (rmc is not None and not rmc.valid)
             or (gga is not None and gga.quality in (0, 7, 8))  # none, manual, simulator
+            or (gga is not None and gga.sats == 0)  # a "fix" from no satellite is none
             or (gll is not None and not gll.valid)
         )
         lat = lon = None

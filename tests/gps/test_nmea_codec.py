@@ -134,9 +134,9 @@ def test_malformed_fields_raise_parse_error() -> None:
             parse_sentence(sentence(body, crlf=False))
 
 
-def test_other_talkers_and_kinds_are_passed_over() -> None:
+def test_other_kinds_are_passed_over_and_any_talker_decoded() -> None:
     assert type(parse_sentence(sentence("PSTMVER,X", crlf=False))) is Sentence
-    assert type(parse_sentence(sentence("IIRMC,120000,A,,,,,,,,,", crlf=False))) is Sentence
+    assert isinstance(parse_sentence(sentence("IIRMC,120000,A,,,,,,,,,", crlf=False)), Rmc)
     assert type(parse_sentence(sentence("GPGSV,1,1,00", crlf=False))) is Sentence
     for talker in ("GP", "GN", "GL", "GA", "GB", "BD", "GQ", "GI"):
         assert isinstance(parse_sentence(sentence(f"{talker}RMC,,V,,,,,,,,,,N", crlf=False)), Rmc)

@@ -7,9 +7,18 @@ replaces the old session (J1939-21 lets a sender restart), which also means a BA
 flood from one source can hold at most one session.
 
 Memory is bounded by :data:`MAX_SESSIONS` sessions of at most :data:`MAX_MESSAGE`
-bytes each. When the table is full, expired sessions are swept and, if none expired,
-the new announcement is refused (``exhausted``) rather than evicting a session that
-is making progress: connection exhaustion then costs the attacker, not the victim.
+bytes each, and the table is shared fairly between sources, so that one node (or a
+flood of spoofed addresses) can never starve the engine ECU's DM1 of reassembly:
+
+- a source holds at most :data:`MAX_PER_SOURCE` sessions (one BAM plus a few
+  connection-mode transfers to different destinations); more is refused (``exhausted``);
+- when the table is full, expired sessions are swept first; if none expired, the
+  newcomer may take the least-advanced session of the source holding the most sessions,
+  but only when that source holds more than the newcomer does (``evicted``). Among
+  sources holding equally many, the one first heard most recently loses first, and a
+  source that has completed a transfer before is never displaced by one that has not.
+  Otherwise the announcement is refused (``exhausted``): a session making progress is
+  not given up for a newcomer that already has its fair share.
 
 Every rejection is counted in :attr:`TpReassembler.counters`; nothing raises.
 Time is passed in as ``ts_ms``; there are no clock reads here.
@@ -30,6 +39,7 @@ CM_ABORT = 255
 
 MAX_MESSAGE = 1785  # 255 packets * 7 bytes
 MAX_SESSIONS = 32
+MAX_PER_SOURCE = 4  # one BAM plus three RTS/CTS transfers to different destinations
 T1_MS = 750  # J1939-21: max gap between TP.DT packets of a BAM (and after the announcement)
 T2_MS = 1250  # connection mode: a receiver's wait for data after CTS; used for any DT gap
 
@@ -43,6 +53,7 @@ COUNTER_NAMES = (
     "replaced",
     "aborted",
     "exhausted",
+    "evicted",
     "orphan_dt",
     "short_frame",
 )
@@ -78,6 +89,8 @@ class TpReassembler:
         self.max_sessions = max_sessions
         self.max_message = max_message
         self._sessions: dict[tuple[int, int], _Session] = {}
+        self._first_heard: dict[int, int] = {}  # SA -> ts of its first announcement (<= 256)
+        self._completed_by: set[int] = set()  # SAs that finished a transfer at least once
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
 
     @property
@@ -149,6 +162,7 @@ class TpReassembler:
             self.counters["out_of_order"] += 1  # short DT frames: data is missing
             return None
         self.counters["completed"] += 1
+        self._completed_by.add(sa)
         return TpMessage(pgn=s.pgn, sa=sa, da=da, data=bytes(s.buf[: s.size]))
 
     def expire(self, ts_ms: int) -> int:
@@ -160,6 +174,31 @@ class TpReassembler:
         return len(dead)
 
     # ------------------------------------------------------------------ helpers
+
+    def _held_by(self, sa: int) -> int:
+        return sum(1 for k in self._sessions if k[0] == sa)
+
+    def _displaceable(self, newcomer: int) -> tuple[int, int] | None:
+        """The session a newcomer from ``newcomer`` may take in a full table, if any."""
+        held: dict[int, int] = {}
+        for src, _da in self._sessions:
+            held[src] = held.get(src, 0) + 1
+        mine = held.get(newcomer, 0)
+        newcomer_proven = newcomer in self._completed_by
+
+        def rank(src: int) -> tuple[int, bool, int]:
+            # most sessions first; then sources never proven; then the most recently heard
+            return (held[src], src not in self._completed_by, self._first_heard.get(src, 0))
+
+        candidates = [src for src in held if held[src] > mine + 1 or (
+            held[src] > mine and self._first_heard.get(src, 0) > self._first_heard[newcomer])]
+        if not newcomer_proven:
+            candidates = [src for src in candidates if src not in self._completed_by]
+        if not candidates:
+            return None
+        victim_src = max(candidates, key=rank)
+        keys = [k for k in self._sessions if k[0] == victim_src]
+        return min(keys, key=lambda k: self._sessions[k].next_seq)
 
     def _announce(
         self, ts_ms: int, sa: int, da: int, data: bytes | bytearray, *, bam: bool
@@ -176,12 +215,20 @@ class TpReassembler:
             self._sessions.pop((sa, da), None)
             return
         key = (sa, da)
+        self._first_heard.setdefault(sa, ts_ms)
         if key in self._sessions:
             del self._sessions[key]
             self.counters["replaced"] += 1
-        elif len(self._sessions) >= self.max_sessions and not self.expire(ts_ms):
+        elif self._held_by(sa) >= MAX_PER_SOURCE:
             self.counters["exhausted"] += 1
             return
+        elif len(self._sessions) >= self.max_sessions and not self.expire(ts_ms):
+            loser = self._displaceable(sa)
+            if loser is None:
+                self.counters["exhausted"] += 1
+                return
+            del self._sessions[loser]
+            self.counters["evicted"] += 1
         self._sessions[key] = _Session(
             pgn=pgn,
             size=size,

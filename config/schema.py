@@ -69,7 +69,8 @@ def _empty_mapping() -> Mapping[str, float]:
 
 @dataclass(frozen=True, slots=True)
 class GpsSampling:
-    """Point recording thresholds; all zero => every fix is recorded."""
+    """Point recording: ``mode`` picks the policy (``thresholds``: all zero => every fix
+    is recorded; ``curve``: error-bounded simplification, docs/recording.md)."""
 
     min_interval_s: float = _f(1.0, lo=0, hi=DAY_S)
     max_interval_s: float = _f(30.0, lo=0, hi=DAY_S)
@@ -78,6 +79,10 @@ class GpsSampling:
     min_speed_change_kmh: float = _f(10.0, lo=0, hi=500)
     stopped_interval_s: float = _f(300.0, lo=0, hi=DAY_S)
     moving_speed_kmh: float = _f(5.0, lo=0, hi=200)
+    mode: Literal["thresholds", "curve"] = _f("thresholds")
+    max_error_m: float = _f(10.0, lo=0.5, hi=1000)
+    max_speed_error_kmh: float = _f(5.0, lo=0, hi=100)
+    provisional_interval_s: float = _f(10.0, lo=0, hi=3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,9 +33,11 @@ import can
 
 from config import CanConfig, CanSampling
 from config.events import Event, encode_body
-from drivers.can import CanDriver, record_decoded
+from drivers.can import CanDriver
 from drivers.j1939 import J1939Decoder
-from gateway.recording.can import CanRecorder
+from gateway.clock import Clock
+from gateway.ingest import Ingest
+from gateway.recording.can import CanRecorder, record_decoded
 
 LOG = Path(__file__).resolve().parent.parent / "tests" / "data" / "j1939" / "css_j1939_truck.log"
 EVERY = CanSampling(min_interval_s=0, max_interval_s=0, dtc_refresh_s=0)
@@ -120,7 +122,8 @@ async def _driver_cpu(cfg: CanConfig, send: Callable[[can.Message], None],
         nonlocal nbytes
         nbytes += len(encode_body(ev))
 
-    driver = CanDriver(cfg, sink, lambda: time.time_ns() // 1_000_000)
+    ingest = Ingest(sink, Clock(), can=cfg.sampling)
+    driver = CanDriver(cfg, ingest.on_can)
     task = asyncio.create_task(driver.run(), name="can-driver")
     for _ in range(1000):
         if driver.state.value == "active":
@@ -147,7 +150,7 @@ async def _driver_cpu(cfg: CanConfig, send: Callable[[can.Message], None],
         "rate": out["sent"] / out["wall"],
         "cpu_pct": 100 * driver_cpu_s / (w1 - w0),
         "sender_cpu_pct": 100 * out["cpu"] / out["wall"],
-        "engine_events": float(stats["engine_events"] or 0),
+        "engine_events": float(ingest.stats().engine_events),
         "bus_load_pct": float(stats["bus_load_pct"] or 0),
     }
 

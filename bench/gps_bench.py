@@ -28,6 +28,7 @@ from config.events import Event, encode_body
 from drivers.gps import GpsDriver
 from drivers.nmea_epoch import NmeaDecoder
 from gateway.clock import Clock
+from gateway.ingest import Ingest
 from gateway.recording.gps import GpsRecorder
 
 
@@ -85,8 +86,8 @@ async def driver_cpu(seconds: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         link = Path(tmp) / "gps0"
         link.symlink_to(os.ttyname(slave))
-        drv = GpsDriver(GpsConfig(port=str(link), baudrate=115200, sampling=ALL_ZERO),
-                        got.append, Clock())
+        cfg = GpsConfig(port=str(link), baudrate=115200, sampling=ALL_ZERO)
+        drv = GpsDriver(cfg, Ingest(got.append, Clock(), gps=cfg.sampling).on_fix)
         task = asyncio.create_task(drv.run(), name="gps")
         await asyncio.sleep(0.5)
         t0, c0 = time.monotonic(), time.process_time()

@@ -110,6 +110,10 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
         if not 0 <= value <= MAX_DEADBAND:
             ctx.err(f"can.sampling.deadbands.{key}",
                     f"expected a number 0..{MAX_DEADBAND:g}, got {value!r}")
+    for key, value in (cfg.can.sampling.curve_errors.items() if cfg.can else ()):
+        if not 0 < value <= MAX_DEADBAND:
+            ctx.err(f"can.sampling.curve_errors.{key}",
+                    f"expected a number 0 < x <= {MAX_DEADBAND:g}, got {value!r}")
 
 
 class _Ctx:

@@ -3,7 +3,8 @@
 The schema is the dataclasses themselves: each field's type drives parsing and its
 ``metadata`` (built with :func:`_f`) carries ranges, choices and documentation hints.
 :mod:`config.loader` reads a file into these; ``config/example.toml`` documents every key.
-Mapping fields (``deadbands``, ``ttl_s``) are read-only ``MappingProxyType`` views.
+Mapping fields (``deadbands``, ``curve_errors``, ``ttl_s``) are read-only
+``MappingProxyType`` views.
 """
 
 from __future__ import annotations
@@ -100,12 +101,17 @@ class CanSampling:
 
     ``deadbands`` maps a signal name (``engine_speed_rpm``, ...) to the change that
     counts as significant; signals not listed use the driver's defaults.
+    ``curve_errors`` maps a signal name to its error bound in ``mode = "curve"``.
     """
 
     min_interval_s: float = _f(1.0, lo=0, hi=DAY_S)
     max_interval_s: float = _f(60.0, lo=0, hi=DAY_S)
     deadbands: Mapping[str, float] = _f(factory=_empty_mapping)
     dtc_refresh_s: float = _f(600.0, lo=0, hi=DAY_S)
+    #: "deadbands" (above) or "curve": the signals in ``curve_errors`` (default rpm 50,
+    #: wheel speed 2 km/h) are recorded by error bound instead, docs/recording.md
+    mode: Literal["deadbands", "curve"] = _f("deadbands")
+    curve_errors: Mapping[str, float] = _f(factory=_empty_mapping)
 
 
 @dataclass(frozen=True, slots=True)

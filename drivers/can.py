@@ -1,14 +1,14 @@
 """The CAN bus shell: python-can access, reconnect with backoff, requests, statistics.
 
 All bus I/O happens in one :class:`drivers.can_io.BusReader` thread per connection
-attempt, which hands frames over in batches; decoding (:mod:`drivers.j1939`) and the
-recording policy (:mod:`gateway.recording.can`) run on the event loop, which also
-calls the sink.
+attempt, which hands frames over in batches; decoding (:mod:`drivers.j1939`) runs on the
+event loop, which hands each batch of decoded messages to the sink. The driver knows
+nothing of events, recording or the clock: that is :mod:`gateway.ingest`'s.
 
 Device problems never escape :meth:`CanDriver.run`: an adapter absent at start, a
 read error, an unplugged USB adapter all end the connection attempt and the driver
-retries with capped, jittered exponential backoff. Each state change is logged once;
-a failure repeating with the same reason is logged at debug level only.
+retries with the project's one backoff policy (:mod:`config.retry`). Each state change
+is logged once; a failure repeating with the same reason is logged at debug level only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,47 +24,30 @@ from typing import Any
 import can
 
 from config import CanConfig
-from config.events import Event
+from config.retry import Backoff, RetryPolicy
 from drivers.can_io import BusReader
 from drivers.j1939 import (
     GLOBAL,
     PGN_HOURS,
     PGN_LFC,
     PGN_REQUEST,
-    DtcUpdate,
+    Decoded,
     J1939Decoder,
-    SignalUpdate,
     make_id,
     request_payload,
 )
 from drivers.slcan import BufferedSlcanBus
-from gateway.recording.can import CanRecorder
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # housekeeping period: TP timeouts, silence, requests, rates
 SILENT_AFTER_S = 5.0  # no frame for this long on an open bus: state SILENT
-WHEEL_SPEED_FRESH_S = 3.0  # a wheel speed older than this says nothing about moving
-BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
+RETRY = RetryPolicy(min_s=0.5, max_s=30.0, stable_s=0.0)  # stable: frames were heard
 STOP_WAIT_S = 5.0  # how long cancellation waits for the reader thread (slcan opens take 2 s)
 REQUEST_SA = 0xF9  # off-board diagnostic tool #1: the address a gateway requests from
 REQUESTED_PGNS = (PGN_HOURS, PGN_LFC)
 # an extended data frame is 67 + 8 * len bits before stuffing; real traffic stuffs ~8 %
 STUFFING = 141.9 / 131.0
-
-
-def record_decoded(rec: CanRecorder, ts_ms: int, out: SignalUpdate | DtcUpdate) -> Event | None:
-    """Offer one decoded message to the recording policy; the event it records, if any.
-
-    The one path from the codec to the policy, shared by the driver and bench/can_bench.py.
-    """
-    if type(out) is SignalUpdate:
-        return rec.on_signals(ts_ms, out.sa, out.values, pgn=out.pgn, missing=out.missing)
-    if isinstance(out, DtcUpdate):
-        dm1 = out.dm1
-        return rec.on_dtc(ts_ms, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
-    return None  # pragma: no cover - Decoded has two members
 
 
 class CanState(enum.Enum):
@@ -85,7 +67,7 @@ class CanState(enum.Enum):
 
 
 class CanDriver:
-    """Reads a J1939 bus through python-can and hands ``engine`` / ``dtc`` events to a sink.
+    """Reads a J1939 bus through python-can and hands decoded messages to a sink.
 
     ``bus_factory`` builds the bus (tests and the simulator may pass a ``virtual``
     bus); by default it is ``can.Bus(interface=cfg.interface, channel=cfg.channel,
@@ -94,24 +76,22 @@ class CanDriver:
     with ``listen_only`` from the config. Other backends take listen-only from the
     interface setup (``ip link set can0 type can listen-only on`` for socketcan).
 
-    Events go to ``sink`` on the event loop; ``now_ms`` stamps them. ``run()`` never
-    raises for device problems; :attr:`state` and :meth:`stats` tell how it goes.
+    ``sink`` gets, on the event loop, the list of :data:`~drivers.j1939.Decoded`
+    messages (signal sets, DM1 lists) of each batch of frames, oldest first. ``run()``
+    never raises for device problems; :attr:`state` and :meth:`stats` tell how it goes.
     """
 
     def __init__(
         self,
         cfg: CanConfig,
-        sink: Callable[[Event], object],
-        now_ms: Callable[[], int],
+        sink: Callable[[list[Decoded]], object],
         *,
         bus_factory: Callable[[], can.BusABC] | None = None,
     ) -> None:
         self.cfg = cfg
         self.sink = sink
-        self.now_ms = now_ms
         self.bus_factory = bus_factory or self._default_bus
         self.decoder = J1939Decoder()
-        self.recorder = CanRecorder(cfg.sampling)
         self._state = CanState.STOPPED
         self._reader: BusReader | None = None
         self._failure: str | None = None
@@ -121,7 +101,6 @@ class CanDriver:
         self._rate_mark: tuple[float, int, float] | None = None
         self._frames_per_s = 0.0
         self._bus_load = 0.0
-        self._wheel: tuple[float, int] | None = None  # (km/h, loop-clock ms)
         self._counts = {"error_frames": 0, "dropped": 0, "reconnects": 0, "sink_errors": 0,
                         "requests_sent": 0, "request_errors": 0}
         self._last_error: str | None = None
@@ -134,14 +113,6 @@ class CanDriver:
     def state(self) -> CanState:
         """The current :class:`CanState`."""
         return self._state
-
-    def wheel_speed_kmh(self) -> float | None:
-        """The latest CCVS wheel-based speed if it is fresh, else None (unknown)."""
-        if self._wheel is None:
-            return None
-        speed, at_ms = self._wheel
-        now_ms = asyncio.get_running_loop().time() * 1000
-        return speed if now_ms - at_ms <= WHEEL_SPEED_FRESH_S * 1000 else None
 
     def stats(self) -> dict[str, int | float | str | None]:
         """Counters and rates for status/metrics; cheap, call as often as you like."""
@@ -166,9 +137,6 @@ class CanDriver:
             "tp_completed": tp.counters["completed"],
             "tp_errors": tp.errors,
             "tp_sessions": tp.active_sessions,
-            "engine_events": self.recorder.engine_events,
-            "dtc_events": self.recorder.dtc_events,
-            "sources": len(self.recorder.sources),
             **counts,
             "last_error": self._last_error,
         }
@@ -176,18 +144,16 @@ class CanDriver:
     async def run(self) -> None:
         """Read the bus until cancelled; retries device failures with backoff."""
         loop = asyncio.get_running_loop()
-        attempt = 0
+        backoff = Backoff(RETRY)
         try:
             while True:
-                self._set_state(CanState.CONNECTING, quiet=attempt > 0)
+                self._set_state(CanState.CONNECTING, quiet=backoff.attempt > 0)
                 frames_before = self.decoder.counters["frames"]
                 error = await self._connection(loop)
                 if self.decoder.counters["frames"] > frames_before:
-                    attempt = 0  # it worked for a while: start the backoff over
-                attempt += 1
+                    backoff.reset()  # it worked for a while: start the backoff over
                 self._counts["reconnects"] += 1
-                delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(attempt - 1, 16))
-                delay = random.uniform(delay / 2, delay)
+                delay = backoff.next_delay()
                 self._last_error = error
                 self._set_state(CanState.BACKOFF, reason=error, retry_s=delay)
                 await asyncio.sleep(delay)
@@ -263,7 +229,7 @@ class CanDriver:
             ))
 
     def _drain(self) -> None:
-        """Decode and record every frame the reader has handed over (on the loop)."""
+        """Decode every frame the reader has handed over and pass them on (on the loop)."""
         reader = self._reader
         if reader is None:
             return
@@ -271,11 +237,10 @@ class CanDriver:
         inbox = reader.inbox
         if not inbox:
             return
-        ts = self.now_ms()  # event time: the gateway's (GPS-disciplined) clock
         # transport-protocol timeouts run on the monotonic loop clock: immune to clock steps
         mono_ms = int(asyncio.get_running_loop().time() * 1000)
         feed = self.decoder.feed
-        rec = self.recorder
+        decoded: list[Decoded] = []
         bits = 0
         n = 0
         while inbox:
@@ -289,25 +254,22 @@ class CanDriver:
             if msg.is_remote_frame:
                 continue
             out = feed(mono_ms, msg.arbitration_id, msg.data, extended=msg.is_extended_id)
-            if out is None:
-                continue
-            if type(out) is SignalUpdate and "vehicle_speed_kmh" in out.values:
-                self._wheel = (float(out.values["vehicle_speed_kmh"]), mono_ms)
-            ev = record_decoded(rec, ts, out)
-            if ev is not None:
-                self._emit(ev)
+            if out is not None:
+                decoded.append(out)
+        if decoded:
+            self._emit(decoded)
         self._bits += bits * STUFFING
         if n:
             self._last_frame_at = asyncio.get_running_loop().time()
             if self._state in (CanState.SILENT, CanState.CONNECTING):
                 self._set_state(CanState.ACTIVE)
 
-    def _emit(self, ev: Event) -> None:
+    def _emit(self, decoded: list[Decoded]) -> None:
         try:
-            self.sink(ev)
+            self.sink(decoded)
         except Exception:
             self._counts["sink_errors"] += 1
-            log.exception("CAN event sink failed")
+            log.exception("CAN sink failed")
 
     async def _stop_reader(self) -> None:
         reader = self._reader
@@ -368,4 +330,4 @@ class CanDriver:
         if new is CanState.ACTIVE:
             self._failure = None
         level = logging.DEBUG if quiet else logging.INFO
-        log.log(level, "CAN %s: %r -> %r", where, old, new)
+        log.log(level, "CAN %s: %s -> %s", where, old, new)

@@ -2,23 +2,24 @@
 
 A reader thread does the blocking pyserial reads and hands each chunk to the event
 loop with ``loop.call_soon_threadsafe``; everything else (decoding, baud detection,
-recording, reconnects) runs on the loop. The codec is :mod:`drivers.nmea_epoch`, the
-point policy :mod:`gateway.recording.gps`, timestamps come from
-:class:`gateway.clock.Clock`.
+reconnects) runs on the loop. The codec is :mod:`drivers.nmea_epoch`; every decoded
+epoch (a :class:`~drivers.nmea_epoch.Fix`, stamped with the monotonic time its data
+arrived) goes to the sink. What becomes an event, and its time, is decided by
+:mod:`gateway.ingest`: the driver knows nothing of recording, events or the clock.
 
 Device trouble never escapes :meth:`GpsDriver.run`: a port missing at start or
-unplugged later (USB receivers) is reopened with capped, jittered exponential backoff,
-and each change of state is logged once rather than at every retry.
+unplugged later (USB receivers) is reopened with the project's one backoff policy
+(:mod:`config.retry`), and each change of state is logged once rather than at every
+retry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
-import inspect
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +28,8 @@ import serial
 
 from config import GpsConfig
 from config.errors import DeviceUnavailableError
-from config.events import TS_UNVERIFIED, Event
+from config.retry import Backoff, RetryPolicy
 from drivers.nmea_epoch import Fix, NmeaDecoder
-from gateway.clock import Clock
-from gateway.recording.gps import GpsRecorder
 
 log = logging.getLogger(__name__)
 
@@ -91,38 +90,34 @@ class _Reader(threading.Thread):
 
 
 class GpsDriver:
-    """Reads fixes from the configured port and hands recorded points to ``sink``.
+    """Reads the configured port and hands every decoded epoch to ``sink``.
 
-    ``sink`` receives ``Event(type="gps", ts_ms, fields)``; if it returns an
-    awaitable, the driver awaits it (back-pressure from the buffer).
+    ``sink`` receives each :class:`~drivers.nmea_epoch.Fix` (with or without a fix) on
+    the event loop, in order; ``fix.received`` is the monotonic time its data arrived.
     """
 
     def __init__(
         self,
         cfg: GpsConfig,
-        sink: Callable[[Event], object],
-        clock: Clock,
+        sink: Callable[[Fix], object],
         *,
         idle_flush_s: float = 0.2,
         silence_s: float = 5.0,
         detect_window_s: float = 3.0,
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
-        moving_hint: Callable[[], bool | None] | None = None,
     ) -> None:
         self.cfg = cfg
-        # e.g. CAN wheel speed: decides moving vs stopped when it knows (DOMAIN.md 3)
-        self._moving_hint = moving_hint
         self._sink = sink
-        self._clock = clock
         self._idle_flush_s = idle_flush_s
         self._silence_s = silence_s
         self._detect_window_s = detect_window_s
-        self._retry = (retry_min_s, retry_max_s)
+        self._retry = RetryPolicy(min_s=retry_min_s, max_s=retry_max_s, stable_s=0.0)
         self._state = GpsState.CLOSED
         self._logged_state = GpsState.CLOSED
         self.decoder = NmeaDecoder()
-        self.recorder = GpsRecorder(cfg.sampling)
+        self.epochs = 0
+        self.sink_errors = 0
         self._baudrate: int | None = cfg.baudrate if isinstance(cfg.baudrate, int) else None
         self._last_fix_mono: float | None = None
         self._bytes = 0
@@ -150,7 +145,8 @@ class GpsDriver:
             opens=self._opens,
             open_failures=self._failures,
             last_error=self._last_error,
-            points_recorded=self.recorder.recorded,
+            epochs=self.epochs,
+            sink_errors=self.sink_errors,
             last_fix_age_s=(
                 None if self._last_fix_mono is None
                 else round(time.monotonic() - self._last_fix_mono, 3)
@@ -160,7 +156,7 @@ class GpsDriver:
 
     async def run(self) -> None:
         """Read the receiver until cancelled; never raises for device problems."""
-        attempt = 0
+        backoff = Backoff(self._retry)
         try:
             while True:
                 try:
@@ -169,11 +165,8 @@ class GpsDriver:
                     self._last_error = str(exc)
                     self._set_state(GpsState.UNAVAILABLE, str(exc))
                 if self._bytes_this_session:
-                    attempt = 0  # it worked for a while: start backing off afresh
-                lo, hi = self._retry
-                delay = min(hi, lo * 2**attempt) * random.uniform(0.5, 1.0)
-                attempt = min(attempt + 1, 30)
-                await asyncio.sleep(delay)
+                    backoff.reset()  # it worked for a while: start backing off afresh
+                await asyncio.sleep(backoff.next_delay())
         finally:
             self._set_state(GpsState.CLOSED)
 
@@ -268,7 +261,7 @@ class GpsDriver:
             item = await self._next(queue, self._idle_flush_s)
             if item is not None:
                 before = self.decoder.sentences_ok
-                await self._handle(self.decoder.feed(item[0], item[1]))
+                self._handle(self.decoder.feed(item[0], item[1]))
                 if self.decoder.sentences_ok != before:
                     quiet_since, garbage = time.monotonic(), 0
                     if self._state is GpsState.SILENT:
@@ -276,7 +269,7 @@ class GpsDriver:
                     continue
                 garbage += len(item[0])
             else:
-                await self._handle(self.decoder.flush())
+                self._handle(self.decoder.flush())
             if time.monotonic() - quiet_since < self._silence_s:
                 continue
             if garbage and self.cfg.baudrate == "auto":
@@ -285,27 +278,20 @@ class GpsDriver:
                 return
             self._set_state(GpsState.SILENT, f"no valid NMEA for {self._silence_s:g} s")
 
-    async def _handle(self, fixes: list[Fix]) -> None:
-        for fix in fixes:
-            self._set_state(GpsState.FIX if fix.fix else GpsState.NO_FIX)
-            received = fix.received if fix.received is not None else time.monotonic()
+    def _handle(self, fixes: list[Fix]) -> None:
+        for decoded in fixes:
+            self._set_state(GpsState.FIX if decoded.fix else GpsState.NO_FIX)
+            fix = decoded  # the decoder stamps every epoch it was fed; flush() may not
+            if fix.received is None:
+                fix = dataclasses.replace(fix, received=time.monotonic())
             if fix.fix:
-                self._last_fix_mono = received
-            if fix.utc_ms is not None:
-                self._clock.on_gps_time(fix.utc_ms, received, fix.time_trusted)
-            moving = self._moving_hint() if self._moving_hint is not None else None
-            if self.recorder.offer(fix, received, moving) is None:
-                continue
-            fields = fix.fields()
-            if fix.time_trusted and fix.utc_ms is not None:
-                ts = fix.utc_ms  # the receiver's own time of the measurement
-            else:  # corrected clock at the moment the epoch's data arrived
-                ts = self._clock.now_ms() - round((time.monotonic() - received) * 1000)
-                if not self._clock.verified:
-                    fields[TS_UNVERIFIED] = True
-            result = self._sink(Event(type="gps", ts_ms=ts, fields=fields))
-            if inspect.isawaitable(result):
-                await result
+                self._last_fix_mono = fix.received
+            self.epochs += 1
+            try:
+                self._sink(fix)
+            except Exception:
+                self.sink_errors += 1
+                log.exception("GPS sink failed")
 
     def _set_state(self, state: GpsState, detail: str = "") -> None:
         self._state = state

@@ -34,10 +34,11 @@ from typing import Any
 from buffer.store import SqliteStore, StoreState
 from config import EX_CONFIG, TruckConfig
 from config.errors import ConfigError
-from config.events import TS_UNVERIFIED, Event
+from config.events import Event
 from gateway import __version__
 from gateway.clock import Clock
 from gateway.health import HealthWriter
+from gateway.ingest import Ingest
 from gateway.liveness import CommitTracker, HealthProbe
 from gateway.logsetup import RateLimitFilter, setup_logging
 from gateway.sdnotify import Notifier, watchdog_interval_s
@@ -92,6 +93,11 @@ class Agent:
         self.probe = HealthProbe(stall_s=max(stall_s, 3 * cfg.metrics.interval_s))
         self.writer = HealthWriter(cfg.state_file, cfg.metrics.textfile)
         self.store: SqliteStore | None = None
+        self.ingest = Ingest(
+            self.submit, self.clock,
+            gps=cfg.gps.sampling if cfg.gps is not None else None,
+            can=cfg.can.sampling if cfg.can is not None else None,
+        )
         self.gps: Any = None
         self.can: Any = None
         self.uplink: Any = None
@@ -110,14 +116,8 @@ class Agent:
         self._stop.set()
 
     def submit(self, event: Event) -> asyncio.Future[int]:
-        """The drivers' sink: the store's submit, counted for the watchdog.
-
-        A non-GPS event stamped while the clock is unverified is marked ``ts_unverified``
-        (GPS points carry the receiver's own time; the GPS driver marks its own).
-        """
+        """Where :class:`Ingest` hands events: the store's submit, counted for the watchdog."""
         assert self.store is not None  # noqa: S101  # drivers start after the store opens
-        if event.type != "gps" and not self.clock.verified:
-            event = Event(event.type, event.ts_ms, {**event.fields, TS_UNVERIFIED: True})
         fut: asyncio.Future[int] = self.store.submit(event)
         self.commits.submitted(fut)
         return fut
@@ -193,26 +193,14 @@ class Agent:
         from drivers.gps import GpsDriver  # noqa: PLC0415  # only when [gps] is configured
 
         assert self.cfg.gps is not None  # noqa: S101  # spawned only with [gps]
-        self.gps = GpsDriver(self.cfg.gps, sink=self.submit, clock=self.clock,
-                             moving_hint=self.moving_from_can)
+        self.gps = GpsDriver(self.cfg.gps, sink=self.ingest.on_fix)
         await self.gps.run()
-
-    def moving_from_can(self) -> bool | None:
-        """Moving vs stopped from the CAN wheel speed when it is known (else GPS decides).
-
-        Wheel speed does not drift at a standstill the way a GPS speed does, so a parked
-        truck is not recorded as moving (DOMAIN.md section 3).
-        """
-        speed: float | None = self.can.wheel_speed_kmh() if self.can is not None else None
-        if speed is None or self.cfg.gps is None:
-            return None
-        return speed > self.cfg.gps.sampling.moving_speed_kmh
 
     async def _run_can(self) -> None:
         from drivers.can import CanDriver  # noqa: PLC0415  # only when [can] is configured
 
         assert self.cfg.can is not None  # noqa: S101  # spawned only with [can]
-        self.can = CanDriver(self.cfg.can, sink=self.submit, now_ms=self.clock.now_ms)
+        self.can = CanDriver(self.cfg.can, sink=self.ingest.on_can)
         await self.can.run()
 
     async def _run_uplink(self) -> None:
@@ -237,7 +225,7 @@ class Agent:
             hwm = self._snapshot.get("buffer", {}).get("committed_seq")
             if hwm != self._last_hwm:
                 self._last_hwm = hwm
-                log.info("committed seq high-water mark %s", hwm)
+                log.debug("committed seq high-water mark %s", hwm)
             if self.limiter is not None:
                 self.limiter.flush()
             problem = self.probe.problem(self.commits, self._group_tasks_alive())
@@ -307,6 +295,7 @@ class Agent:
             previous=self._snapshot,
             gps=self.gps,
             can=self.can,
+            ingest=self.ingest,
             uplink=self.uplink,
             tasks={name: info.as_dict() for name, info in self.tasks.items()},
             problem=problem if self.phase is Phase.RUNNING else error,
@@ -331,6 +320,7 @@ class Agent:
         if drivers:
             await asyncio.wait(drivers, timeout=1.0)
         if self.store is not None:
+            self.ingest.flush()  # points the recording policies still owe
             try:  # every append the drivers got a future for becomes durable now
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic() - 3.0)):
                     await self.store.flush()

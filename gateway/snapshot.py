@@ -53,6 +53,13 @@ def _component(obj: Any) -> dict[str, Any] | None:
     return out
 
 
+def _joined(sec: dict[str, Any] | None, ingest: Any, part: str) -> dict[str, Any] | None:
+    """A driver's section with the figures ``ingest`` adds to it."""
+    if sec is None or ingest is None:
+        return sec
+    return {**sec, **getattr(ingest, part)()}
+
+
 def _buffer_section(stats: Any, committed_seq: int | None) -> dict[str, Any]:
     if stats is None:
         return {"committed_seq": committed_seq}
@@ -92,8 +99,12 @@ def build_snapshot(
     problem: str | None,
     clock: Mapping[str, Any] | None = None,
     now: float | None = None,
+    ingest: Any = None,
 ) -> dict[str, Any]:
     """Assemble one state-file snapshot (see the module docstring for the schema).
+
+    ``ingest`` (:class:`gateway.ingest.Ingest`) adds the recording policies' counters
+    to the ``gps`` and ``can`` sections.
 
     Sections whose source is unavailable this time (the store did not answer) are
     carried over from ``previous`` so a reader always sees the last known figures.
@@ -114,8 +125,9 @@ def build_snapshot(
         "unhealthy_reason": problem,
         "uplink": normalise_uplink(_component(uplink)),
         "buffer": buffer,
-        "gps": normalise_gps(_component(gps)),
-        "can": normalise_can(_component(can), previous.get("can"), now),
+        "gps": normalise_gps(_joined(_component(gps), ingest, "gps_section")),
+        "can": normalise_can(_joined(_component(can), ingest, "can_section"),
+                             previous.get("can"), now),
         "tasks": plain(tasks),
         "clock": plain(clock or {}),
     }

@@ -1,4 +1,4 @@
-"""Supervision of the agent's named tasks: restart on crash with capped random backoff.
+"""Supervision of the agent's named tasks: restart on crash with the one backoff policy.
 
 A GPS fault must never take down CAN or the uplink: each pipeline task runs under
 :func:`supervise`, which restarts it after a crash and stops the agent only for a
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from config import EX_CONFIG
 from config.errors import ConfigError
+from config.retry import Backoff, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ class TaskInfo:
         return {"alive": self.alive, "restarts": self.restarts, "last_error": self.last_error}
 
 
-def backoff_delay(streak: int, lo: float = BACKOFF_MIN_S, hi: float = BACKOFF_MAX_S) -> float:
-    """Capped exponential backoff with jitter: uniform in [cap/2, cap]."""
-    cap = min(hi, lo * 2 ** min(streak, 30))
-    return random.uniform(cap / 2, cap)
-
-
 async def supervise(
     info: TaskInfo,
     body: Callable[[], Awaitable[None]],
@@ -58,11 +52,12 @@ async def supervise(
     """Run ``body`` until ``stop`` is set, restarting it with backoff when it fails.
 
     A crash is logged (traceback only at debug level, so a flapping device cannot fill
-    the journal) and ``body`` runs again after :func:`backoff_delay`; the streak resets
-    after a run of :data:`STABLE_S`. A :class:`ConfigError` cannot get better by
-    retrying: it calls ``request_stop(EX_CONFIG, reason)`` and ends supervision.
+    the journal) and ``body`` runs again after the project's backoff
+    (:mod:`config.retry`), which starts over after a run of :data:`STABLE_S`. A
+    :class:`ConfigError` cannot get better by retrying: it calls
+    ``request_stop(EX_CONFIG, reason)`` and ends supervision.
     """
-    streak = 0
+    backoff = Backoff(RetryPolicy(min_s=backoff_min_s, max_s=backoff_max_s, stable_s=STABLE_S))
     while not stop.is_set():
         started = time.monotonic()
         info.alive = True
@@ -85,10 +80,9 @@ async def supervise(
         finally:
             info.alive = False
         info.restarts += 1
-        if time.monotonic() - started >= STABLE_S:
-            streak = 0
-        delay = backoff_delay(streak, backoff_min_s, backoff_max_s)
-        streak += 1
+        if time.monotonic() - started >= backoff.policy.stable_s:
+            backoff.reset()
+        delay = backoff.next_delay()
         log.info("restarting task %s in %.1f s", info.name, delay)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):

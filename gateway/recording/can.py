@@ -35,6 +35,7 @@ from types import MappingProxyType
 
 from config import CanSampling
 from config.events import Event
+from drivers.j1939 import Decoded, DtcUpdate, SignalUpdate
 
 Value = float | int | bool
 
@@ -221,3 +222,17 @@ class CanRecorder:
     def sources(self) -> list[int]:
         """Source addresses seen so far."""
         return sorted(self._sources)
+
+
+def record_decoded(rec: CanRecorder, ts_ms: int, out: Decoded) -> Event | None:
+    """Offer one decoded message to the recording policy; the event it records, if any.
+
+    The one path from the codec to the policy, shared by :mod:`gateway.ingest` and
+    bench/can_bench.py.
+    """
+    if type(out) is SignalUpdate:
+        return rec.on_signals(ts_ms, out.sa, out.values, pgn=out.pgn, missing=out.missing)
+    if isinstance(out, DtcUpdate):
+        dm1 = out.dm1
+        return rec.on_dtc(ts_ms, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
+    return None  # pragma: no cover - Decoded has two members

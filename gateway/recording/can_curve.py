@@ -143,6 +143,11 @@ class CurveCanRecorder:
         """All ``engine`` events: the wrapped recorder's and the window's."""
         return self.inner.engine_events + self.curve_events
 
+    @property
+    def dtc_events(self) -> int:
+        """``dtc`` events recorded (the wrapped recorder's)."""
+        return self.inner.dtc_events
+
     def latest(self, sa: int) -> dict[str, Value]:
         """The current signals of source ``sa`` (a copy)."""
         return self.inner.latest(sa)

@@ -1,4 +1,7 @@
-"""CanDriver end to end on python-can's virtual bus and on slcan over a pseudo-terminal."""
+"""CanDriver end to end on python-can's virtual bus and on slcan over a pseudo-terminal.
+
+The driver hands decoded messages on; :class:`gateway.ingest.Ingest` turns them into
+events, as in the agent (``pipe``)."""
 
 from __future__ import annotations
 
@@ -24,13 +27,20 @@ from config import BufferConfig, CanConfig, CanSampling
 from config.events import Event, decode_body, encode_body
 from drivers import can as can_driver
 from drivers.can import CanDriver, CanState
+from drivers.j1939 import Decoded
+from gateway.clock import Clock
+from gateway.ingest import Ingest
 
 TRUCK_LOG = Path(__file__).parent.parent / "data" / "j1939" / "css_j1939_truck.log"
 EVERY = CanSampling(min_interval_s=0, max_interval_s=0, dtc_refresh_s=0)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def pipe(cfg: CanConfig, sink: Callable[[Event], object], **kw: object) -> CanDriver:
+    """A driver whose messages go through an :class:`Ingest` (``driver.ingest``) to ``sink``."""
+    ingest = Ingest(sink, Clock(), can=cfg.sampling)
+    driver = CanDriver(cfg, ingest.on_can, **kw)  # type: ignore[arg-type]  # bus_factory only
+    driver.ingest = ingest  # type: ignore[attr-defined]  # test-only handle
+    return driver
 
 
 async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -75,7 +85,7 @@ def vcfg(channel: str, **kw: object) -> CanConfig:
 async def test_virtual_bus_end_to_end_listen_only() -> None:
     channel = f"test-{uuid.uuid4()}"
     bodies: list[bytes] = []
-    driver = CanDriver(vcfg(channel), lambda ev: bodies.append(encode_body(ev)), now_ms)
+    driver = pipe(vcfg(channel), lambda ev: bodies.append(encode_body(ev)))
     assert driver.state is CanState.STOPPED
     with can.Bus(interface="virtual", channel=channel) as tx:
         async with running(driver):
@@ -104,8 +114,7 @@ async def test_virtual_bus_end_to_end_listen_only() -> None:
 
 async def test_requests_when_not_listen_only() -> None:
     channel = f"test-{uuid.uuid4()}"
-    driver = CanDriver(vcfg(channel, listen_only=False, request_interval_s=60.0),
-                       lambda ev: None, now_ms)
+    driver = pipe(vcfg(channel, listen_only=False, request_interval_s=60.0), lambda ev: None)
     with can.Bus(interface="virtual", channel=channel) as rx:
         async with running(driver):
             got: list[can.Message] = []
@@ -132,7 +141,7 @@ async def test_absent_adapter_is_retried_with_backoff_and_logged_once(
             raise can.CanInitializationError("no such device")
         return can.Bus(interface="virtual", channel=channel)
 
-    driver = CanDriver(vcfg(channel), lambda ev: None, now_ms, bus_factory=factory)
+    driver = pipe(vcfg(channel), lambda ev: None, bus_factory=factory)
     caplog.set_level(logging.INFO, logger="drivers.can")
     async with running(driver):
         await until(lambda: driver.state is CanState.BACKOFF)
@@ -153,7 +162,7 @@ async def test_cancel_while_opening_leaves_no_thread() -> None:
         time.sleep(0.5)  # like slcan's sleep after opening the port
         return can.Bus(interface="virtual", channel=f"test-{uuid.uuid4()}")
 
-    driver = CanDriver(vcfg("x"), lambda ev: None, now_ms, bus_factory=slow_factory)
+    driver = pipe(vcfg("x"), lambda ev: None, bus_factory=slow_factory)
     async with running(driver):
         await asyncio.sleep(0.1)
         assert driver.state is CanState.CONNECTING
@@ -162,21 +171,43 @@ async def test_cancel_while_opening_leaves_no_thread() -> None:
 
 async def test_sink_failure_is_counted_not_fatal() -> None:
     channel = f"test-{uuid.uuid4()}"
+    seen: list[list[Decoded]] = []
+
+    def sink(batch: list[Decoded]) -> None:
+        seen.append(batch)
+        if len(seen) == 1:
+            raise RuntimeError("ingest broken")
+
+    driver = CanDriver(vcfg(channel), sink)
+    with can.Bus(interface="virtual", channel=channel) as tx:
+        async with running(driver):
+            await until(lambda: driver.state is CanState.ACTIVE)
+            tx.send(frames()[0])
+            await until(lambda: len(seen) >= 1)
+            tx.send(frames()[1])
+            await until(lambda: len(seen) >= 2)
+            assert driver.stats()["sink_errors"] == 1
+            assert driver.state is CanState.ACTIVE
+
+
+async def test_submit_failure_is_counted_by_ingest_not_fatal() -> None:
+    channel = f"test-{uuid.uuid4()}"
     seen: list[Event] = []
 
-    def sink(ev: Event) -> None:
+    def submit(ev: Event) -> None:
         seen.append(ev)
         if len(seen) == 1:
             raise RuntimeError("store closed")
 
-    driver = CanDriver(vcfg(channel), sink, now_ms)
+    driver = pipe(vcfg(channel), submit)
     with can.Bus(interface="virtual", channel=channel) as tx:
         async with running(driver):
             await until(lambda: driver.state is CanState.ACTIVE)
             for msg in frames()[:2]:
                 tx.send(msg)
             await until(lambda: len(seen) >= 2)
-            assert driver.stats()["sink_errors"] == 1
+            assert driver.ingest.stats().submit_errors == 1  # type: ignore[attr-defined]
+            assert driver.stats()["sink_errors"] == 0
             assert driver.state is CanState.ACTIVE
 
 
@@ -223,7 +254,7 @@ async def test_slcan_over_pty_end_to_end_and_unplug() -> None:
     adapter = FakeSlcanAdapter()
     cfg = CanConfig(interface="slcan", channel=adapter.path, bitrate=250000, sampling=EVERY)
     events: list[Event] = []
-    driver = CanDriver(cfg, events.append, now_ms)
+    driver = pipe(cfg, events.append)
     try:
         async with running(driver):
             loop = asyncio.get_running_loop()
@@ -257,8 +288,7 @@ async def test_truck_log_over_virtual_bus_into_sqlite_buffer(tmp_path: Path) -> 
     with can.CanutilsLogReader(TRUCK_LOG) as reader:
         log_msgs = list(itertools.islice(reader, 3000))
     async with await SqliteStore.open(BufferConfig(path=tmp_path / "buf.db")) as store:
-        driver = CanDriver(vcfg(channel, sampling=CanSampling(min_interval_s=0.2)),
-                           store.submit, now_ms)
+        driver = pipe(vcfg(channel, sampling=CanSampling(min_interval_s=0.2)), store.submit)
         with can.Bus(interface="virtual", channel=channel) as tx:
             async with running(driver):
                 await until(lambda: driver.state is CanState.ACTIVE)
@@ -268,6 +298,7 @@ async def test_truck_log_over_virtual_bus_into_sqlite_buffer(tmp_path: Path) -> 
                         await asyncio.sleep(0.05)  # let the driver and the store keep up
                 await until(lambda: driver.stats()["frames_total"] == len(log_msgs))
                 stats = driver.stats()
+                recorded = driver.ingest.stats()  # type: ignore[attr-defined]
         await store.flush()
         batch = await store.lease(Lane.BACKFILL, 10_000, 10_000_000)
     assert batch is not None
@@ -275,7 +306,7 @@ async def test_truck_log_over_virtual_bus_into_sqlite_buffer(tmp_path: Path) -> 
     kinds = Counter(e["type"] for e in events)
     assert kinds["dtc"] == 1
     assert kinds["engine"] >= 1
-    assert kinds["engine"] == stats["engine_events"]
+    assert kinds["engine"] == recorded.engine_events
     engine = [e for e in events if e["type"] == "engine"]
     assert all(600 < e["engine_speed_rpm"] < 700 for e in engine if "engine_speed_rpm" in e)
     (dtc,) = [e for e in events if e["type"] == "dtc"]
@@ -295,7 +326,7 @@ async def test_silent_bus_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(can_driver, "TICK_S", 0.05)
     channel = f"test-{uuid.uuid4()}"
     events: list[Event] = []
-    driver = CanDriver(vcfg(channel), events.append, now_ms)
+    driver = pipe(vcfg(channel), events.append)
     with can.Bus(interface="virtual", channel=channel) as tx:
         async with running(driver):
             await until(lambda: driver.state is CanState.SILENT)  # opened, nothing heard
@@ -308,16 +339,17 @@ async def test_silent_bus_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_wheel_speed_for_the_moving_decision() -> None:
     """The latest CCVS wheel speed is offered to the GPS recording (absent when N/A)."""
     channel = f"test-{uuid.uuid4()}"
-    driver = CanDriver(vcfg(channel), lambda ev: None, now_ms)
+    driver = pipe(vcfg(channel), lambda ev: None)
+    ingest: Ingest = driver.ingest  # type: ignore[attr-defined]
     with can.Bus(interface="virtual", channel=channel) as tx:
         async with running(driver):
             await until(lambda: driver.state is CanState.ACTIVE)
-            assert driver.wheel_speed_kmh() is None  # nothing heard yet
+            assert ingest.wheel_speed_kmh() is None  # nothing heard yet
             tx.send(frames()[1])  # CCVS with FF FF: not available
             await until(lambda: driver.stats()["frames_total"] == 1)
-            assert driver.wheel_speed_kmh() is None
+            assert ingest.wheel_speed_kmh() is None
             # CCVS 42.5 km/h: bytes 2-3 = 42.5 * 256 = 0x2A80, little-endian
             tx.send(can.Message(arbitration_id=0x18FEF100,
                                 data=bytes.fromhex("F3802A00FFFFFFFF"), is_extended_id=True))
-            await until(lambda: driver.wheel_speed_kmh() is not None)
-            assert driver.wheel_speed_kmh() == 42.5
+            await until(lambda: ingest.wheel_speed_kmh() is not None)
+            assert ingest.wheel_speed_kmh() == 42.5

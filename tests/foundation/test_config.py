@@ -282,3 +282,21 @@ def test_every_number_in_the_schema_has_both_bounds() -> None:
     assert len(fields) > 20
     unbounded = [k for k, meta in fields if meta.get("lo") is None or meta.get("hi") is None]
     assert unbounded == []
+
+
+def test_recording_modes_and_curve_errors() -> None:
+    base = {"truck_id": "T-1", "mqtt": {"host": "h"}}
+    cfg = parse_config({**base, "gps": {"port": "/dev/ttyS0", "sampling": {"mode": "curve"}},
+                        "can": {"sampling": {"mode": "curve",
+                                             "curve_errors": {"fuel_rate_lph": 20}}}})
+    assert cfg.gps is not None and cfg.gps.sampling.mode == "curve"
+    assert cfg.can is not None and cfg.can.sampling.mode == "curve"
+    assert dict(cfg.can.sampling.curve_errors) == {"fuel_rate_lph": 20.0}
+    for bad, key in (({"mode": "spline"}, "can.sampling.mode"),
+                     ({"curve_errors": {"engine_speed_rpm": 0}},
+                      "can.sampling.curve_errors.engine_speed_rpm"),
+                     ({"curve_errors": {"engine_speed_rpm": "50"}},
+                      "can.sampling.curve_errors.engine_speed_rpm")):
+        with pytest.raises(ConfigError) as info:
+            parse_config({**base, "can": {"sampling": bad}})
+        assert key in {k for _f, k, _r in info.value.problems}, info.value.problems

@@ -1,4 +1,7 @@
-"""GpsDriver on real pseudo-terminals: split streams, garbage, autodetect, unplug."""
+"""GpsDriver on real pseudo-terminals: split streams, garbage, autodetect, unplug.
+
+The driver hands epochs on; :class:`gateway.ingest.Ingest` makes the events, as in the
+agent (``pipe``)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ import pytest
 from config import GpsConfig, GpsSampling
 from config.events import Event
 from drivers.gps import GpsDriver, GpsState
+from drivers.j1939 import SignalUpdate
 from drivers.nmea_epoch import NmeaDecoder
 from gateway.clock import Clock
+from gateway.ingest import Ingest
 from tests.gps.fake_receiver import FakeReceiver
 from tests.gps.nmea_util import epoch
 
@@ -27,6 +32,13 @@ EVERY_FIX = GpsSampling(0, 0, 0, 0, 0, 0, 5)
 UBX = bytes.fromhex("b562 0107 5c00") + bytes(range(92)) + b"\x12\x34"
 FAST: dict[str, Any] = {"idle_flush_s": 0.1, "silence_s": 0.5, "detect_window_s": 0.6,
         "retry_min_s": 0.05, "retry_max_s": 0.2}
+
+
+def pipe(cfg: GpsConfig, sink: Callable[[Event], object], clock: Clock | None = None,
+         **kw: Any) -> tuple[GpsDriver, Ingest]:
+    """A driver whose epochs go through an :class:`Ingest` to ``sink``."""
+    ingest = Ingest(sink, clock or Clock(), gps=cfg.sampling)
+    return GpsDriver(cfg, ingest.on_fix, **kw), ingest
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -80,8 +92,8 @@ async def test_stream_split_at_random_boundaries_with_garbage(receiver: FakeRece
     receiver.plug()
     events: list[Event] = []
     # a generous idle flush: a loaded machine must not split an epoch between writes
-    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
-                       events.append, Clock(), **{**FAST, "idle_flush_s": 0.5})
+    driver, _ = pipe(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
+                     events.append, **{**FAST, "idle_flush_s": 0.5})
     async with running(driver):
         await wait_until(lambda: driver.state is GpsState.RECEIVING)
         i = 0
@@ -103,8 +115,8 @@ async def test_stream_split_at_random_boundaries_with_garbage(receiver: FakeRece
 async def test_baud_autodetect_locks_on_the_rate_that_talks(receiver: FakeReceiver) -> None:
     receiver.plug()
     events: list[Event] = []
-    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate="auto", sampling=EVERY_FIX),
-                       events.append, Clock(), **FAST)
+    driver, _ = pipe(GpsConfig(port=str(receiver.path), baudrate="auto", sampling=EVERY_FIX),
+                     events.append, **FAST)
     rng = random.Random(3)
     seen_rates: set[int] = set()
     good = [termios.B38400]
@@ -142,8 +154,8 @@ async def test_unplug_and_replug_recovers_and_logs_once(
 ) -> None:
     receiver.plug()
     events: list[Event] = []
-    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
-                       events.append, Clock(), **FAST)
+    driver, _ = pipe(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
+                     events.append, **FAST)
     states: list[GpsState] = []
 
     async def talk() -> None:
@@ -183,8 +195,8 @@ async def test_unplug_and_replug_recovers_and_logs_once(
 async def test_missing_port_at_start_is_retried(tmp_path: Path) -> None:
     rx = FakeReceiver(tmp_path / "gps0")
     events: list[Event] = []
-    driver = GpsDriver(GpsConfig(port=str(rx.path), baudrate=9600, sampling=EVERY_FIX),
-                       events.append, Clock(), **FAST)
+    driver, _ = pipe(GpsConfig(port=str(rx.path), baudrate=9600, sampling=EVERY_FIX),
+                     events.append, **FAST)
     try:
         async with running(driver):
             await wait_until(lambda: driver.stats()["open_failures"] >= 2)  # type: ignore[operator]
@@ -199,8 +211,8 @@ async def test_missing_port_at_start_is_retried(tmp_path: Path) -> None:
 
 async def test_silent_port_is_reported(receiver: FakeReceiver) -> None:
     receiver.plug()
-    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=4800, sampling=EVERY_FIX),
-                       lambda e: None, Clock(), **FAST)
+    driver, _ = pipe(GpsConfig(port=str(receiver.path), baudrate=4800, sampling=EVERY_FIX),
+                     lambda e: None, **FAST)
     async with running(driver):
         await wait_until(lambda: driver.state is GpsState.SILENT)
         await receiver.write(drive_stream(2))
@@ -208,17 +220,12 @@ async def test_silent_port_is_reported(receiver: FakeReceiver) -> None:
     assert repr(GpsState.SILENT) == "GpsState.SILENT"
 
 
-async def test_async_sink_is_awaited_and_clock_syncs(receiver: FakeReceiver) -> None:
+async def test_clock_syncs_from_gps_time(receiver: FakeReceiver) -> None:
     receiver.plug()
     got: list[Event] = []
-
-    async def sink(e: Event) -> None:
-        await asyncio.sleep(0)
-        got.append(e)
-
     clock = Clock(wall=lambda: 0.0)  # a Pi that believes it is 1970
-    driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
-                       sink, clock, **FAST)
+    driver, _ = pipe(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=EVERY_FIX),
+                     got.append, clock, **FAST)
     async with running(driver):
         await wait_until(lambda: driver.state is GpsState.RECEIVING)
         await receiver.write(drive_stream(5))
@@ -229,15 +236,22 @@ async def test_async_sink_is_awaited_and_clock_syncs(receiver: FakeReceiver) -> 
 
 
 async def test_moving_hint_decides_moving_over_gps_speed(receiver: FakeReceiver) -> None:
-    """A wheel speed (the agent passes CAN's) overrides a parked GPS's speed of 0."""
+    """A CAN wheel speed overrides a parked GPS's speed of 0; a stale one says nothing."""
     receiver.plug()
     got: list[Event] = []
-    hint: dict[str, bool | None] = {"moving": False}
+    mono = {"now": 1000.0}
     sampling = GpsSampling(min_interval_s=0, max_interval_s=30, min_distance_m=50,
                            min_heading_change_deg=10, min_speed_change_kmh=10,
                            stopped_interval_s=300, moving_speed_kmh=5)
+    ingest = Ingest(got.append, Clock(), gps=sampling, mono=lambda: mono["now"])
     driver = GpsDriver(GpsConfig(port=str(receiver.path), baudrate=9600, sampling=sampling),
-                       got.append, Clock(), moving_hint=lambda: hint["moving"], **FAST)
+                       ingest.on_fix, **FAST)
+
+    def points() -> list[Event]:
+        return [e for e in got if e.type == "gps"]
+
+    def wheels(kmh: float) -> None:
+        ingest.on_can([SignalUpdate(0, 0xFEF1, {"vehicle_speed_kmh": kmh})])
 
     def parked(second: int) -> bytes:
         return epoch(f"1200{second:02d}.00", 48.1, 11.5, speed_kn=0.0, course=0.0,
@@ -245,14 +259,15 @@ async def test_moving_hint_decides_moving_over_gps_speed(receiver: FakeReceiver)
 
     async with running(driver):
         await wait_until(lambda: driver.state is GpsState.RECEIVING)
+        wheels(0.0)
         await receiver.write(parked(0) + parked(1))
-        await wait_until(lambda: driver.recorder.offered == 2)
-        assert len(got) == 1  # the first point; parked and stopped: nothing more
-        hint["moving"] = True  # the wheels turn although the GPS still says 0 km/h
+        await wait_until(lambda: ingest.stats().fixes == 2)
+        assert len(points()) == 1  # the first point; parked and stopped: nothing more
+        wheels(12.0)  # the wheels turn although the GPS still says 0 km/h
         await receiver.write(parked(2))
-        await wait_until(lambda: driver.recorder.offered == 3)
-        assert len(got) == 2  # recorded as the start of a movement
-        hint["moving"] = None  # wheel speed unknown: GPS speed decides again (stopped)
+        await wait_until(lambda: ingest.stats().fixes == 3)
+        assert len(points()) == 2  # recorded as the start of a movement
+        mono["now"] += 10.0  # the wheel speed is stale: GPS speed decides again (stopped)
         await receiver.write(parked(3))
-        await wait_until(lambda: driver.recorder.offered == 4)
-        assert len(got) == 3  # recorded as the stop
+        await wait_until(lambda: ingest.stats().fixes == 4)
+        assert len(points()) == 3  # recorded as the stop

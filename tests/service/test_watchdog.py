@@ -21,7 +21,7 @@ from config import EX_CONFIG, load_config
 from config.errors import ConfigError
 from gateway.app import EX_OK, Agent, Phase
 from gateway.sdnotify import Notifier
-from gateway.supervisor import TaskInfo, backoff_delay, supervise
+from gateway.supervisor import TaskInfo, supervise
 from tests.service.agent_env import eec1_frame, free_port, truck_toml
 
 
@@ -147,11 +147,3 @@ async def test_supervise_stops_the_agent_on_a_config_error() -> None:
     await asyncio.wait_for(supervise(info, body, stop, lambda c, r: stops.append((c, r))), 5)
     assert stops == [(EX_CONFIG, "configuration error in can")]
     assert info.restarts == 0
-
-
-@pytest.mark.parametrize("streak", [0, 1, 3, 10, 40])
-def test_backoff_is_capped_and_jittered(streak: int) -> None:
-    values = {backoff_delay(streak, 1.0, 30.0) for _ in range(50)}
-    cap = min(30.0, 2.0**streak)
-    assert all(cap / 2 <= v <= cap for v in values)
-    assert len(values) > 1  # random, so restarts of many trucks do not synchronise

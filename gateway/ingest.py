@@ -1,0 +1,210 @@
+"""Readings in, events out: the one place between the drivers and the buffer.
+
+The drivers turn bytes into readings (:class:`~drivers.nmea_epoch.Fix` from the GPS
+receiver, :data:`~drivers.j1939.Decoded` messages from the CAN bus) and hand them to
+:class:`Ingest`; they know nothing of recording policies, events, the clock or the
+buffer. Here, in this order, for every reading:
+
+1. the clock learns from GPS time (:meth:`gateway.clock.Clock.on_gps_time`);
+2. the moving/stopped hint comes from the latest fresh CAN wheel speed (it does not
+   drift at a standstill the way a GPS speed does, docs/gps.md);
+3. the recording policy decides what becomes an event (``[gps.sampling] mode`` and
+   ``[can.sampling] mode`` pick it, :mod:`gateway.recording`);
+4. the event is stamped: a GPS point with the receiver's own time when it is trusted,
+   everything else with the corrected clock, marked ``ts_unverified`` while the clock
+   is not confirmed (docs/wire-format.md);
+5. it goes to ``submit`` (the store's ``submit``): its commit future, if any, is
+   handed to ``on_future`` (the agent's commit tracker, which counts failures and
+   feeds the watchdog). Nobody awaits it here: a driver never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from config import CanSampling, GpsSampling
+from config.events import TS_UNVERIFIED, Event
+from drivers.j1939 import Decoded, DtcUpdate, SignalUpdate
+from drivers.nmea_epoch import Fix
+from gateway.clock import Clock
+from gateway.recording.can import CanRecorder, record_decoded
+from gateway.recording.can_curve import DEFAULT_CURVE_ERRORS, CurveCanRecorder
+from gateway.recording.gps_curve import CurvePoint, PointRecorder, point_recorder
+
+log = logging.getLogger(__name__)
+
+#: A wheel speed older than this says nothing about moving.
+WHEEL_SPEED_FRESH_S = 3.0
+WHEEL_SPEED_SIGNAL = "vehicle_speed_kmh"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    """What the policies made of the readings (joined into the gps / can sections)."""
+
+    fixes: int
+    points_recorded: int
+    points_provisional: int
+    can_messages: int
+    engine_events: int
+    dtc_events: int
+    sources: int
+    submit_errors: int
+
+
+class Ingest:
+    """Applies clock, moving hint, recording policy and stamping; hands events on.
+
+    ``submit`` takes an :class:`Event` and may return a future (the store's commit);
+    ``on_future`` receives each such future. ``mono`` is the monotonic clock the
+    drivers stamp readings with (``Fix.received``).
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[Event], object],
+        clock: Clock,
+        *,
+        gps: GpsSampling | None = None,
+        can: CanSampling | None = None,
+        on_future: Callable[[asyncio.Future[Any]], None] | None = None,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._submit = submit
+        self._on_future = on_future
+        self.clock = clock
+        self._mono = mono
+        self.gps_sampling = gps or GpsSampling()
+        self.points: PointRecorder = point_recorder(self.gps_sampling)
+        self.engine: CanRecorder | CurveCanRecorder = _can_recorder(can or CanSampling())
+        self._wheel: tuple[float, float] | None = None  # (km/h, mono s)
+        self._fixes = 0
+        self._provisional = 0
+        self._can_messages = 0
+        self._submit_errors = 0
+
+    # ------------------------------------------------------------------ GPS
+
+    def on_fix(self, fix: Fix) -> None:
+        """One decoded epoch from the receiver."""
+        self._fixes += 1
+        received = fix.received if fix.received is not None else self._mono()
+        if fix.utc_ms is not None:
+            self.clock.on_gps_time(fix.utc_ms, received, fix.time_trusted)
+        for point in self.points.offer(fix, received, self.moving()):
+            self._gps_point(point)
+
+    def flush(self) -> None:
+        """Points and engine events the policies still owe (at shutdown)."""
+        for point in self.points.flush():
+            self._gps_point(point)
+        if isinstance(self.engine, CurveCanRecorder):
+            for ev in self.engine.flush():
+                self._emit(self._stamped(ev))
+
+    def _gps_point(self, point: CurvePoint) -> None:
+        fix = point.fix
+        fields = point.fields()
+        if point.provisional:
+            self._provisional += 1
+        if fix.time_trusted and fix.utc_ms is not None:
+            ts = fix.utc_ms  # the receiver's own time of the measurement
+        else:  # the corrected clock at the moment that fix's data arrived
+            ts = self.clock.now_ms() - round((self._mono() - point.t_s) * 1000)
+            if not self.clock.verified:
+                fields[TS_UNVERIFIED] = True
+        self._emit(Event(type="gps", ts_ms=ts, fields=fields))
+
+    # ------------------------------------------------------------------ CAN
+
+    def on_can(self, batch: Sequence[Decoded]) -> None:
+        """Messages decoded from one read of the bus, oldest first, stamped now."""
+        if not batch:
+            return
+        self._can_messages += len(batch)
+        ts = self.clock.now_ms()
+        rec = self.engine
+        for out in batch:
+            if type(out) is SignalUpdate and WHEEL_SPEED_SIGNAL in out.values:
+                self._wheel = (float(out.values[WHEEL_SPEED_SIGNAL]), self._mono())
+            if isinstance(rec, CurveCanRecorder):
+                events = _curve_record(rec, ts, out)
+            else:
+                ev = record_decoded(rec, ts, out)
+                events = [] if ev is None else [ev]
+            for ev in events:
+                self._emit(self._stamped(ev))
+
+    def wheel_speed_kmh(self) -> float | None:
+        """The latest CCVS wheel-based speed if it is fresh, else None (unknown)."""
+        if self._wheel is None:
+            return None
+        speed, at = self._wheel
+        return speed if self._mono() - at <= WHEEL_SPEED_FRESH_S else None
+
+    def moving(self) -> bool | None:
+        """Moving vs stopped from the CAN wheel speed when known, else None (GPS decides)."""
+        speed = self.wheel_speed_kmh()
+        return None if speed is None else speed > self.gps_sampling.moving_speed_kmh
+
+    def _stamped(self, ev: Event) -> Event:
+        if self.clock.verified:
+            return ev
+        return Event(ev.type, ev.ts_ms, {**ev.fields, TS_UNVERIFIED: True})
+
+    # ------------------------------------------------------------------ out
+
+    def _emit(self, ev: Event) -> None:
+        try:
+            result = self._submit(ev)
+        except Exception:  # counted and logged; the reading is what was lost, not the agent
+            self._submit_errors += 1
+            log.exception("cannot hand a %s event to the buffer", ev.type)
+            return
+        if self._on_future is not None and isinstance(result, asyncio.Future):
+            self._on_future(result)
+
+    def stats(self) -> IngestStats:
+        """Counters of the policies and of the hand-over."""
+        return IngestStats(
+            fixes=self._fixes,
+            points_recorded=self.points.recorded,
+            points_provisional=self._provisional,
+            can_messages=self._can_messages,
+            engine_events=self.engine.engine_events,
+            dtc_events=self.engine.dtc_events,
+            sources=len(self.engine.sources),
+            submit_errors=self._submit_errors,
+        )
+
+    def gps_section(self) -> dict[str, int]:
+        """The figures that join the status file's ``gps`` section."""
+        s = self.stats()
+        return {"points_recorded": s.points_recorded, "points_provisional": s.points_provisional}
+
+    def can_section(self) -> dict[str, int]:
+        """The figures that join the status file's ``can`` section."""
+        s = self.stats()
+        return {"engine_events": s.engine_events, "dtc_events": s.dtc_events,
+                "sources": s.sources}
+
+
+def _can_recorder(cfg: CanSampling) -> CanRecorder | CurveCanRecorder:
+    if cfg.mode == "curve":
+        return CurveCanRecorder(cfg, cfg.curve_errors or DEFAULT_CURVE_ERRORS)
+    return CanRecorder(cfg)
+
+
+def _curve_record(rec: CurveCanRecorder, ts_ms: int, out: Decoded) -> list[Event]:
+    if type(out) is SignalUpdate:
+        return rec.on_signals(ts_ms, out.sa, out.values, pgn=out.pgn, missing=out.missing)
+    if isinstance(out, DtcUpdate):
+        dm1 = out.dm1
+        ev = rec.on_dtc(ts_ms, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
+        return [] if ev is None else [ev]
+    return []  # pragma: no cover - Decoded has two members

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from config.errors import SimError
@@ -120,6 +121,9 @@ class TruckSim:
         self.faults = faults or FaultPlan()
         self.schedule = schedule or Schedule()
         self.rng = random.Random(seed ^ 0x5EED)
+        #: called with (UTC time, fix or None) for every epoch written: the truth a test
+        #: compares the gateway's output with
+        self.on_epoch: Callable[[dt.datetime, nmea_out.GpsFix | None], None] | None = None
         self.epochs = 0
         self.frames = 0
         self.run_s = 0.0
@@ -203,6 +207,8 @@ class TruckSim:
         with contextlib.suppress(OSError):
             self.gps.write(data)
         self.epochs += 1
+        if self.on_epoch is not None:
+            self.on_epoch(utc, fix)
 
     def close(self) -> None:
         """Release the outputs."""

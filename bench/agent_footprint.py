@@ -122,7 +122,7 @@ def main() -> int:
         conf.write_text("\n".join([
             'truck_id = "BENCH"',
             "[gps]", f'port = "{gps.link}"', "baudrate = 9600",
-            *(["[gps.sampling]", "min_interval_s = 0", "max_interval_s = 0",
+            *(["[gps.sampling]", 'mode = "thresholds"', "min_interval_s = 0", "max_interval_s = 0",
                "min_distance_m = 0", "min_heading_change_deg = 0",
                "min_speed_change_kmh = 0", "stopped_interval_s = 0"] if args.record_all else []),
             "[can]", 'interface = "slcan"', f'channel = "{can.channel}"',

@@ -50,7 +50,7 @@ def burst(tod: str, lat_min: float) -> bytes:
 
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "nmea"
-ALL_ZERO = GpsSampling(0, 0, 0, 0, 0, 0, 5)
+ALL_ZERO = GpsSampling(0, 0, 0, 0, 0, 0, 5, mode="thresholds")
 
 
 def codec(passes: int) -> None:

@@ -51,7 +51,7 @@ from sim.truck import Truck
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "nmea"
 M_PER_DEG = EARTH_RADIUS_M * math.pi / 180
 T0_MS = 1_760_000_000_000
-DEFAULTS = GpsSampling()  # today's defaults, mode "thresholds"
+DEFAULTS = GpsSampling(mode="thresholds")  # the threshold policy at its default thresholds
 
 Sample = tuple[float, Fix]  # (time s, fix)
 

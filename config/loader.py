@@ -69,11 +69,30 @@ def parse_config(
         raise ConfigError(ctx.problems)
     cfg = dataclasses.replace(cfg, source=source)
     _cross_checks(cfg, ctx)
+    _unused_by_mode(data, cfg, ctx)
     if ctx.problems:
         raise ConfigError(ctx.problems)
     for msg in ctx.warnings:
         warnings.warn(msg, ConfigWarning, stacklevel=2)
     return cfg
+
+
+#: ``[gps.sampling]`` keys that only the threshold policy reads.
+THRESHOLD_ONLY_KEYS = ("min_interval_s", "min_distance_m", "min_heading_change_deg",
+                       "min_speed_change_kmh")
+
+
+def _unused_by_mode(data: Mapping[str, Any], cfg: TruckConfig, ctx: _Ctx) -> None:
+    """Warn about keys the file sets that the selected recording mode does not read."""
+    gps = data.get("gps")
+    table = gps.get("sampling") if isinstance(gps, Mapping) else None
+    if cfg.gps is None or not isinstance(table, Mapping) or cfg.gps.sampling.mode != "curve":
+        return
+    unused = [k for k in THRESHOLD_ONLY_KEYS if k in table]
+    if unused:
+        ctx.warnings.append(
+            f"{ctx.name}: gps.sampling: {', '.join(unused)} only apply with "
+            f'mode = "thresholds"; mode "curve" records by max_error_m (docs/recording.md)')
 
 
 def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:

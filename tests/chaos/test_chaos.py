@@ -62,6 +62,7 @@ PHASE_BUDGET_S = 240.0
 # outages and the full disk always catch data in flight
 RECORD_EVERYTHING = """
 [gps.sampling]
+mode = "thresholds"
 min_interval_s = 0
 max_interval_s = 0
 min_distance_m = 0

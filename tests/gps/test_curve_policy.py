@@ -7,12 +7,13 @@ import dataclasses
 import math
 import random
 import tomllib
+import warnings
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config import GpsSampling, parse_config
+from config import ConfigWarning, GpsSampling, parse_config
 from config.errors import ConfigError
 from drivers.nmea_epoch import Fix
 from gateway.recording.curve import EARTH_RADIUS_M
@@ -262,7 +263,15 @@ def test_config_selects_the_curve_mode_with_its_bounds() -> None:
     assert (s.mode, s.max_error_m, s.max_speed_error_kmh, s.provisional_interval_s) == (
         "curve", 5.0, 5.0, 10.0)
     default = parse_config(tomllib.loads(MINIMAL)).gps
-    assert default is not None and default.sampling.mode == "thresholds"
+    assert default is not None and default.sampling.mode == "curve"  # chosen from the bench
+
+
+def test_threshold_keys_under_curve_mode_are_warned_about() -> None:
+    with pytest.warns(ConfigWarning, match="min_distance_m only apply with"):
+        parse_config(tomllib.loads(MINIMAL + "min_distance_m = 0\n"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_config(tomllib.loads(MINIMAL + 'mode = "thresholds"\nmin_distance_m = 0\n'))
 
 
 @pytest.mark.parametrize(("line", "key"), [
@@ -278,7 +287,7 @@ def test_config_refuses_bad_curve_settings(line: str, key: str) -> None:
 
 def test_point_recorder_selects_by_mode_behind_one_interface() -> None:
     assert isinstance(point_recorder(CFG), CurveGpsRecorder)
-    old = point_recorder(GpsSampling())
+    old = point_recorder(GpsSampling(mode="thresholds"))
     assert isinstance(old, ThresholdPoints)
     fixes = drive([(5, 0.0, 0.0), (40, 72.0, 0.0)])
     got = [(p.t_s, p.reason) for t, f in fixes for p in old.offer(f, t)]

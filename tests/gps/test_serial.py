@@ -28,7 +28,7 @@ from gateway.ingest import Ingest
 from tests.gps.fake_receiver import FakeReceiver
 from tests.gps.nmea_util import epoch
 
-EVERY_FIX = GpsSampling(0, 0, 0, 0, 0, 0, 5)
+EVERY_FIX = GpsSampling(0, 0, 0, 0, 0, 0, 5, mode="thresholds")
 UBX = bytes.fromhex("b562 0107 5c00") + bytes(range(92)) + b"\x12\x34"
 FAST: dict[str, Any] = {"idle_flush_s": 0.1, "silence_s": 0.5, "detect_window_s": 0.6,
         "retry_min_s": 0.05, "retry_max_s": 0.2}
@@ -240,7 +240,8 @@ async def test_moving_hint_decides_moving_over_gps_speed(receiver: FakeReceiver)
     receiver.plug()
     got: list[Event] = []
     mono = {"now": 1000.0}
-    sampling = GpsSampling(min_interval_s=0, max_interval_s=30, min_distance_m=50,
+    sampling = GpsSampling(mode="thresholds", min_interval_s=0, max_interval_s=30,
+                           min_distance_m=50,
                            min_heading_change_deg=10, min_speed_change_kmh=10,
                            stopped_interval_s=300, moving_speed_kmh=5)
     ingest = Ingest(got.append, Clock(), gps=sampling, mono=lambda: mono["now"])

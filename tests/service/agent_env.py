@@ -77,7 +77,7 @@ def truck_toml(workdir: Path, *, mqtt_port: int, gps_port: Path | None = None,
     out = ['truck_id = "T1"', ""]
     if gps_port is not None:
         out += ["[gps]", f'port = "{gps_port}"', "baudrate = 9600",
-                "[gps.sampling]", "min_interval_s = 0", "max_interval_s = 0",
+                "[gps.sampling]", 'mode = "thresholds"', "min_interval_s = 0", "max_interval_s = 0",
                 "min_distance_m = 0", "min_heading_change_deg = 0", "min_speed_change_kmh = 0",
                 "stopped_interval_s = 0", ""]
     if can_channel is not None:

@@ -22,6 +22,7 @@ import pytest
 from buffer.schema import TABLES
 from buffer.store import SqliteStore
 from config import BufferConfig
+from tests.buffer.kill_writer import MAX_BYTES
 
 KILLS = 30
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ async def test_kill_minus_9_loses_no_durable_append(tmp_path: Path) -> None:
         leased = [x for x in lines if x.startswith("L ")]
         if leased:
             acked |= {int(v) for v in leased[-1].split()[1:]}
-        cfg = BufferConfig(path=path, durability=durability, max_bytes=8 * 2**20)
+        cfg = BufferConfig(path=path, durability=durability, max_bytes=MAX_BYTES)
         async with await SqliteStore.open(cfg) as store:  # runs quick_check
             st = await store.stats()
             assert st.quarantined_files == 0, f"kill {k}: the file was found corrupt"

@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -51,18 +52,41 @@ TIME_ERROR = 5
 SYSTEM_SYNC_CACHE_S = 5.0
 
 
-def system_clock_synced() -> bool | None:
+#: systemd-timesyncd creates this file once it has synchronized the system clock
+#: (and removes it at boot): readable under any sandbox, unlike adjtimex(2).
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+def system_clock_synced(flag: Path = TIMESYNC_FLAG) -> bool | None:
     """Whether the kernel's clock is disciplined by NTP (timesyncd, chrony, ntpd).
 
-    Asks ``adjtimex(2)`` without changing anything; ``None`` where it cannot be asked.
-    A Pi without network after boot answers False: its clock is fake-hwclock's guess.
+    Asks ``adjtimex(2)`` without changing anything. Under the shipped unit's
+    ``ProtectClock=yes`` / ``SystemCallFilter=~@clock`` even that read-only call fails
+    (EPERM), so then the answer comes from systemd-timesyncd's ``flag`` file: True when
+    it exists, False when timesyncd runs (its folder exists) but has not synced,
+    ``None`` when nothing can tell. A Pi without network after boot answers False: its
+    clock is fake-hwclock's guess.
     """
+    state = adjtimex_state()
+    if state is not None:
+        return state != TIME_ERROR
+    try:
+        if flag.exists():
+            return True
+        return False if flag.parent.is_dir() else None
+    except OSError:
+        return None
+
+
+def adjtimex_state() -> int | None:
+    """The kernel clock state from a read-only ``adjtimex(2)``, None if it cannot be
+    called (not in this libc, or refused by a seccomp filter)."""
     adjtimex = _adjtimex()
     if adjtimex is None:
         return None
     timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
     state = int(adjtimex(timex))
-    return None if state < 0 else state != TIME_ERROR
+    return None if state < 0 else state
 
 
 @functools.cache

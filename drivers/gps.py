@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import serial
 
@@ -58,6 +59,29 @@ class GpsState(enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class GpsStats:
+    """Counters and state of the GPS driver and its decoder (the status ``gps`` section)."""
+
+    state: GpsState
+    port: str
+    baudrate: int | None
+    bytes_received: int
+    opens: int
+    open_failures: int
+    last_error: str | None
+    epochs: int
+    sink_errors: int
+    last_fix_age_s: float | None
+    sentences_ok: int
+    checksum_errors: int
+    parse_errors: int
+    dropped_bytes: int
+    overlong_lines: int
+    late_sentences: int
+    fixes: int
 
 
 class _Reader(threading.Thread):
@@ -134,11 +158,11 @@ class GpsDriver:
         """The current :class:`GpsState`."""
         return self._state
 
-    def stats(self) -> dict[str, int | float | str | None]:
+    def stats(self) -> GpsStats:
         """Counters and state for the health report."""
-        out: dict[str, int | float | str | None] = dict(self.decoder.stats())
-        out.update(
-            state=self._state.value,
+        dec = self.decoder
+        return GpsStats(
+            state=self._state,
             port=self.cfg.port,
             baudrate=self._baudrate,
             bytes_received=self._bytes,
@@ -151,8 +175,14 @@ class GpsDriver:
                 None if self._last_fix_mono is None
                 else round(time.monotonic() - self._last_fix_mono, 3)
             ),
+            sentences_ok=dec.sentences_ok,
+            checksum_errors=dec.checksum_errors,
+            parse_errors=dec.parse_errors,
+            dropped_bytes=dec.framer.dropped_bytes,
+            overlong_lines=dec.framer.overlong,
+            late_sentences=dec.merger.late,
+            fixes=dec.fixes,
         )
-        return out
 
     async def run(self) -> None:
         """Read the receiver until cancelled; never raises for device problems."""

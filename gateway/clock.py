@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,18 @@ def _adjtimex() -> Any:
         return ctypes.CDLL(None, use_errno=True).adjtimex
     except (OSError, AttributeError):
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStats:
+    """State and counters of the clock (the status ``clock`` section)."""
+
+    synced: bool
+    verified: bool
+    wall_error_ms: int | None
+    untrusted_gps_times: int
+    rejected_gps_times: int
+    steps: int
 
 
 class Clock:
@@ -195,13 +208,13 @@ class Clock:
             return None
         return int(self._wall() * 1000) - int(self._offset_ms + self._mono() * 1000)
 
-    def stats(self) -> dict[str, int | bool | None]:
+    def stats(self) -> ClockStats:
         """Counters and state for the health report."""
-        return {
-            "synced": self.synced,
-            "verified": self.verified,
-            "wall_error_ms": self.wall_error_ms(),
-            "untrusted_gps_times": self.untrusted,
-            "rejected_gps_times": self.rejected,
-            "steps": self.steps,
-        }
+        return ClockStats(
+            synced=self.synced,
+            verified=self.verified,
+            wall_error_ms=self.wall_error_ms(),
+            untrusted_gps_times=self.untrusted,
+            rejected_gps_times=self.rejected,
+            steps=self.steps,
+        )

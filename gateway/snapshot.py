@@ -97,7 +97,7 @@ def build_snapshot(
     uplink: Any,
     tasks: Mapping[str, Any],
     problem: str | None,
-    clock: Mapping[str, Any] | None = None,
+    clock: Any = None,
     now: float | None = None,
     ingest: Any = None,
 ) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def test_verified_needs_gps_or_an_ntp_synced_system_clock() -> None:
     feed_fixes(clock, fake, CONFIRM)
     assert clock.synced
     assert verified(clock)  # GPS time confirmed: verified whatever the kernel says
-    assert clock.stats()["verified"] is True
+    assert clock.stats().verified is True
 
 
 def test_system_clock_synced_asks_the_kernel() -> None:

@@ -107,9 +107,9 @@ async def test_stream_split_at_random_boundaries_with_garbage(receiver: FakeRece
     assert all(e.type == "gps" for e in events)
     assert events[0].ts_ms == 1781524800000  # 2026-06-15T12:00:00Z, from the fix itself
     st = driver.stats()
-    assert st["checksum_errors"] and st["dropped_bytes"]
-    assert st["fixes"] == 40
-    assert st["state"] == "closed"
+    assert st.checksum_errors and st.dropped_bytes
+    assert st.fixes == 40
+    assert st.state is GpsState.CLOSED
 
 
 async def test_baud_autodetect_locks_on_the_rate_that_talks(receiver: FakeReceiver) -> None:
@@ -135,11 +135,11 @@ async def test_baud_autodetect_locks_on_the_rate_that_talks(receiver: FakeReceiv
         talker = asyncio.create_task(talk())
         try:
             await wait_until(lambda: len(events) >= 3)
-            assert driver.stats()["baudrate"] == 38400
+            assert driver.stats().baudrate == 38400
             assert {termios.B4800, termios.B9600, termios.B38400} <= seen_rates
             # the receiver is reconfigured to 9600 baud: garbage, then a new lock
             good[0] = termios.B9600
-            await wait_until(lambda: driver.stats()["baudrate"] == 9600, timeout=20)
+            await wait_until(lambda: driver.stats().baudrate == 9600, timeout=20)
             before = len(events)
             await wait_until(lambda: len(events) >= before + 3)
         finally:
@@ -174,9 +174,9 @@ async def test_unplug_and_replug_recovers_and_logs_once(
             await wait_until(lambda: len(events) >= 3)
             receiver.unplug()
             await wait_until(lambda: driver.state is GpsState.UNAVAILABLE)
-            failures = driver.stats()["open_failures"]
+            failures = driver.stats().open_failures
             assert isinstance(failures, int)
-            await wait_until(lambda: driver.stats()["open_failures"] >= failures + 3)  # type: ignore[operator]
+            await wait_until(lambda: driver.stats().open_failures >= failures + 3)
             before = len(events)
             receiver.plug()
             await wait_until(lambda: len(events) >= before + 3)
@@ -184,7 +184,7 @@ async def test_unplug_and_replug_recovers_and_logs_once(
             talker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await talker
-    assert driver.stats()["opens"] == 2
+    assert driver.stats().opens == 2
     assert GpsState.UNAVAILABLE in states
     assert states[-1] is GpsState.FIX
     unavailable_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
@@ -199,7 +199,7 @@ async def test_missing_port_at_start_is_retried(tmp_path: Path) -> None:
                      events.append, **FAST)
     try:
         async with running(driver):
-            await wait_until(lambda: driver.stats()["open_failures"] >= 2)  # type: ignore[operator]
+            await wait_until(lambda: driver.stats().open_failures >= 2)
             assert driver.state is GpsState.UNAVAILABLE
             rx.plug()
             await wait_until(lambda: driver.state is GpsState.RECEIVING)

@@ -29,11 +29,12 @@ import aiosqlite
 
 from buffer import policy, recovery, schema
 from buffer.api import StoreStats
-from buffer.commit import CommitOps, Pending
 from buffer.disk import DiskGuard, budget_for
+from buffer.lanes import LeaseOps
 from buffer.leases import LeaseBook
-from buffer.maint import Tally, expire
-from buffer.reader import LeaseOps
+from buffer.maint import expire
+from buffer.tally import Tally
+from buffer.writer import CommitOps, Pending
 from config import BufferConfig
 from config.errors import StoreError
 from config.events import Event, Priority, encode_body, seq_gap_event

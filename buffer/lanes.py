@@ -18,7 +18,7 @@ import aiosqlite
 from buffer import schema
 from buffer.api import Batch, Lane, StoredEvent
 from buffer.leases import LeaseBook
-from buffer.maint import Tally
+from buffer.tally import Tally
 from config.errors import StoreError
 from config.events import Priority
 

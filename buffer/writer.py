@@ -19,7 +19,8 @@ import aiosqlite
 from buffer import policy, recovery, schema
 from buffer.disk import DiskGuard
 from buffer.leases import LeaseBook
-from buffer.maint import Tally, evict_to
+from buffer.maint import evict_to
+from buffer.tally import Tally
 from config.errors import StoreError, StoreFullError
 from config.events import Priority
 

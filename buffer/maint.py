@@ -1,8 +1,10 @@
-"""Housekeeping transactions of the store: eviction by class, TTL expiry, counters.
+"""Housekeeping transactions of the store: eviction by class, TTL expiry.
 
 Every function here runs on the store's connection while the caller holds the store's
 lock, and never touches a leased row (an event in flight is about to be acked, so
-evicting it frees nothing and would miscount it as lost).
+evicting it frees nothing and would miscount it as lost). They are called by
+:class:`buffer.upkeep.Upkeep`; the counters they update are the store's
+:class:`~buffer.tally.Tally`.
 """
 
 from __future__ import annotations

@@ -202,8 +202,7 @@ class SqliteStore:
         ``StoreError`` if the store is not open. Never waits and never refuses because
         the buffer is full.
         """
-        self._check_open()
-        return self._writer.submit(event)
+        return self._writer.submit(event)  # refuses unless running, i.e. while OPEN
 
     async def append(self, event: Event) -> int:
         """Store ``event`` and return its seq once durable."""

@@ -4,7 +4,8 @@
 seq reservation, and its one task (``buffer-writer``): started by :meth:`start`, ended
 by :meth:`stop`, which commits what is queued and awaits the task (cancelling the
 caller of ``stop`` cancels the task too). Between commits the task runs the store's
-upkeep; a commit makes room first (:meth:`Upkeep.make_room`) and retries on a full disk.
+upkeep; a commit makes room first (:meth:`~buffer.upkeep.Upkeep.make_room`) and
+retries on a full disk.
 """
 
 from __future__ import annotations
@@ -146,7 +147,13 @@ class GroupWriter:
     # ------------------------------------------------------------------ ingest
 
     def submit(self, event: Event) -> asyncio.Future[int]:
-        """Give ``event`` the next seq and queue it; the future resolves once committed."""
+        """Give ``event`` the next seq and queue it; the future resolves once committed.
+
+        Raises ``StoreError`` unless the writer is running: it runs exactly while its
+        store is open (the store checks nothing itself; this is the per-event path).
+        """
+        if self._state is not WriterState.RUNNING:
+            raise StoreError(f"buffer {self._db.path} is not open (writer {self._state.value})")
         body = encode_body(event)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         seq = self._next_seq

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Protocol
 
 from config.events import Event, Priority
@@ -61,7 +62,11 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:
-    """A snapshot for ``truckgw status``, the status topic and metrics."""
+    """A snapshot for ``truckgw status``, the status topic and metrics.
+
+    Frozen, and its mappings are read-only copies (``types.MappingProxyType``) taken
+    when it is built: a snapshot never changes under its reader.
+    """
 
     pending: int
     pending_bytes: int
@@ -75,7 +80,18 @@ class StoreStats:
     quarantined_files: int
     file_bytes: int
     disk_full: bool = False
-    extra: Mapping[str, int] = field(default_factory=dict)
+    extra: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        for name in _STATS_MAPPINGS:
+            value = getattr(self, name)
+            if not isinstance(value, MappingProxyType):
+                object.__setattr__(self, name, MappingProxyType(dict(value)))
+
+
+_STATS_MAPPINGS = (
+    "pending_by_class", "pending_bytes_by_class", "evicted_by_class", "expired_by_class", "extra",
+)
 
 
 class EventStore(Protocol):

@@ -1,21 +1,22 @@
-"""Housekeeping transactions of the store: eviction by class, TTL expiry, counters.
+"""Housekeeping transactions of the store: eviction by class, TTL expiry.
 
 Every function here runs on the store's connection while the caller holds the store's
 lock, and never touches a leased row (an event in flight is about to be acked, so
-evicting it frees nothing and would miscount it as lost).
+evicting it frees nothing and would miscount it as lost). They are called by
+:class:`buffer.upkeep.Upkeep`; the counters they update are the store's
+:class:`~buffer.tally.Tally`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 
 import aiosqlite
 
 from buffer import policy, schema
 from buffer.leases import LeaseBook
+from buffer.tally import Tally
 from config.events import Priority
 
 log = logging.getLogger(__name__)
@@ -30,46 +31,6 @@ UPSERT_COUNTER_SQL = (
     "INSERT INTO meta(key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value"
 )
-
-
-@dataclass(slots=True)
-class Tally:
-    """In-memory counters; evicted/expired mirror the persisted meta counters."""
-
-    pending: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
-    pending_bytes: dict[Priority, int] = field(
-        default_factory=lambda: dict.fromkeys(Priority, 0)
-    )
-    evicted: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
-    expired: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
-    extra: Counter[str] = field(default_factory=Counter)
-    #: Per class: thinning has passed every row up to this seq in the current round.
-    thin_mark: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
-
-    def add(self, p: Priority, n: int, nbytes: int) -> None:
-        """Rows stored."""
-        self.pending[p] += n
-        self.pending_bytes[p] += nbytes
-
-    def remove(self, p: Priority, n: int, nbytes: int) -> None:
-        """Rows deleted."""
-        self.pending[p] -= n
-        self.pending_bytes[p] -= nbytes
-
-    def total_pending(self) -> int:
-        """Stored events of all classes."""
-        return sum(self.pending.values())
-
-    def avg_row(self, p: Priority) -> int:
-        """Mean stored size of a row of class ``p`` (estimate)."""
-        n = self.pending[p]
-        return policy.row_cost(self.pending_bytes[p] // n if n else 0)
-
-    def load_meta(self, meta: Mapping[str, int]) -> None:
-        """Take the persisted counters from ``meta``."""
-        for p in Priority:
-            self.evicted[p] = meta.get(schema.meta_evicted(p), 0)
-            self.expired[p] = meta.get(schema.meta_expired(p), 0)
 
 
 async def delete_rows(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from buffer.schema import PAGE_SIZE
+from config.errors import StoreError
 
 #: Keep one point in this many when thinning (>= 3 so emptied B-tree pages merge).
 THIN_KEEP_EVERY = 4
@@ -68,12 +69,15 @@ class Budget:
 
 
 def make_budget(max_bytes: int) -> Budget:
-    """Split ``max_bytes`` (>= 1 MiB) into data, WAL and commit budgets."""
+    """Split ``max_bytes`` (>= 1 MiB) into data, WAL and commit budgets.
+
+    Raises :class:`~config.errors.StoreError` if the data budget would be under half.
+    """
     wal = min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, max_bytes // WAL_SHARE))
     commit = min(COMMIT_MAX_BYTES, max(COMMIT_MIN_BYTES, max_bytes // COMMIT_SHARE))
     data = max_bytes - wal - 2 * commit
     if data < max_bytes // 2:
-        raise ValueError(f"max_bytes {max_bytes} too small for the buffer")
+        raise StoreError(f"max_bytes {max_bytes} too small for the buffer")
     return Budget(max_bytes=max_bytes, data_bytes=data, wal_bytes=wal, commit_bytes=commit)
 
 

@@ -17,37 +17,25 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Self
 
-import aiosqlite
-
-from buffer import policy, recovery, schema
-from buffer.api import StoreStats
-from buffer.commit import CommitOps, Pending
-from buffer.disk import DiskGuard, budget_for
-from buffer.leases import LeaseBook
-from buffer.maint import Tally, expire
-from buffer.reader import LeaseOps
+from buffer import recovery, schema
+from buffer.api import Batch, Lane, StoreStats
+from buffer.db import Db, Start
+from buffer.disk import budget_for
+from buffer.lanes import Lanes
+from buffer.tally import Tally
+from buffer.upkeep import Upkeep
+from buffer.writer import GroupWriter, WriterState
 from config import BufferConfig
 from config.errors import StoreError
-from config.events import Event, Priority, encode_body, seq_gap_event
+from config.events import Event, Priority, seq_gap_event
 
 log = logging.getLogger(__name__)
-
-#: In ``normal`` durability the WAL is fsynced at least this often (the loss window).
-NORMAL_SYNC_INTERVAL_S = 1.0
-#: Writer housekeeping tick (TTL expiry, normal-mode sync) when idle.
-TICK_S = 1.0
-#: TTL expiry runs at most this often.
-EXPIRE_INTERVAL_S = 10.0
-#: Events waiting for a commit beyond this are dropped oldest first (writer stalled).
-MAX_QUEUED_EVENTS = 200_000
 
 
 class StoreState(Enum):
@@ -66,55 +54,49 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class SqliteStore(CommitOps, LeaseOps):
-    """Durable, bounded event log implementing :class:`buffer.api.EventStore`."""
+class SqliteStore:
+    """Durable, bounded event log implementing :class:`buffer.api.EventStore`.
+
+    Composed of parts that each own their state (docs/buffer.md, Internals): the file
+    (:class:`~buffer.db.Db`), the counters (:class:`~buffer.tally.Tally`), the leases
+    (:class:`~buffer.lanes.Lanes`), the bounds (:class:`~buffer.upkeep.Upkeep`) and the
+    group commit with its task (:class:`~buffer.writer.GroupWriter`).
+    """
 
     def __init__(
-        self,
-        cfg: BufferConfig,
-        opened: recovery.Opened,
-        *,
-        next_seq: int,
-        now_ms: Callable[[], int],
+        self, cfg: BufferConfig, db: Db, *, next_seq: int, now_ms: Callable[[], int]
     ) -> None:
         """Use :meth:`open`."""
-        self._cfg = cfg
+        budget = budget_for(cfg)
         self._path = Path(cfg.path)
-        self._conn: aiosqlite.Connection = opened.conn
-        self._now_ms = now_ms
-        self._budget = budget_for(cfg)
-        self._full = cfg.durability == "full"
-        self._lock = asyncio.Lock()
-        self._book = LeaseBook()
+        self._db = db
         self._tally = Tally()
-        self._queue: deque[Pending] = deque()
-        self._next_seq = next_seq
-        self._reserved = next_seq - 1
-        self.last_committed_seq = next_seq - 1
-        self._last_future: asyncio.Future[int] | None = None
-        self._wake = asyncio.Event()
-        self._batch_ready = asyncio.Event()
-        self._pending_evt = asyncio.Event()
-        self._state = StoreState.OPEN
-        self._disk_full = False
+        self._lanes = Lanes(db, self._tally, top=next_seq - 1)
+        self._upkeep = Upkeep(
+            cfg, budget, db=db, tally=self._tally, book=self._lanes.book, now_ms=now_ms)
+        self._writer = GroupWriter(
+            cfg, budget, db=db, tally=self._tally, lanes=self._lanes, upkeep=self._upkeep,
+            next_seq=next_seq)
         self._quarantined = len(recovery.quarantined_files(self._path))
-        self._ttl_ms = {schema.CLASS_BY_NAME[k]: int(v * 1000) for k, v in cfg.ttl_s.items()}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="truckgw-buffer-sync")
-        self._disk = DiskGuard(self._path, self._budget)
-        self._last_sync = time.monotonic()
-        self._last_expire = time.monotonic()
-        self._writer: asyncio.Task[None] | None = None
+        self._state = StoreState.OPEN
 
     def __repr__(self) -> str:
         return (
-            f"SqliteStore({str(self._path)!r}, {self._state!r}, "
-            f"last_committed_seq={self.last_committed_seq}, leased={len(self._book)})"
+            f"SqliteStore({str(self._path)!r}, {self.state!r}, "
+            f"last_committed_seq={self.last_committed_seq}, leased={len(self._lanes)})"
         )
 
     @property
     def state(self) -> StoreState:
         """Where the store is in its lifecycle."""
+        if self._state is StoreState.OPEN and self._writer.state is WriterState.FAILED:
+            return StoreState.FAILED
         return self._state
+
+    @property
+    def last_committed_seq(self) -> int:
+        """The seq of the latest committed event."""
+        return self._lanes.top
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,69 +111,41 @@ class SqliteStore(CommitOps, LeaseOps):
         clock = now_ms or _wall_ms
         path = Path(cfg.path)
         recovery.prepare_folder(path)  # so the budget can look at the filesystem
-        budget = budget_for(cfg)
-        pragmas = schema.connection_pragmas(
-            full=cfg.durability == "full",
-            wal_autocheckpoint=budget.wal_autocheckpoint_pages,
-            journal_size_limit=budget.wal_bytes,
-        )
-        mark = recovery.read_mark(recovery.mark_path(path))
-        opened = await recovery.open_checked(path, pragmas, clock())
-        conn = opened.conn
+        db, start = await Db.open(cfg, budget_for(cfg), clock())
+        store = cls(cfg, db, next_seq=start.next_seq, now_ms=clock)
         try:
-            meta = {str(k): int(v) for k, v in await conn.execute_fetchall(
-                "SELECT key, value FROM meta")}
-            if opened.quarantined is not None:
-                meta = {**opened.salvaged_meta, **{
-                    k: v for k, v in meta.items() if k != schema.META_VERSION}}
-            base = max(meta.get(schema.META_LAST_SEQ, 0), opened.salvaged_seq)
-            for (value,) in await conn.execute_fetchall(schema.MAX_SEQ_SQL):
-                base = max(base, int(value or 0))
-            known = base  # the highest seq this file can vouch for
-            if mark is not None and (
-                mark.clean or opened.fresh or opened.quarantined or not mark.full
-            ):
-                base = max(base, mark.reserved)
-            store = cls(cfg, opened, next_seq=base + 1, now_ms=clock)
-            store._tally.load_meta(meta)
-            for p in Priority:
-                ((n, nbytes),) = await conn.execute_fetchall(schema.class_totals_sql(p))
-                store._tally.add(p, int(n), int(nbytes))
-            if mark is not None and not mark.clean:
-                store._tally.extra["unclean_start"] += 1
-            if opened.quarantined is not None:
-                store._tally.extra["quarantined_now"] += 1
-                await store._persist_counters()
-        except BaseException:
-            await conn.close()
-            raise
-        try:
-            await store._reserve(base)
-            await store._run_sync(store._disk.make_ballast)
-            await store.expire_now()
+            await store._load(start)
         except BaseException:
             await store._shutdown_io()
             raise
-        store._writer = asyncio.create_task(store._run_writer(), name="buffer-writer")
-        if base > known:
+        store._writer.start()
+        if start.gap is not None:
             # Tell consumers which seqs they will never get and why, so a jump over a
             # reservation is never mistaken for (or confused with) a silent loss.
-            if opened.quarantined is not None:
-                reason = "quarantine"
-            elif opened.fresh:
-                reason = "missing_file"
-            else:
-                reason = "unclean_start"
-            log.warning("buffer: seqs %d..%d will never be sent (%s)", known + 1, base, reason)
-            notice = store.submit(seq_gap_event(clock(), known + 1, base, reason))
+            first, last, reason = start.known + 1, start.next_seq - 1, start.gap.value
+            log.warning("buffer: seqs %d..%d will never be sent (%s)", first, last, reason)
+            notice = store.submit(seq_gap_event(clock(), first, last, reason))
             notice.add_done_callback(_log_failed_notice)
-        if store._tally.total_pending():
-            store._pending_evt.set()
+        store._lanes.wake()
         log.info(
             "buffer: opened %s next seq %d, %d pending, durability %s",
-            path, store._next_seq, store._tally.total_pending(), cfg.durability,
+            path, start.next_seq, store._tally.total_pending(), cfg.durability,
         )
         return store
+
+    async def _load(self, start: Start) -> None:
+        """Counters from the file, the first reservation, the ballast, a TTL pass."""
+        self._tally.load_meta(start.meta)
+        for p, (n, nbytes) in (await self._db.class_totals()).items():
+            self._tally.add(p, n, nbytes)
+        if start.unclean:
+            self._tally.extra["unclean_start"] += 1
+        if start.quarantined:
+            self._tally.extra["quarantined_now"] += 1
+            await self._upkeep.persist_counters()
+        await self._writer.reserve(start.next_seq - 1)
+        await self._upkeep.make_ballast()
+        await self._upkeep.expire_now()
 
     async def __aenter__(self) -> Self:
         return self
@@ -205,64 +159,50 @@ class SqliteStore(CommitOps, LeaseOps):
         """Commit every queued append, then close the file and the threads."""
         if self._state in (StoreState.CLOSED, StoreState.CLOSING):
             return
-        clean = self._state is StoreState.OPEN
+        clean = self.state is StoreState.OPEN
         self._state = StoreState.CLOSING
-        self._wake.set()
-        self._batch_ready.set()
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                await self._writer
+        await self._writer.stop()
         if clean:
             try:
-                async with self._lock:
-                    await self._conn.execute(
-                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                        (schema.META_LAST_SEQ, self._next_seq - 1),
-                    )
+                await self._writer.record_last_seq()
             except sqlite3.Error as exc:
                 log.warning("buffer: could not record last seq at close: %s", exc)
                 clean = False
-        await self._shutdown_io(clean_mark=clean)
+        await self._shutdown_io(clean=clean)
         self._state = StoreState.CLOSED
         log.info("buffer: closed %s at seq %d", self._path, self.last_committed_seq)
 
-    async def _shutdown_io(self, *, clean_mark: bool = False) -> None:
+    async def _shutdown_io(self, *, clean: bool = False) -> None:
         try:
-            await self._conn.close()
+            await self._db.close(clean_mark=self._writer.clean_mark() if clean else None)
         finally:
-            self._disk.close()
-            if clean_mark:
-                mark = recovery.SeqMark(self._next_seq - 1, clean=True, full=self._full)
-                with contextlib.suppress(OSError):
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._pool, recovery.write_mark, recovery.mark_path(self._path), mark)
-            self._pool.shutdown(wait=True)
+            self._upkeep.close()
 
     def _check_open(self) -> None:
-        if self._state is not StoreState.OPEN:
-            raise StoreError(f"buffer {self._path} is {self._state.value}")
+        state = self.state
+        if state is not StoreState.OPEN:
+            raise StoreError(f"buffer {self._path} is {state.value}")
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Hold the file: no commit, lease, ack or upkeep runs until the block ends.
+
+        What a commit stuck on a dying SD card looks like to the rest of the agent
+        (appends queue up, their futures stay pending); for tests of the watchdog.
+        """
+        async with self._db.locked():
+            yield
 
     # ------------------------------------------------------------------ ingest
 
     def submit(self, event: Event) -> asyncio.Future[int]:
         """Queue ``event`` for the next group commit; the future gives its seq once durable.
 
-        Raises ``ValueError`` for an event that cannot be encoded, ``StoreError`` if the
-        store is not open. Never waits and never refuses because the buffer is full.
+        Raises :class:`~config.errors.EventError` for an event that cannot be encoded,
+        ``StoreError`` if the store is not open. Never waits and never refuses because
+        the buffer is full.
         """
-        self._check_open()
-        body = encode_body(event)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        seq = self._next_seq
-        self._next_seq += 1
-        self._queue.append(Pending(seq, event.priority, event.ts_ms, event.type, body, fut))
-        self._last_future = fut
-        if len(self._queue) > MAX_QUEUED_EVENTS:
-            self._drop_queued(self._queue.popleft(), "dropped_queue_full")
-        if len(self._queue) >= self._cfg.commit_max_events:
-            self._batch_ready.set()
-        self._wake.set()
-        return fut
+        return self._writer.submit(event)  # refuses unless running, i.e. while OPEN
 
     async def append(self, event: Event) -> int:
         """Store ``event`` and return its seq once durable."""
@@ -270,105 +210,79 @@ class SqliteStore(CommitOps, LeaseOps):
 
     async def flush(self) -> None:
         """Wait until every append submitted so far is durable (or has failed)."""
-        fut = self._last_future
-        if fut is not None and not fut.done():
-            await asyncio.wait([fut])
+        await self._writer.flush()
 
-    async def _run_writer(self) -> None:
-        interval = self._cfg.commit_interval_ms / 1000
-        try:
-            while True:
-                if not self._queue:
-                    if self._state is not StoreState.OPEN:
-                        return
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(TICK_S):
-                            await self._wake.wait()
-                    if not self._queue:
-                        await self._housekeeping()
-                        continue
-                if len(self._queue) < self._cfg.commit_max_events and (
-                    self._state is StoreState.OPEN
-                ):
-                    self._batch_ready.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(interval):
-                            await self._batch_ready.wait()
-                await self._commit(self._take())
-                await self._housekeeping()
-        except Exception as exc:
-            log.exception("buffer: writer failed; the store must be reopened")
-            self._state = StoreState.FAILED
-            while self._queue:
-                item = self._queue.popleft()
-                if not item.fut.done():
-                    item.fut.set_exception(StoreError(f"buffer writer failed: {exc}"))
-            raise
+    # ------------------------------------------------------------------ uplink
 
-    def _take(self) -> list[Pending]:
-        out: list[Pending] = []
-        nbytes = 0
-        while self._queue and len(out) < self._cfg.commit_max_events:
-            cost = policy.row_cost(len(self._queue[0].body))
-            if out and nbytes + cost > self._budget.commit_bytes:
-                break
-            out.append(self._queue.popleft())
-            nbytes += cost
-        return out
+    async def lease(self, lane: Lane, max_events: int, max_bytes: int) -> Batch | None:
+        """Lease up to ``max_events`` / ``max_bytes`` pending events from ``lane``.
+
+        LIVE takes the newest pending events, BACKFILL the oldest; each batch is in
+        ascending seq order. At least one event is returned when any is pending, even
+        if it alone is larger than ``max_bytes``. Returns None when nothing is pending.
+        """
+        self._check_open()
+        return await self._lanes.lease(lane, max_events, max_bytes)
+
+    async def ack(self, seqs: Sequence[int]) -> None:
+        """Delete delivered events (call only after the broker acknowledged them).
+
+        Unknown or already deleted seqs are ignored. If the disk is too full even to
+        delete, the events stay pending and will be sent again (at-least-once).
+        """
+        self._check_open()
+        await self._lanes.ack(seqs)
+
+    async def release(self, seqs: Sequence[int]) -> None:
+        """Return leased events to pending (e.g. on disconnect). Unknown seqs are ignored."""
+        await self._lanes.release(seqs)
+
+    async def release_all(self) -> None:
+        """Return every leased event to pending (e.g. when the connection is lost)."""
+        await self._lanes.release_all()
+
+    async def wait_pending(self, timeout: float) -> bool:
+        """Wait until an event is pending and not leased; False on timeout."""
+        return await self._lanes.wait_pending(timeout)
+
+    # ------------------------------------------------------------------ upkeep, stats
 
     async def expire_now(self) -> int:
         """Drop events older than their class TTL now; returns how many (also periodic)."""
         self._check_open()
-        self._last_expire = time.monotonic()
-        if not self._ttl_ms:
-            return 0
-        async with self._lock:
-            n = await expire(self._conn, self._book, self._tally, self._ttl_ms, self._now_ms())
-        if n:
-            log.info("buffer: expired %d events past their TTL", n)
-        return n
-
-    async def _housekeeping(self) -> None:
-        now = time.monotonic()
-        if self._ttl_ms and now - self._last_expire >= EXPIRE_INTERVAL_S:
-            await self.expire_now()
-        if now - self._last_sync >= NORMAL_SYNC_INTERVAL_S:
-            self._last_sync = now
-            if not self._full:
-                await self._run_sync(self._disk.sync_wal)
-            await self._run_sync(self._disk.make_ballast)
-
-    # ------------------------------------------------------------------ stats
+        return await self._upkeep.expire_now()
 
     async def stats(self) -> StoreStats:
         """Counters and sizes (one small query)."""
         oldest: int | None = None
-        if self._state is StoreState.OPEN:
-            async with self._lock:
-                for (ts,) in await self._conn.execute_fetchall(schema.OLDEST_TS_SQL):
+        if self.state is StoreState.OPEN:
+            async with self._db.locked() as conn:
+                for (ts,) in await conn.execute_fetchall(schema.OLDEST_TS_SQL):
                     oldest = int(ts) if oldest is None else min(oldest, int(ts))
         t = self._tally
-        names = schema.CLASS_NAMES
         return StoreStats(
             pending=t.total_pending(),
             pending_bytes=sum(t.pending_bytes.values()),
-            pending_by_class={names[p]: n for p, n in t.pending.items()},
-            pending_bytes_by_class={names[p]: n for p, n in t.pending_bytes.items()},
-            leased=len(self._book),
+            pending_by_class=_by_class(t.pending),
+            pending_bytes_by_class=_by_class(t.pending_bytes),
+            leased=len(self._lanes),
             oldest_pending_ts_ms=oldest,
             last_seq=self.last_committed_seq,
-            evicted_by_class={names[p]: n for p, n in t.evicted.items()},
-            expired_by_class={names[p]: n for p, n in t.expired.items()},
+            evicted_by_class=_by_class(t.evicted),
+            expired_by_class=_by_class(t.expired),
             quarantined_files=self._quarantined,
             file_bytes=self.file_bytes(),
-            disk_full=self._disk_full,
-            extra=dict(t.extra),
+            disk_full=self._upkeep.disk_full,
+            extra=MappingProxyType(dict(t.extra)),
         )
 
     def file_bytes(self) -> int:
         """Size of the database file plus its WAL, in bytes."""
-        return self._disk.file_bytes()
+        return self._upkeep.file_bytes()
+
+
+def _by_class(counts: dict[Priority, int]) -> MappingProxyType[str, int]:
+    return MappingProxyType({schema.CLASS_NAMES[p]: n for p, n in counts.items()})
 
 
 def _log_failed_notice(fut: asyncio.Future[int]) -> None:

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -25,7 +25,9 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, Enum):
         return obj.name.lower()
     if is_dataclass(obj) and not isinstance(obj, type):
-        return plain(asdict(obj))
+        # field by field, not asdict(): that deep-copies, and read-only mappings
+        # (StoreStats' MappingProxyType) cannot be copied
+        return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, Mapping):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

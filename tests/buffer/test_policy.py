@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from buffer import policy
+from config.errors import StoreError
 
 
 @pytest.mark.parametrize("max_bytes", [2**20, 8 * 2**20, 256 * 2**20, 4 * 2**30])
@@ -17,7 +18,7 @@ def test_budget_adds_up(max_bytes: int) -> None:
 
 
 def test_budget_rejects_tiny() -> None:
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(StoreError, match="too small"):
         policy.make_budget(100_000)
 
 

@@ -237,3 +237,25 @@ async def test_full_durability_round_trip(make_cfg: Callable[..., BufferConfig])
     async with await SqliteStore.open(make_cfg(durability="full")) as s:
         seqs = await asyncio.gather(*[s.submit(make_event()) for _ in range(500)])
         assert await drain(s, Lane.LIVE, 64) != [] and len(set(seqs)) == 500
+
+
+async def test_stats_are_a_read_only_snapshot(store: SqliteStore) -> None:
+    await store.append(make_event("dtc"))
+    st = await store.stats()
+    with pytest.raises(TypeError):
+        st.pending_by_class["critical"] = 0  # type: ignore[index]
+    with pytest.raises(TypeError):
+        st.extra["acked"] = 1  # type: ignore[index]
+    await store.append(make_event("dtc"))
+    assert st.pending_by_class["critical"] == 1, "a snapshot does not follow the store"
+
+
+async def test_hold_blocks_commits_until_released(store: SqliteStore) -> None:
+    async with store.hold():
+        fut = store.submit(make_event())
+        flushing = asyncio.ensure_future(store.flush())
+        for _ in range(100):  # let the writer run as far as it can: up to the held file
+            await asyncio.sleep(0)
+        assert not fut.done() and not flushing.done()
+    await flushing
+    assert fut.result() == store.last_committed_seq

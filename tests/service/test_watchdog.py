@@ -1,9 +1,8 @@
 """The watchdog in-process: pings while healthy, silence while commits stall, then resume.
 
-The stall is made by holding the store's write lock, which is exactly what a commit
-stuck on a dying SD card looks like to the rest of the agent. It is the one place
-these tests reach inside another module (``SqliteStore._lock``): there is no way to
-make a real SD card hang on demand.
+The stall is made with ``SqliteStore.hold()``, which blocks the store's file (and so
+every commit) for as long as the block runs: exactly what a commit stuck on a dying SD
+card looks like to the rest of the agent, since a real SD card cannot hang on demand.
 """
 
 from __future__ import annotations
@@ -85,7 +84,7 @@ async def test_watchdog_pings_stop_while_commits_stall(
         feeder = asyncio.create_task(_feed(bus, stop_feed), name="feeder")
         assert await listener.until("WATCHDOG=1", 5)
         assert agent.store is not None
-        async with agent.store._lock:  # the commit path hangs from here on
+        async with agent.store.hold():  # the commit path hangs from here on
             assert await listener.until("STATUS=unhealthy", 15), listener.lines
             assert "appends waiting" in listener.lines[-1]
             after = len(listener.lines)

@@ -1,8 +1,9 @@
-"""The uplink side of the store: lease, ack, release, wait_pending.
+"""The lease book of the store: lease, ack, release, wait_pending.
 
-A mixin of :class:`buffer.store.SqliteStore`, kept apart to keep each module short.
-Leases live in memory only (:class:`~buffer.leases.LeaseBook`); a lease is one indexed
-range query, an ack one transaction of primary-key deletes.
+:class:`Lanes` owns the leases (in memory only, :class:`~buffer.leases.LeaseBook`), the
+"something is pending" signal and the top of what may be leased: the last committed
+seq, which the group commit advances through :meth:`Lanes.committed`. A lease is one
+indexed range query, an ack one transaction of primary-key deletes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import aiosqlite
 
 from buffer import schema
 from buffer.api import Batch, Lane, StoredEvent
+from buffer.db import Db
 from buffer.leases import LeaseBook
-from buffer.maint import Tally
+from buffer.tally import Tally
 from config.errors import StoreError
 from config.events import Priority
 
@@ -28,18 +30,42 @@ log = logging.getLogger(__name__)
 MAX_SCAN_STEPS = 64
 
 
-class LeaseOps:
-    """lease / ack / release / wait_pending over the store's connection."""
+class Lanes:
+    """Leases from both ends of the pending log, acks and releases."""
 
-    _conn: aiosqlite.Connection
-    _lock: asyncio.Lock
-    _book: LeaseBook
-    _tally: Tally
-    _pending_evt: asyncio.Event
-    last_committed_seq: int
+    def __init__(self, db: Db, tally: Tally, *, top: int) -> None:
+        self._db = db
+        self._tally = tally
+        self._book = LeaseBook()
+        self._pending_evt = asyncio.Event()
+        self._top = top
 
-    def _check_open(self) -> None:
-        raise NotImplementedError
+    def __repr__(self) -> str:
+        return f"Lanes(top={self._top}, leased={len(self._book)})"
+
+    def __len__(self) -> int:
+        """Events leased now."""
+        return len(self._book)
+
+    @property
+    def book(self) -> LeaseBook:
+        """The leases (upkeep reads it: leased rows are never evicted or expired)."""
+        return self._book
+
+    @property
+    def top(self) -> int:
+        """The last committed seq: nothing above it is leased."""
+        return self._top
+
+    def committed(self, seq: int) -> None:
+        """Rows up to ``seq`` are committed (the group commit calls this)."""
+        self._top = seq
+        self._pending_evt.set()
+
+    def wake(self) -> None:
+        """Wake waiters: rows may be pending (after open)."""
+        if self._pending_unleased() > 0:
+            self._pending_evt.set()
 
     def _pending_unleased(self) -> int:
         return self._tally.total_pending() - len(self._book)
@@ -51,17 +77,16 @@ class LeaseOps:
         ascending seq order. At least one event is returned when any is pending, even
         if it alone is larger than ``max_bytes``. Returns None when nothing is pending.
         """
-        self._check_open()
         if max_events <= 0 or self._pending_unleased() <= 0:
             return None
         asc = lane is Lane.BACKFILL
-        top = self.last_committed_seq
+        top = self._top
         taken: list[StoredEvent] = []
         nbytes = 0
         pos = 1 if asc else top
         first: int | None = None
         last: int | None = None
-        async with self._lock:
+        async with self._db.locked() as conn:
             for _ in range(MAX_SCAN_STEPS):
                 if asc:
                     lo, hi = self._book.gap_up(pos)
@@ -78,7 +103,7 @@ class LeaseOps:
                 if first is None:
                     first = params[0] if asc else params[1]
                 limit = max_events - len(taken)
-                rows = list(await self._conn.execute_fetchall(sql, (*params, limit)))
+                rows = list(await conn.execute_fetchall(sql, (*params, limit)))
                 done = False
                 for seq, ts, typ, body, p in rows:
                     if seq not in self._book:
@@ -115,19 +140,17 @@ class LeaseOps:
         Unknown or already deleted seqs are ignored. If the disk is too full even to
         delete, the events stay pending and will be sent again (at-least-once).
         """
-        self._check_open()
         if not seqs:
             return
         known = self._book.pop(seqs)
         rows: dict[Priority, list[tuple[int, int]]] = {}
         for seq, prio, size in known:
             rows.setdefault(prio, []).append((seq, size))
-        async with self._lock:
+        async with self._db.locked() as conn:
             if len(known) < len(seqs):
-                await self._lookup(set(seqs) - {s for s, _, _ in known}, rows)
+                await _lookup(conn, set(seqs) - {s for s, _, _ in known}, rows)
             if not rows:
                 return
-            conn = self._conn
             deleted = 0
             try:
                 await conn.execute("BEGIN IMMEDIATE")
@@ -153,18 +176,9 @@ class LeaseOps:
             log.error("buffer: ack deleted %d rows, expected %d", deleted, expected)
             self._tally.extra["ack_missing"] += expected - deleted
 
-    async def _lookup(self, seqs: set[int], rows: dict[Priority, list[tuple[int, int]]]) -> None:
-        """Find the class and size of seqs acked without a lease (lock held)."""
-        for seq in sorted(seqs):
-            for p in Priority:
-                got = list(await self._conn.execute_fetchall(schema.lookup_sql(p), (seq,)))
-                if got:
-                    rows.setdefault(p, []).append((seq, int(got[0][0])))
-                    break
-
     async def release(self, seqs: Sequence[int]) -> None:
         """Return leased events to pending (e.g. on disconnect). Unknown seqs are ignored."""
-        async with self._lock:  # never in the middle of a lease scan (see lease)
+        async with self._db.locked():  # never in the middle of a lease scan (see lease)
             n = self._book.release(seqs)
         if n:
             self._tally.extra["released"] += n
@@ -172,7 +186,7 @@ class LeaseOps:
 
     async def release_all(self) -> None:
         """Return every leased event to pending (e.g. when the connection is lost)."""
-        async with self._lock:
+        async with self._db.locked():
             n = len(self._book)
             self._book.clear()
         if n:
@@ -192,3 +206,15 @@ class LeaseOps:
                 async with asyncio.timeout(left):
                     await self._pending_evt.wait()
         return True
+
+
+async def _lookup(
+    conn: aiosqlite.Connection, seqs: set[int], rows: dict[Priority, list[tuple[int, int]]]
+) -> None:
+    """Find the class and size of seqs acked without a lease (lock held)."""
+    for seq in sorted(seqs):
+        for p in Priority:
+            got = list(await conn.execute_fetchall(schema.lookup_sql(p), (seq,)))
+            if got:
+                rows.setdefault(p, []).append((seq, int(got[0][0])))
+                break

@@ -121,22 +121,26 @@ async def expire(
     book: LeaseBook,
     tally: Tally,
     ttl_ms: Mapping[Priority, int],
-    now_ms: int,
+    age_ms: int,
 ) -> int:
-    """Delete unleased rows older than their class TTL; returns how many.
+    """Delete unleased rows that spent more than their class TTL in the buffer.
 
-    Rows are examined oldest-seq first, a page at a time, and the pass stops at the
+    Time in the buffer is the age clock (``age_ms`` now), never a wall clock: the
+    ``age_marks`` table says up to which seq every row was committed at least ``ttl``
+    ago. Rows are examined oldest-seq first, a page at a time, and the pass stops at the
     first page without an expired row: cost follows the expired rows, not the backlog.
     """
     total = 0
     for p, ttl in ttl_ms.items():
-        cutoff = now_ms - ttl
+        ((upto,),) = await conn.execute_fetchall(schema.EXPIRED_UPTO_SQL, (age_ms - ttl,))
+        if upto is None:
+            continue  # nothing has been in the buffer that long
         after = 0
         for _ in range(EXPIRE_MAX_PAGES):
             page = await _oldest(conn, p, after, EXPIRE_PAGE_ROWS)
             if not page:
                 break
-            old = [(s, n) for s, t, n in page if t < cutoff]
+            old = [(s, n) for s, _t, n in page if s <= int(upto)]
             rows = [(s, n) for s, n in old if s not in book]
             if rows:
                 await delete_rows(conn, p, rows, schema.meta_expired(p))

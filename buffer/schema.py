@@ -6,8 +6,9 @@ thinning or dropping old points of one class empties whole B-tree pages instead 
 punching holes in pages shared with other classes, so the freed space is really
 reusable; a class never needs a secondary index (no extra write amplification).
 
-``meta`` holds integers that must survive restarts: the seq high-water mark and the
-eviction / expiry counters per class.
+``meta`` holds integers that must survive restarts: the seq high-water mark, the
+eviction / expiry counters per class and the age clock; ``age_marks`` maps seqs to the
+age clock at their commit (TTL expiry).
 """
 
 # ruff: noqa: S608  -- the only names interpolated into SQL here are the constant table
@@ -41,6 +42,17 @@ EVICTION_ORDER: tuple[Priority, ...] = (Priority.TELEMETRY, Priority.POSITION, P
 # meta keys
 META_VERSION = "schema_version"
 META_LAST_SEQ = "last_seq"
+#: The buffer's age clock (ms the store has been open, summed over runs): TTLs run on it.
+META_AGE = "age_ms"
+
+#: ``age_marks(seq, age_ms)``: every seq up to ``seq`` was committed at an age of at most
+#: ``age_ms``. Written every expiry pass; TTL expiry reads it, never a wall clock.
+MARK_SQL = "INSERT OR IGNORE INTO age_marks(seq, age_ms) VALUES (?, ?)"  # the earliest age wins
+EXPIRED_UPTO_SQL = "SELECT max(seq) FROM age_marks WHERE age_ms <= ?"
+#: Marks below the oldest stored seq are of no use, except the newest of them.
+PRUNE_MARKS_SQL = (
+    "DELETE FROM age_marks WHERE seq < (SELECT max(seq) FROM age_marks WHERE seq < ?)"
+)
 
 
 def meta_evicted(p: Priority) -> str:
@@ -56,7 +68,9 @@ def meta_expired(p: Priority) -> str:
 def create_script() -> str:
     """DDL for a new (or existing: idempotent) buffer file."""
     meta = "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
-    parts = [meta + " WITHOUT ROWID;"]
+    parts = [meta + " WITHOUT ROWID;",
+             ("CREATE TABLE IF NOT EXISTS age_marks("
+              "seq INTEGER PRIMARY KEY, age_ms INTEGER NOT NULL);")]
     parts.extend(
         f"CREATE TABLE IF NOT EXISTS {table}("
         "seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, type TEXT NOT NULL,"
@@ -137,6 +151,12 @@ def oldest_sql(p: Priority) -> str:
 def class_totals_sql(p: Priority) -> str:
     """Row count and body bytes of class ``p`` (a full scan: used once at open)."""
     return f"SELECT count(*), coalesce(sum(length(body)), 0) FROM {TABLES[p]}"
+
+
+def oldest_seq_sql() -> str:
+    """The smallest stored seq over every class (NULL when the buffer is empty)."""
+    arms = " UNION ALL ".join(f"SELECT min(seq) AS s FROM {t}" for t in TABLES.values())
+    return f"SELECT min(s) FROM ({arms})"
 
 
 def lookup_sql(p: Priority) -> str:

@@ -64,7 +64,8 @@ class SqliteStore:
     """
 
     def __init__(
-        self, cfg: BufferConfig, db: Db, *, next_seq: int, now_ms: Callable[[], int]
+        self, cfg: BufferConfig, db: Db, *, next_seq: int, age_base_ms: int = 0,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         """Use :meth:`open`."""
         budget = budget_for(cfg)
@@ -73,7 +74,8 @@ class SqliteStore:
         self._tally = Tally()
         self._lanes = Lanes(db, self._tally, top=next_seq - 1)
         self._upkeep = Upkeep(
-            cfg, budget, db=db, tally=self._tally, book=self._lanes.book, now_ms=now_ms)
+            cfg, budget, db=db, tally=self._tally, book=self._lanes.book,
+            top=lambda: self._lanes.top, age_base_ms=age_base_ms, mono=mono)
         self._writer = GroupWriter(
             cfg, budget, db=db, tally=self._tally, lanes=self._lanes, upkeep=self._upkeep,
             next_seq=next_seq)
@@ -102,17 +104,20 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, cfg: BufferConfig, *, now_ms: Callable[[], int] | None = None
+        cls, cfg: BufferConfig, *, now_ms: Callable[[], int] | None = None,
+        mono: Callable[[], float] = time.monotonic,
     ) -> SqliteStore:
         """Open (or create) the buffer at ``cfg.path``; quarantine it if corrupt.
 
-        ``now_ms`` is the wall clock used for TTL expiry and quarantine names.
+        ``now_ms`` is the wall clock used for quarantine names; ``mono`` runs the age
+        clock of TTL expiry (docs/buffer.md, TTL), which no wall-clock step moves.
         """
         clock = now_ms or _wall_ms
         path = Path(cfg.path)
         recovery.prepare_folder(path)  # so the budget can look at the filesystem
         db, start = await Db.open(cfg, budget_for(cfg), clock())
-        store = cls(cfg, db, next_seq=start.next_seq, now_ms=clock)
+        store = cls(cfg, db, next_seq=start.next_seq,
+                    age_base_ms=start.meta.get(schema.META_AGE, 0), mono=mono)
         try:
             await store._load(start)
         except BaseException:
@@ -165,6 +170,7 @@ class SqliteStore:
         if clean:
             try:
                 await self._writer.record_last_seq()
+                await self._upkeep.mark_age()  # the age clock goes on from here next time
             except sqlite3.Error as exc:
                 log.warning("buffer: could not record last seq at close: %s", exc)
                 clean = False

@@ -51,13 +51,18 @@ class Upkeep:
         db: Db,
         tally: Tally,
         book: LeaseBook,
-        now_ms: Callable[[], int],
+        top: Callable[[], int],
+        age_base_ms: int = 0,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self._budget = budget
         self._db = db
         self._tally = tally
         self._book = book  # read only: leased rows are never evicted or expired
-        self._now_ms = now_ms
+        self._top = top  # the last committed seq
+        self._mono = mono
+        self._age_base_ms = age_base_ms  # the age clock when this run started
+        self._mono0 = mono()
         self._disk = DiskGuard(db.path, budget)
         self._ttl_ms = {schema.CLASS_BY_NAME[k]: int(v * 1000) for k, v in cfg.ttl_s.items()}
         self._disk_full = False
@@ -123,13 +128,43 @@ class Upkeep:
         rows += [(schema.meta_expired(p), n) for p, n in self._tally.expired.items()]
         await self._db.put_meta(rows)
 
+    def age_ms(self) -> int:
+        """The age clock: milliseconds this buffer has been open, over all runs.
+
+        Monotonic within a run and carried across restarts in ``meta``, so no step of
+        the wall clock (fake-hwclock at boot, then GPS or NTP) moves it. Time while the
+        agent is stopped does not count: a TTL never expires an event early.
+        """
+        return self._age_base_ms + max(0, round((self._mono() - self._mono0) * 1000))
+
+    async def mark_age(self) -> None:
+        """Record that every seq committed so far is at most this old, and the clock."""
+        age = self.age_ms()
+        async with self._db.locked() as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute(schema.MARK_SQL, (self._top(), age))
+                await conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    (schema.META_AGE, age))
+                ((oldest,),) = await conn.execute_fetchall(schema.oldest_seq_sql())
+                if oldest is not None:
+                    await conn.execute(schema.PRUNE_MARKS_SQL, (int(oldest),))
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.execute("ROLLBACK")
+                raise
+
     async def expire_now(self) -> int:
-        """Drop events older than their class TTL now; returns how many."""
+        """Drop events that spent more than their class TTL in the buffer; how many."""
         self._last_expire = time.monotonic()
         if not self._ttl_ms:
             return 0
+        await self.mark_age()
         async with self._db.locked() as conn:
-            n = await expire(conn, self._book, self._tally, self._ttl_ms, self._now_ms())
+            n = await expire(conn, self._book, self._tally, self._ttl_ms, self.age_ms())
         if n:
             log.info("buffer: expired %d events past their TTL", n)
         return n

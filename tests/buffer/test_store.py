@@ -197,12 +197,14 @@ async def test_open_close_leaves_no_threads(cfg: BufferConfig) -> None:
 async def test_ttl_expires_old_events_of_configured_class(
     make_cfg: Callable[..., BufferConfig],
 ) -> None:
-    now = [2_000_000_000_000]
+    mono = [1000.0]
     cfg = make_cfg(ttl_s={"telemetry": 60.0})
-    async with await SqliteStore.open(cfg, now_ms=lambda: now[0]) as s:
-        old = [await s.append(make_event("engine", ts_ms=now[0] - 120_000)) for _ in range(5)]
-        young = await s.append(make_event("engine", ts_ms=now[0] - 1_000))
-        gps_old = await s.append(make_event("gps", ts_ms=now[0] - 10**7))
+    async with await SqliteStore.open(cfg, mono=lambda: mono[0]) as s:
+        old = [await s.append(make_event("engine")) for _ in range(5)]
+        gps_old = await s.append(make_event("gps"))
+        assert await s.expire_now() == 0  # just arrived
+        mono[0] += 61.0  # a minute in the buffer
+        young = await s.append(make_event("engine"))
         leased = await s.lease(Lane.BACKFILL, 1, 10**6)
         assert leased is not None and leased.seqs == (old[0],)
         assert await s.expire_now() == 4  # the leased one is in flight: left alone
@@ -210,8 +212,43 @@ async def test_ttl_expires_old_events_of_configured_class(
         assert st.expired_by_class == {"critical": 0, "position": 0, "telemetry": 4}
         await s.ack(leased.seqs)
         assert set(await drain(s)) == {young, gps_old}
-    async with await SqliteStore.open(cfg, now_ms=lambda: now[0]) as s:
+    async with await SqliteStore.open(cfg, mono=lambda: mono[0]) as s:
         assert (await s.stats()).expired_by_class["telemetry"] == 4
+
+
+async def test_ttl_ignores_wall_clock_steps(make_cfg: Callable[..., BufferConfig]) -> None:
+    """A Pi boots 14 days behind and GPS steps the clock: nothing expires for it."""
+    wall = [1_700_000_000_000]
+    mono = [50.0]
+    cfg = make_cfg(ttl_s={"telemetry": 7 * 86400.0, "position": 60.0})
+    async with await SqliteStore.open(cfg, now_ms=lambda: wall[0], mono=lambda: mono[0]) as s:
+        seqs = [await s.append(make_event("engine", ts_ms=wall[0])) for _ in range(10)]
+        wall[0] += 14 * 86_400_000  # forward 14 days
+        mono[0] += 30.0
+        assert await s.expire_now() == 0
+        wall[0] -= 30 * 86_400_000  # and back 30
+        assert await s.expire_now() == 0
+        assert (await s.stats()).pending == len(seqs)
+
+
+async def test_ttl_age_survives_a_restart(make_cfg: Callable[..., BufferConfig]) -> None:
+    """Time in the buffer adds up over runs (each run's monotonic clock starts anew)."""
+    cfg = make_cfg(ttl_s={"telemetry": 100.0})
+    mono = [10.0]
+    async with await SqliteStore.open(cfg, mono=lambda: mono[0]) as s:
+        first = await s.append(make_event("engine"))
+        await s.expire_now()  # the periodic pass marks its age (every EXPIRE_INTERVAL_S)
+        mono[0] += 60.0
+    mono[0] = 3.0  # a new boot: the monotonic clock starts again
+    async with await SqliteStore.open(cfg, mono=lambda: mono[0]) as s:
+        second = await s.append(make_event("engine"))
+        await s.expire_now()
+        mono[0] += 30.0  # 90 s in the buffer for the first
+        assert await s.expire_now() == 0
+        mono[0] += 15.0  # 105 s: past its TTL; the second has 45 s
+        assert await s.expire_now() == 1
+        assert await drain(s) == [second]
+    assert first < second
 
 
 async def test_stats_report_classes_and_sizes(store: SqliteStore) -> None:

@@ -19,7 +19,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import can
 
@@ -48,6 +48,36 @@ REQUEST_SA = 0xF9  # off-board diagnostic tool #1: the address a gateway request
 REQUESTED_PGNS = (PGN_HOURS, PGN_LFC)
 # an extended data frame is 67 + 8 * len bits before stuffing; real traffic stuffs ~8 %
 STUFFING = 141.9 / 131.0
+
+
+class CanStats(TypedDict):
+    """What :meth:`CanDriver.stats` reports (the status file's ``can`` section)."""
+
+    state: str
+    interface: str
+    channel: str
+    frames_total: int
+    frames_per_s: float
+    bus_load_pct: float
+    decoded: int
+    ignored: int
+    decode_errors: int
+    dm1: int
+    tp_completed: int
+    tp_errors: int
+    tp_sessions: int
+    error_frames: int
+    dropped: int
+    reconnects: int
+    sink_errors: int
+    requests_sent: int
+    request_errors: int
+    last_error: str | None
+    address_claims: int
+    address_moves: int
+    names: dict[str, dict[str, object]]
+    fms: dict[str, dict[str, object]]
+    drivers: dict[str, dict[str, str]]
 
 
 class CanState(enum.Enum):
@@ -114,8 +144,13 @@ class CanDriver:
         """The current :class:`CanState`."""
         return self._state
 
-    def stats(self) -> dict[str, int | float | str | None]:
-        """Counters and rates for status/metrics; cheap, call as often as you like."""
+    def stats(self) -> CanStats:
+        """Counters and rates for status/metrics; cheap, call as often as you like.
+
+        ``names`` maps each source address seen in an Address Claimed (two hex digits)
+        to its NAME, ``fms`` to the FMS-Standard identity, ``drivers`` to the driver
+        identifications of DI (docs/fleet-data.md).
+        """
         dc, tp = self.decoder.counters, self.decoder.tp
         counts = dict(self._counts)
         reader = self._reader
@@ -123,6 +158,7 @@ class CanDriver:
             counts["dropped"] += reader.dropped
             counts["requests_sent"] += reader.sent
             counts["request_errors"] += reader.send_errors
+        ident = self.decoder.identity
         return {
             "state": self._state.value,
             "interface": self.cfg.interface,
@@ -137,8 +173,18 @@ class CanDriver:
             "tp_completed": tp.counters["completed"],
             "tp_errors": tp.errors,
             "tp_sessions": tp.active_sessions,
-            **counts,
+            "error_frames": counts["error_frames"],
+            "dropped": counts["dropped"],
+            "reconnects": counts["reconnects"],
+            "sink_errors": counts["sink_errors"],
+            "requests_sent": counts["requests_sent"],
+            "request_errors": counts["request_errors"],
             "last_error": self._last_error,
+            "address_claims": ident.claims,
+            "address_moves": ident.moves,
+            "names": ident.names_dict(),
+            "fms": ident.fms_dict(),
+            "drivers": ident.drivers_dict(),
         }
 
     async def run(self) -> None:

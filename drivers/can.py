@@ -18,7 +18,8 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypedDict
 
 import can
@@ -26,13 +27,19 @@ import can
 from config import CanConfig
 from config.retry import Backoff, RetryPolicy
 from drivers.can_io import BusReader
+from drivers.dbc import load_dbc
 from drivers.j1939 import (
+    DEFAULT_SPECS,
     GLOBAL,
+    OTHER_PGNS,
     PGN_HOURS,
     PGN_LFC,
     PGN_REQUEST,
+    PGN_TABLE,
     Decoded,
     J1939Decoder,
+    Spec,
+    build_table,
     make_id,
     request_payload,
 )
@@ -48,6 +55,26 @@ REQUEST_SA = 0xF9  # off-board diagnostic tool #1: the address a gateway request
 REQUESTED_PGNS = (PGN_HOURS, PGN_LFC)
 # an extended data frame is 67 + 8 * len bits before stuffing; real traffic stuffs ~8 %
 STUFFING = 141.9 / 131.0
+
+
+def decode_table(dbc_file: Path | None) -> Mapping[int, Spec]:
+    """The built-in J1939 table plus the messages of ``dbc_file`` for PGNs it lacks.
+
+    The built-in entry of a PGN wins over a DBC message of the same PGN (many DBC files
+    carry the standard J1939 messages too): the wire contract's field names stay the
+    same whatever DBC a truck is given. The skipped messages are logged once.
+    """
+    if dbc_file is None:
+        return PGN_TABLE
+    extra = load_dbc(dbc_file)
+    taken = {s.name: s.pgn for s in extra if s.pgn in PGN_TABLE or s.pgn in OTHER_PGNS}
+    if taken:
+        log.warning("CAN: DBC %s: built-in decoding kept for %s", dbc_file,
+                    ", ".join(f"{n} (PGN {p})" for n, p in sorted(taken.items())))
+    added = [s for s in extra if s.name not in taken]
+    log.info("CAN: %d message(s) from DBC file %s", len(added), dbc_file)
+    specs: list[Spec] = [*DEFAULT_SPECS, *added]
+    return build_table(specs)
 
 
 class CanStats(TypedDict):
@@ -121,7 +148,7 @@ class CanDriver:
         self.cfg = cfg
         self.sink = sink
         self.bus_factory = bus_factory or self._default_bus
-        self.decoder = J1939Decoder()
+        self.decoder = J1939Decoder(decode_table(cfg.dbc_file))
         self._state = CanState.STOPPED
         self._reader: BusReader | None = None
         self._failure: str | None = None
@@ -134,8 +161,6 @@ class CanDriver:
         self._counts = {"error_frames": 0, "dropped": 0, "reconnects": 0, "sink_errors": 0,
                         "requests_sent": 0, "request_errors": 0}
         self._last_error: str | None = None
-        if cfg.dbc_file is not None:
-            log.warning("can.dbc_file %s ignored: DBC signals are not supported yet", cfg.dbc_file)
 
     # ------------------------------------------------------------------ public
 

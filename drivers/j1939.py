@@ -42,12 +42,16 @@ from drivers.j1939_fms import (
 from drivers.j1939_tp import PGN_TP_CM, PGN_TP_DT, TpReassembler
 
 PGN_REQUEST: Final = 59904  # 0xEA00
+
 PGN_HOURS: Final = 65253
 PGN_LFC: Final = 65257
 PGN_VD: Final = 65248
 PGN_VDHR: Final = 65217
 PGN_HRLFC: Final = 64777
 GLOBAL: Final = 0xFF
+#: PGNs decoded outside the table (DM1, transport protocol, identity, weights per axle).
+OTHER_PGNS: Final = frozenset({PGN_DM1, PGN_TP_CM, PGN_TP_DT, PGN_ADDRESS_CLAIMED, PGN_FMS,
+                               PGN_DI, PGN_VW, PGN_REQUEST})
 #: How long a high-resolution PGN from a source keeps its low-resolution twin muted.
 HIRES_HOLD_MS: Final = 10_000
 

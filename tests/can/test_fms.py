@@ -6,8 +6,15 @@ definition (byte numbered from 1, little-endian; bits numbered from 1).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+
+import can
 import pytest
 
+from config import CanConfig
+from drivers.can import CanDriver, CanState
 from drivers.j1939 import HIRES_HOLD_MS, J1939Decoder, SignalUpdate, make_id
 from drivers.j1939_fms import MAX_DRIVER_ID, decode_di, decode_fms, decode_name
 
@@ -202,3 +209,31 @@ def test_driver_identification_over_bam() -> None:
 )
 def test_decode_di(payload: bytes, expected: tuple[str | None, str | None]) -> None:
     assert decode_di(payload) == expected
+
+
+async def test_driver_stats_list_names_fms_and_drivers() -> None:
+    channel = f"test-{uuid.uuid4()}"
+    driver = CanDriver(CanConfig(interface="virtual", channel=channel), lambda batch: None)
+    frames = [(0x18EEFF00, bytes.fromhex("0100A00C00000080")),
+              (0x18FDD127, bytes.fromhex("F130343030FFFFFF")),
+              *_bam(0xFE6B, b"DF00000012345601**", 0xEE)]
+    with can.Bus(interface="virtual", channel=channel) as tx:
+        task = asyncio.create_task(driver.run(), name="can-driver")
+        try:
+            async with asyncio.timeout(5):
+                while driver.state is not CanState.ACTIVE:  # noqa: ASYNC110 - no event
+                    await asyncio.sleep(0.01)
+                for can_id, data in frames:
+                    tx.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
+                while driver.stats()["frames_total"] < len(frames):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    stats = driver.stats()
+    assert stats["names"] == {
+        "00": {"name": "800000000CA00001", "manufacturer": 101, "function": 0, "identity": 1}}
+    assert stats["fms"] == {"27": {"version": "0400", "diagnostics": True, "requests": False}}
+    assert stats["drivers"] == {"EE": {"driver1": "DF00000012345601"}}
+    assert (stats["address_claims"], stats["address_moves"]) == (1, 0)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import can
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config import CanConfig, CanSampling, load_config
 from config.dbc_check import dbc_problem
@@ -177,3 +179,16 @@ async def test_driver_decodes_dbc_signals_from_the_bus() -> None:
     (out,) = got
     assert isinstance(out, SignalUpdate)
     assert (out.sa, out.pgn, out.values) == (0x21, OEM_PGN, GOOD_VALUES)
+
+
+@settings(deadline=None)  # no per-example time limit on a busy CI machine
+@given(st.binary(max_size=8))
+def test_dbc_values_never_come_from_not_available_raw(data: bytes) -> None:
+    (spec,) = [s for s in load_dbc(DBC) if s.pgn == OEM_PGN]
+    got = spec.decode(data)
+    if len(data) < 8:
+        return  # truncated: what decodes is checked by the full-frame examples
+    raw = spec.message.decode(data, decode_choices=False, scaling=False)
+    for sig in spec.signals:
+        present = sig.name in got
+        assert present == (sig.limit < 0 or (raw[sig.dbc_name] & sig.mask) <= sig.limit)

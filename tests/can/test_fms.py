@@ -12,6 +12,8 @@ import uuid
 
 import can
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config import CanConfig
 from drivers.can import CanDriver, CanState
@@ -237,3 +239,16 @@ async def test_driver_stats_list_names_fms_and_drivers() -> None:
     assert stats["fms"] == {"27": {"version": "0400", "diagnostics": True, "requests": False}}
     assert stats["drivers"] == {"EE": {"driver1": "DF00000012345601"}}
     assert (stats["address_claims"], stats["address_moves"]) == (1, 0)
+
+
+@settings(deadline=None)  # no per-example time limit on a busy CI machine
+@given(st.sampled_from([0x18FEEA2F, 0x18EEFF00, 0x18FDD127, 0x18FE6BEE]),
+       st.binary(max_size=8), st.integers(0, 253))
+def test_identity_and_weight_frames_never_raise(can_id: int, data: bytes, sa: int) -> None:
+    d = J1939Decoder()
+    out = d.feed(0, (can_id & ~0xFF) | sa, data)
+    if isinstance(out, SignalUpdate):
+        assert all(type(v) in (int, float) for v in out.values.values())
+    ids = d.identity.drivers.get(sa, (None, None))
+    assert all(i is None or len(i) <= MAX_DRIVER_ID for i in ids)
+    assert len(d.identity.names) <= 1

@@ -23,6 +23,7 @@ DBC gives a known one (``"%"`` -> ``_pct``, ``"km/h"`` -> ``_kmh``, ...), so
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,9 +103,9 @@ class DbcSpec:
             if sig.limit >= 0 and (int(r) & sig.mask) > sig.limit:
                 continue
             value = r * sig.scale + sig.offset
-            if float(sig.scale).is_integer() and float(sig.offset).is_integer():
-                out[sig.name] = int(value)
-            else:
+            if sig.limit >= 0 and sig.scale.is_integer() and sig.offset.is_integer():
+                out[sig.name] = int(value)  # an integer field with an integer scaling
+            elif math.isfinite(value):
                 out[sig.name] = round(float(value), 6)
         return out
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import struct
 import uuid
 from pathlib import Path
 
@@ -192,3 +194,9 @@ def test_dbc_values_never_come_from_not_available_raw(data: bytes) -> None:
     for sig in spec.signals:
         present = sig.name in got
         assert present == (sig.limit < 0 or (raw[sig.dbc_name] & sig.mask) <= sig.limit)
+
+
+def test_float_signals_keep_their_fraction_and_drop_nan() -> None:
+    (spec,) = load_dbc(DATA / "oem-float.dbc")
+    assert spec.decode(struct.pack("<f", 2.75) + b"\xff" * 4) == {"flow_rate_lph": 2.75}
+    assert spec.decode(struct.pack("<f", math.nan) + b"\xff" * 4) == {}  # never a NaN event

@@ -42,7 +42,6 @@ from drivers.j1939_fms import (
 from drivers.j1939_tp import PGN_TP_CM, PGN_TP_DT, TpReassembler
 
 PGN_REQUEST: Final = 59904  # 0xEA00
-
 PGN_HOURS: Final = 65253
 PGN_LFC: Final = 65257
 PGN_VD: Final = 65248

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from config.dbc_check import dbc_problem
 from config.errors import ConfigError
 from config.schema import MAX_DEADBAND, MAX_TTL_S, ConfigWarning, TruckConfig
 
@@ -117,6 +118,10 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
                 f"unknown python-can interface {cfg.can.interface!r}"
                 f"{_did_you_mean(cfg.can.interface, can_interfaces())}"
                 f" (known: {', '.join(sorted(can_interfaces()))})")
+    if cfg.can is not None and cfg.can.dbc_file is not None:
+        problem = dbc_problem(cfg.can.dbc_file)  # names the DBC file and the line
+        if problem is not None:
+            ctx.err("can.dbc_file", problem)
     if cfg.gps is None and cfg.can is None:
         ctx.warnings.append(f"{ctx.name}: neither [gps] nor [can] is configured")
     for key, value in cfg.buffer.ttl_s.items():

@@ -128,6 +128,19 @@ class CanConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """``[events]``: trips, idling, harsh driving and driver changes derived from the
+    decoded signals and GPS (:mod:`gateway.recording.fleet_events`, docs/fleet-data.md)."""
+
+    trip_end_timeout_s: float = _f(120.0, lo=0, hi=DAY_S)
+    idle_min_s: float = _f(300.0, lo=0, hi=DAY_S)
+    standstill_kmh: float = _f(1.0, lo=0, hi=20)
+    harsh_accel_ms2: float = _f(1.5, lo=0.1, hi=20)
+    harsh_brake_ms2: float = _f(2.5, lo=0.1, hi=20)
+    harsh_corner_ms2: float = _f(2.5, lo=0.1, hi=20)
+
+
+@dataclass(frozen=True, slots=True)
 class BufferConfig:
     """``[buffer]``: the store-and-forward SQLite log.
 
@@ -200,6 +213,7 @@ class TruckConfig:
     mqtt: MqttConfig = _f()
     gps: GpsConfig | None = _f(None)
     can: CanConfig | None = _f(None)
+    events: EventsConfig = _f(factory=EventsConfig)
     buffer: BufferConfig = _f(factory=BufferConfig)
     metrics: MetricsConfig = _f(factory=MetricsConfig)
     log: LogConfig = _f(factory=LogConfig)

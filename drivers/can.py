@@ -18,21 +18,28 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypedDict
 
 import can
 
 from config import CanConfig
 from config.retry import Backoff, RetryPolicy
 from drivers.can_io import BusReader
+from drivers.dbc import load_dbc
 from drivers.j1939 import (
+    DEFAULT_SPECS,
     GLOBAL,
+    OTHER_PGNS,
     PGN_HOURS,
     PGN_LFC,
     PGN_REQUEST,
+    PGN_TABLE,
     Decoded,
     J1939Decoder,
+    Spec,
+    build_table,
     make_id,
     request_payload,
 )
@@ -48,6 +55,56 @@ REQUEST_SA = 0xF9  # off-board diagnostic tool #1: the address a gateway request
 REQUESTED_PGNS = (PGN_HOURS, PGN_LFC)
 # an extended data frame is 67 + 8 * len bits before stuffing; real traffic stuffs ~8 %
 STUFFING = 141.9 / 131.0
+
+
+def decode_table(dbc_file: Path | None) -> Mapping[int, Spec]:
+    """The built-in J1939 table plus the messages of ``dbc_file`` for PGNs it lacks.
+
+    The built-in entry of a PGN wins over a DBC message of the same PGN (many DBC files
+    carry the standard J1939 messages too): the wire contract's field names stay the
+    same whatever DBC a truck is given. The skipped messages are logged once.
+    """
+    if dbc_file is None:
+        return PGN_TABLE
+    extra = load_dbc(dbc_file)
+    taken = {s.name: s.pgn for s in extra if s.pgn in PGN_TABLE or s.pgn in OTHER_PGNS}
+    if taken:
+        log.warning("CAN: DBC %s: built-in decoding kept for %s", dbc_file,
+                    ", ".join(f"{n} (PGN {p})" for n, p in sorted(taken.items())))
+    added = [s for s in extra if s.name not in taken]
+    log.info("CAN: %d message(s) from DBC file %s", len(added), dbc_file)
+    specs: list[Spec] = [*DEFAULT_SPECS, *added]
+    return build_table(specs)
+
+
+class CanStats(TypedDict):
+    """What :meth:`CanDriver.stats` reports (the status file's ``can`` section)."""
+
+    state: str
+    interface: str
+    channel: str
+    frames_total: int
+    frames_per_s: float
+    bus_load_pct: float
+    decoded: int
+    ignored: int
+    decode_errors: int
+    dm1: int
+    tp_completed: int
+    tp_errors: int
+    tp_sessions: int
+    error_frames: int
+    dropped: int
+    reconnects: int
+    sink_errors: int
+    requests_sent: int
+    request_errors: int
+    last_error: str | None
+    address_claims: int
+    address_moves: int
+    names: dict[str, dict[str, object]]
+    fms: dict[str, dict[str, object]]
+    drivers: dict[str, dict[str, str]]
 
 
 class CanState(enum.Enum):
@@ -91,7 +148,7 @@ class CanDriver:
         self.cfg = cfg
         self.sink = sink
         self.bus_factory = bus_factory or self._default_bus
-        self.decoder = J1939Decoder()
+        self.decoder = J1939Decoder(decode_table(cfg.dbc_file))
         self._state = CanState.STOPPED
         self._reader: BusReader | None = None
         self._failure: str | None = None
@@ -104,8 +161,6 @@ class CanDriver:
         self._counts = {"error_frames": 0, "dropped": 0, "reconnects": 0, "sink_errors": 0,
                         "requests_sent": 0, "request_errors": 0}
         self._last_error: str | None = None
-        if cfg.dbc_file is not None:
-            log.warning("can.dbc_file %s ignored: DBC signals are not supported yet", cfg.dbc_file)
 
     # ------------------------------------------------------------------ public
 
@@ -114,8 +169,13 @@ class CanDriver:
         """The current :class:`CanState`."""
         return self._state
 
-    def stats(self) -> dict[str, int | float | str | None]:
-        """Counters and rates for status/metrics; cheap, call as often as you like."""
+    def stats(self) -> CanStats:
+        """Counters and rates for status/metrics; cheap, call as often as you like.
+
+        ``names`` maps each source address seen in an Address Claimed (two hex digits)
+        to its NAME, ``fms`` to the FMS-Standard identity, ``drivers`` to the driver
+        identifications of DI (docs/fleet-data.md).
+        """
         dc, tp = self.decoder.counters, self.decoder.tp
         counts = dict(self._counts)
         reader = self._reader
@@ -123,6 +183,7 @@ class CanDriver:
             counts["dropped"] += reader.dropped
             counts["requests_sent"] += reader.sent
             counts["request_errors"] += reader.send_errors
+        ident = self.decoder.identity
         return {
             "state": self._state.value,
             "interface": self.cfg.interface,
@@ -137,8 +198,18 @@ class CanDriver:
             "tp_completed": tp.counters["completed"],
             "tp_errors": tp.errors,
             "tp_sessions": tp.active_sessions,
-            **counts,
+            "error_frames": counts["error_frames"],
+            "dropped": counts["dropped"],
+            "reconnects": counts["reconnects"],
+            "sink_errors": counts["sink_errors"],
+            "requests_sent": counts["requests_sent"],
+            "request_errors": counts["request_errors"],
             "last_error": self._last_error,
+            "address_claims": ident.claims,
+            "address_moves": ident.moves,
+            "names": ident.names_dict(),
+            "fms": ident.fms_dict(),
+            "drivers": ident.drivers_dict(),
         }
 
     async def run(self) -> None:

@@ -7,12 +7,21 @@ with several DTCs over the transport protocol as a BAM (TP.CM + TP.DT 50 ms apar
 HOURS and LFC are on-request PGNs: the schedule plays another ECU (the instrument
 cluster) that requests them every few seconds, so the request and its answer both
 appear on the bus, as on a real truck.
+
+The FMS-Standard signals (docs/fleet-data.md) come from the ECUs that send them on a
+real truck: gears from the transmission, brake pedal from the brake controller, the
+tachograph's TCO1 and its driver identification (DI, a BAM every 10 s while a card is
+in), one VW per axle, HRLFC/VDHR high-resolution counters, AdBlue, battery, ambient
+temperature, service distance and the FMS gateway's identity. Every ECU sends its
+Address Claimed when the ignition comes on.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +31,26 @@ from sim.truck import Dtc, TruckState
 SA_ENGINE = 0x00
 SA_CAB = 0x17  # instrument cluster: fuel level, odometer
 SA_BODY = 0x31  # cab controller (second fuel-level source in some trucks)
+SA_TRANS = 0x03  # transmission: ETC2
+SA_BRAKES = 0x0B  # brake system controller: EBC1, VW
+SA_TACHO = 0xEE  # tachograph: TCO1, DI
+SA_FMS = 0x27  # the FMS gateway: FMS identity
+#: (SA, NAME function) of the ECUs the simulated truck has (J1939-81 NAME)
+ECUS: tuple[tuple[int, int], ...] = ((SA_ENGINE, 0), (SA_TRANS, 3), (SA_BRAKES, 9),
+                                     (SA_CAB, 23), (SA_TACHO, 38), (SA_FMS, 60))
+MANUFACTURER = 0x0B6  # an arbitrary SAE manufacturer code for the simulator
+FMS_VERSION = b"0400"  # FMS-Standard 04.00
 
 PGN_EEC1, PGN_EEC2, PGN_CCVS1, PGN_DD = 61444, 61443, 65265, 65276
 PGN_LFE, PGN_LFC, PGN_HOURS, PGN_ET1 = 65266, 65257, 65253, 65262
 PGN_EFLP1, PGN_VDHR, PGN_VD, PGN_DM1 = 65263, 65217, 65248, 65226
+PGN_ETC2, PGN_EBC1, PGN_TCO1, PGN_SERV = 61445, 61441, 65132, 65216
+PGN_AMB, PGN_VEP1, PGN_AT1T1I, PGN_HRLFC = 65269, 65271, 65110, 64777
+PGN_VW, PGN_DI, PGN_FMS, PGN_ADDRESS_CLAIMED = 65258, 65131, 64977, 60928
 PGN_REQUEST, PGN_TP_CM, PGN_TP_DT = 59904, 60416, 60160
 TP_BAM = 32
 BAM_GAP_S = 0.05
+DI_EVERY_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +108,21 @@ def eec2(s: TruckState) -> bytes:
                   0xFF, 0xFF])
 
 
+def cruising(s: TruckState) -> bool:
+    """The model's cruise control: on at a steady speed above 60 km/h."""
+    return s.speed_kmh > 60.0 and abs(s.accel_ms2) < 0.05
+
+
 def ccvs1(s: TruckState) -> bytes:
-    """CCVS1: wheel-based speed (bytes 2-3, 1/256 km/h), parking brake, brake switch."""
+    """CCVS1: wheel-based speed (bytes 2-3, 1/256 km/h), parking brake, cruise control,
+    brake and clutch switches (byte 4), PTO state off (byte 7 bits 1-5)."""
     parking = 0b01 if s.speed_kmh < 0.5 else 0b00
     braking = 0b01 if s.accel_ms2 < -0.2 else 0b00
+    clutch = 0b01 if 0.5 < s.speed_kmh < 8.0 and s.accel_ms2 > 0.3 else 0b00  # pulling away
     b1 = 0xC3 | (parking << 2) | 0x30  # bits 1-2, 5-8 not available
-    b4 = 0xCF | (braking << 4)
-    return bytes([b1]) + _u16(s.speed_kmh, 1 / 256) + bytes([b4, 0xFF, 0xFF, 0xFF, 0xFF])
+    b4 = int(cruising(s)) | 0b1100 | (braking << 4) | (clutch << 6)  # enable switch n/a
+    b7 = 0b111_00000  # PTO state 00000 off; cruise control states not available
+    return bytes([b1]) + _u16(s.speed_kmh, 1 / 256) + bytes([b4, 0xFF, 0xFF, b7, 0xFF])
 
 
 def dd(s: TruckState) -> bytes:
@@ -129,13 +159,91 @@ def eflp1(s: TruckState) -> bytes:
 
 
 def vdhr(s: TruckState) -> bytes:
-    """VDHR: high-resolution total distance (bytes 1-4, 5 m/bit); trip not available."""
-    return _u32(s.odometer_km * 1000.0, 5.0) + b"\xff\xff\xff\xff"
+    """VDHR: high-resolution total and trip distance (bytes 1-4, 5-8; 5 m/bit)."""
+    return _u32(s.odometer_km * 1000.0, 5.0) + _u32(s.trip_km * 1000.0, 5.0)
 
 
 def vd(s: TruckState) -> bytes:
     """VD: total vehicle distance (bytes 5-8, 0.125 km/bit); trip not available."""
     return b"\xff\xff\xff\xff" + _u32(s.odometer_km, 0.125)
+
+
+def hrlfc(s: TruckState) -> bytes:
+    """HRLFC: high-resolution trip and total fuel (bytes 1-4, 5-8; 0.001 L/bit)."""
+    return _u32(s.trip_fuel_l, 0.001) + _u32(s.total_fuel_l, 0.001)
+
+
+def etc2(s: TruckState) -> bytes:
+    """ETC2: selected gear (byte 1) and current gear (byte 4), offset -125; 0 = neutral."""
+    selected = s.gear if s.speed_kmh > 0.5 else 0
+    return bytes([_u8(selected, 1.0, -125.0), 0xFF, 0xFF, _u8(s.gear, 1.0, -125.0), 0xFF,
+                  0xFF, 0xFF, 0xFF])
+
+
+def ebc1(s: TruckState) -> bytes:
+    """EBC1: ABS inactive (byte 1 bits 5-6), brake pedal position (byte 2, 0.4 %/bit)."""
+    pedal = min(100.0, -s.accel_ms2 / 1.8 * 100.0) if s.accel_ms2 < -0.2 else 0.0
+    return bytes([0b11_00_11_11, _u8(pedal, 0.4)]) + b"\xff" * 6
+
+
+def tco1(s: TruckState) -> bytes:
+    """TCO1 from the model's tachograph: working states, cards, time state, overspeed,
+    motion, forward direction (bytes 1-4) and tachograph speed (bytes 7-8)."""
+    t = s.tacho
+    b1 = int(t.driver1) | int(t.driver2) << 3 | int(t.motion) << 6
+    b2 = t.time_state1 | int(t.card1) << 4 | int(t.overspeed) << 6
+    b3 = 0 | int(t.card2) << 4 | 0b11 << 6  # driver 2 time state normal; bits 7-8 n/a
+    b4 = 0b00_11_11_11  # direction forward; event, handling, performance not available
+    return bytes([b1, b2, b3, b4, 0xFF, 0xFF]) + _u16(s.speed_kmh, 1 / 256)
+
+
+def di(s: TruckState) -> bytes | None:
+    """DI: driver 1 and driver 2 identification, each ended by ``*`` (None: no card)."""
+    if s.tacho.driver1_id is None:
+        return None
+    return s.tacho.driver1_id.encode("ascii") + b"**"
+
+
+def serv(s: TruckState) -> bytes:
+    """SERV: service distance (bytes 2-3, 5 km/bit, offset -160,635 km)."""
+    return b"\xff" + _u16(s.service_km, 5.0, -160_635.0) + b"\xff" * 5
+
+
+def amb(s: TruckState) -> bytes:
+    """AMB: barometric pressure (byte 1, 0.5 kPa), ambient air temperature (bytes 4-5,
+    0.03125 degC, offset -273)."""
+    return bytes([_u8(101.0, 0.5), 0xFF, 0xFF]) + _u16(s.ambient_c, 0.03125, -273.0) + \
+        b"\xff\xff\xff"
+
+
+def vep1(s: TruckState) -> bytes:
+    """VEP1: charging system potential (bytes 3-4), battery potential (bytes 5-6), 0.05 V."""
+    charging = s.battery_v + 0.2 if s.ignition else 0.0
+    return b"\xff\xff" + _u16(charging, 0.05) + _u16(s.battery_v, 0.05) + b"\xff\xff"
+
+
+def at1t1i(s: TruckState) -> bytes:
+    """AT1T1I: DEF (AdBlue) tank level (byte 1, 0.4 %/bit) and temperature (byte 2)."""
+    return bytes([_u8(s.def_level_pct, 0.4), _u8(s.ambient_c + 8.0, 1.0, -40.0)]) + \
+        b"\xff" * 6
+
+
+def vw(s: TruckState, axle: int) -> bytes:
+    """VW of axle ``axle`` (1 = front): location byte, axle weight (bytes 2-3, 0.5 kg)."""
+    kg = s.axle_kg[axle - 1] if axle <= len(s.axle_kg) else math.nan
+    weight = _u16(kg, 0.5) if math.isfinite(kg) else b"\xff\xff"
+    return bytes([axle << 4 | 0x0F]) + weight + b"\xff" * 5
+
+
+def fms_identity(_s: TruckState) -> bytes:
+    """FMS identity: diagnostics and requests supported (byte 1), version (bytes 2-5)."""
+    return bytes([0b1111_01_01]) + FMS_VERSION + b"\xff\xff\xff"
+
+
+def address_claimed(sa: int, function: int) -> Frame:
+    """Address Claimed (PGN 60928) of ECU ``sa``: a NAME with ``function``, industry group 1."""
+    name = (sa * 7919 + 1) & 0x1FFFFF | MANUFACTURER << 21 | function << 40 | 1 << 60
+    return Frame(can_id(6, PGN_ADDRESS_CLAIMED, sa), name.to_bytes(8, "little"))
 
 
 def _lamp_byte(lamps: dict[str, bool]) -> int:
@@ -190,6 +298,18 @@ CYCLIC: tuple[tuple[str, int, int, int, float, Encoder], ...] = (
     ("ET1", PGN_ET1, 6, SA_ENGINE, 1.0, et1),
     ("DD", PGN_DD, 6, SA_CAB, 1.0, dd),
     ("VDHR", PGN_VDHR, 6, SA_CAB, 1.0, vdhr),
+    ("ETC2", PGN_ETC2, 6, SA_TRANS, 0.1, etc2),
+    ("EBC1", PGN_EBC1, 6, SA_BRAKES, 0.1, ebc1),
+    ("TCO1", PGN_TCO1, 3, SA_TACHO, 0.05, tco1),
+    ("HRLFC", PGN_HRLFC, 6, SA_ENGINE, 1.0, hrlfc),
+    ("AMB", PGN_AMB, 6, SA_ENGINE, 1.0, amb),
+    ("VEP1", PGN_VEP1, 6, SA_ENGINE, 1.0, vep1),
+    ("AT1T1I", PGN_AT1T1I, 6, SA_ENGINE, 1.0, at1t1i),
+    ("VW1", PGN_VW, 6, SA_BRAKES, 1.0, functools.partial(vw, axle=1)),
+    ("VW2", PGN_VW, 6, SA_BRAKES, 1.0, functools.partial(vw, axle=2)),
+    ("VW3", PGN_VW, 6, SA_BRAKES, 1.0, functools.partial(vw, axle=3)),
+    ("SERV", PGN_SERV, 6, SA_CAB, 5.0, serv),
+    ("FMS", PGN_FMS, 6, SA_FMS, 10.0, fms_identity),
 )
 ON_REQUEST: tuple[tuple[str, int, Encoder], ...] = (("HOURS", PGN_HOURS, hours),
                                                     ("LFC", PGN_LFC, lfc))
@@ -235,12 +355,20 @@ class Schedule:
         return out
 
     def _cyclic(self, now: float, s: TruckState) -> None:
+        if "CLAIM" not in self._next:  # the ignition just came on: every ECU claims its SA
+            self._push(now, [address_claimed(sa, fn) for sa, fn in ECUS])
+            self._next["CLAIM"] = math.inf
         for name, pgn, prio, sa, period, enc in CYCLIC:
             t = self._next.get(name, now)
             if t <= now:
                 self._push(now, [Frame(can_id(prio, pgn, sa), enc(s))])
                 # catch up without bursts after a stall: next slot from now
                 self._next[name] = max(t + self._period(period), now)
+        if self._next.get("DI", now) <= now:
+            payload = di(s)
+            if payload is not None:
+                self._push(now, bam(PGN_DI, payload, SA_TACHO), BAM_GAP_S)
+            self._next["DI"] = now + self._period(DI_EVERY_S)
         t = self._next.get("DM1", now)
         if t <= now or s.dtcs != self._last_dtcs:  # every second and on change
             self._dm1(now, s)

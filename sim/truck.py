@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from sim.route import Route, Stop, haversine_m
+from sim.tacho import Tacho, TachoState
 
 MASS_KG = 30_000.0
 CRR = 0.006
@@ -32,6 +33,11 @@ IDLE_RPM = 600.0
 IDLE_FUEL_LPH = 2.2
 FUEL_L_PER_KWH = 0.24
 TANK_L = 600.0
+DEF_TANK_L = 80.0
+DEF_PER_FUEL = 0.05  # AdBlue dosing: about 5 % of the diesel burnt, by volume
+AXLES_KG = (7_100.0, 11_400.0, 11_500.0)  # steer axle, drive axle, trailer axles (30 t)
+BATTERY_OFF_V = 25.2  # a 24 V system at rest
+BATTERY_CHARGING_V = 27.6  # alternator charging, plus up to 0.4 V under load
 BRAKE_MS2 = 1.2
 STEP_S = 0.1
 
@@ -96,6 +102,13 @@ class TruckState:
     coolant_c: float
     oil_kpa: float
     dtcs: tuple[Dtc, ...] = ()
+    def_level_pct: float = 80.0  # AdBlue tank
+    battery_v: float = BATTERY_OFF_V
+    ambient_c: float = 12.0
+    axle_kg: tuple[float, ...] = AXLES_KG
+    service_km: float = 30_000.0  # distance to the next service (negative: overdue)
+    trip_km: float = 0.0  # since the ignition was last switched on
+    tacho: TachoState = field(default_factory=TachoState)
 
     @property
     def ignition(self) -> bool:
@@ -120,6 +133,7 @@ class TruckParams:
     ambient_c: float = 12.0
     odometer_km: float | None = None
     fuel_level_pct: float | None = None
+    def_level_pct: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -144,7 +158,13 @@ class Truck:
         p = self.params
         fuel_pct = p.fuel_level_pct if p.fuel_level_pct is not None else self.rng.uniform(55, 85)
         odo = p.odometer_km if p.odometer_km is not None else self.rng.uniform(80_000, 600_000)
-        self.state = self._initial(fuel_pct, odo)
+        # fleet data from a second generator: the drive stays what it was for a given seed
+        fleet = random.Random(seed + 1_000_003)
+        self.tacho = Tacho(f"DF{fleet.randrange(10**13):013d}01")
+        def_pct = p.def_level_pct if p.def_level_pct is not None else fleet.uniform(40, 90)
+        self.state = replace(self._initial(fuel_pct, odo), def_level_pct=def_pct,
+                             service_km=round(fleet.uniform(2_000, 60_000)),
+                             ambient_c=p.ambient_c)
 
     def _initial(self, fuel_pct: float, odo: float) -> TruckState:
         w = self.route.points[0]
@@ -180,7 +200,7 @@ class Truck:
         self._phase_left -= h
         if self._phase is Phase.PARKED and self._phase_left <= 0:
             self._phase, self._phase_left = Phase.WARMUP, self.params.warmup_s
-            self.state = replace(self.state, trip_fuel_l=0.0)
+            self.state = replace(self.state, trip_fuel_l=0.0, trip_km=0.0)
         elif self._phase in (Phase.WARMUP, Phase.DWELL) and self._phase_left <= 0:
             self._phase = Phase.DRIVING
         if self._phase is Phase.DRIVING:
@@ -189,6 +209,8 @@ class Truck:
             self._v, self._a = 0.0, 0.0
         self._faults(t)  # may change the active DTCs (updates self.state)
         self.state = self._books(self.state, t, h)
+        running = self._phase is not Phase.PARKED
+        self.state = replace(self.state, tacho=self.tacho.step(h, running, self.state.speed_kmh))
 
     def _drive(self, h: float) -> None:
         route = self.route
@@ -208,8 +230,8 @@ class Truck:
         self._stops_done.add(stop.at)
         self._v, self._a = 0.0, 0.0
         last = stop.at == len(self.route.points) - 1
-        if "fuel" in stop.reason:
-            self.state = replace(self.state, fuel_level_pct=95.0)
+        if "fuel" in stop.reason:  # diesel and AdBlue
+            self.state = replace(self.state, fuel_level_pct=95.0, def_level_pct=95.0)
         if last or self._s >= self.route.length_m - 1:
             # end of trip: park (ignition off), then drive back
             self._phase, self._phase_left = Phase.PARKED, stop.dwell_s + self.params.park_s
@@ -317,6 +339,9 @@ class Truck:
             odometer_km=st.odometer_km + moved_km,
             coolant_c=st.coolant_c + (coolant_target - st.coolant_c) * min(1.0, h / tau),
             oil_kpa=(120.0 + 0.2 * rpm) if running else 0.0,
+            def_level_pct=max(0.0, st.def_level_pct - used * DEF_PER_FUEL / DEF_TANK_L * 100.0),
+            battery_v=(BATTERY_CHARGING_V + 0.4 * load / 100.0) if running else BATTERY_OFF_V,
+            service_km=st.service_km - moved_km, trip_km=st.trip_km + moved_km,
         )
 
     def _gear_rpm(self, v: float, a: float) -> tuple[int, float]:

@@ -58,6 +58,20 @@ DEFAULT_DEADBANDS: Mapping[str, float] = MappingProxyType({
     "total_distance_km": 1.0,
     "brake_switch": 0.0,
     "parking_brake": 0.0,
+    # FMS-Standard signals (docs/fleet-data.md); states and gears: any change (0)
+    "trip_distance_km": 1.0,
+    "brake_pedal_pct": 10.0,
+    "tacho_speed_kmh": 5.0,
+    "service_distance_km": 50.0,
+    "barometric_pressure_kpa": 2.0,
+    "ambient_air_temp_c": 1.0,
+    "charging_potential_v": 0.5,
+    "battery_potential_v": 0.5,
+    "def_tank_level_pct": 2.0,
+    "def_tank_temp_c": 2.0,
+    "trailer_weight_kg": 250.0,
+    "cargo_weight_kg": 250.0,
+    **{f"axle{n}_weight_kg": 250.0 for n in range(1, 15)},  # VW: one per axle
 })
 #: Deadband for a signal with no default (e.g. one added from a DBC): any change.
 FALLBACK_DEADBAND = 0.0
@@ -70,6 +84,7 @@ DEFAULT_STALE_OVERRIDES: Mapping[str, int] = MappingProxyType({
     "engine_hours_h": ON_REQUEST_STALE_MS,
     "total_fuel_used_l": ON_REQUEST_STALE_MS,
     "trip_fuel_l": ON_REQUEST_STALE_MS,
+    "service_distance_km": ON_REQUEST_STALE_MS,  # SERV is often sent only on request
 })
 
 

@@ -72,9 +72,11 @@ CASES = [
      {"accelerator_pedal_pct": 100.0, "engine_load_pct": 40}),
     ("EEC2 pedal error", 0x0CF00300, "D1FE28FFFFFFFFFF", {"engine_load_pct": 40}),
     ("CCVS1", 0x18FEF100, "F7004B10FFFFFFFF",
-     {"vehicle_speed_kmh": 75.0, "parking_brake": True, "brake_switch": True}),
+     {"vehicle_speed_kmh": 75.0, "parking_brake": True, "brake_switch": True,
+      "cruise_control_active": False, "clutch_switch": False}),
     ("CCVS1 speed FF FF", 0x18FEF100, "F3FFFF00FFFFFFFF",
-     {"parking_brake": False, "brake_switch": False}),
+     {"parking_brake": False, "brake_switch": False, "cruise_control_active": False,
+      "clutch_switch": False}),
     ("CCVS1 speed FE xx", 0x0CFEF100, "FFFFFEFFFFFFFFFF", {}),
     ("CCVS1 max valid", 0x18FEF100, "FFFFFAFFFFFFFFFF", {"vehicle_speed_kmh": 250.996}),
     ("DD", 0x18FEFC17, "FFBBFFFFFFFFFFFF", {"fuel_level_pct": 74.8}),
@@ -111,7 +113,7 @@ def test_ccvs_ff_ff_never_gives_255_996() -> None:
 def test_missing_names_reported_for_not_available_signals() -> None:
     out = J1939Decoder().feed(0, 0x18FEF100, bytes.fromhex("F3FFFF00FFFFFFFF"))
     assert isinstance(out, SignalUpdate)
-    assert out.missing == ("vehicle_speed_kmh",)
+    assert out.missing == ("vehicle_speed_kmh", "pto_state")
 
 
 def test_match_is_on_pgn_and_sa_not_full_id() -> None:
@@ -170,6 +172,7 @@ def test_table_values_respect_not_available(pgn: int, data: bytes) -> None:
     for sig in spec.signals:
         i = sig.byte - 1
         raw = int.from_bytes(data[i : i + sig.kind.nbytes], "little")
-        if sig.kind is Kind.BITS2:
-            raw = (data[i] >> (sig.bit - 1)) & 3
-        assert (sig.name in out.values) == (raw <= sig.kind.max_valid)
+        if sig.kind.width:
+            raw = (data[i] >> (sig.bit - 1)) & ((1 << sig.kind.width) - 1)
+        assert sig.limit <= sig.kind.max_valid
+        assert (sig.name in out.values) == (raw <= sig.limit)

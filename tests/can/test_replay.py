@@ -30,8 +30,15 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
     "oil_temp_c": (40, 130),
     "oil_pressure_kpa": (100, 700),
     "total_distance_km": (1, 3_000_000),
+    # FMS signals this truck sends (values checked by hand against the log's bytes)
+    "pto_state": (0, 0),  # CCVS1 byte 7 = 0x00: off/disabled
+    "battery_potential_v": (12, 30),  # VEP1 bytes 5-6 = 09 01: 13.25 V
+    "ambient_air_temp_c": (-40, 60),  # AMB bytes 4-5 = D3 23: 13.59 degC
+    "barometric_pressure_kpa": (60, 110),  # AMB byte 1 = C5: 98.5 kPa
+    "def_tank_level_pct": (0, 100),  # AT1T1I byte 1 = FA: 100 %
+    "def_tank_temp_c": (-40, 80),  # AT1T1I byte 2 = 3A: 18 degC
 }
-BOOLS = {"brake_switch", "parking_brake"}
+BOOLS = {"brake_switch", "parking_brake", "cruise_control_active", "clutch_switch"}
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from sim import j1939_out, nmea_out
 from sim.faults import FaultPlan, FaultSpecError, corrupt_sentences, garbage, parse_fault
 from sim.j1939_out import Frame, Schedule
 from sim.route import load_route
+from sim.tacho import TachoState, WorkingState
 from sim.truck import Dtc, Phase, Truck, TruckParams, TruckState
 
 T = dt.datetime(2026, 3, 18, 17, 19, 26, 500000, tzinfo=dt.UTC)
@@ -196,3 +197,60 @@ def test_fault_specs() -> None:
     assert plan.fire_once(7) == []
     with pytest.raises(FaultSpecError):
         parse_fault("meteor@3")
+
+
+def test_fms_pgns_round_trip_through_the_gateway_decoder() -> None:
+    tacho = TachoState(driver1=WorkingState.DRIVE, card1=True, time_state1=1, motion=True,
+                       driver1_id="DF000000012345601")
+    s = state(speed_kmh=85.0, accel_ms2=0.0, gear=12, phase=Phase.DRIVING, tacho=tacho,
+              def_level_pct=63.2, battery_v=27.8, ambient_c=-5.5, service_km=12_345.0,
+              trip_km=123.4, axle_kg=(7100.0, 11400.0, 11500.0), trip_fuel_l=42.125,
+              total_fuel_l=123456.789, odometer_km=345678.125)
+    frames = [Frame(j1939_out.can_id(p, pgn, sa), enc(s))
+              for _n, pgn, p, sa, _per, enc in j1939_out.CYCLIC]
+    v = values_of(frames)
+    assert v["selected_gear"] == 12
+    assert v["current_gear"] == 12
+    assert v["cruise_control_active"] is True  # steady 85 km/h
+    assert v["clutch_switch"] is False
+    assert v["pto_state"] == 0
+    assert v["brake_pedal_pct"] == 0.0
+    assert v["abs_active"] is False
+    assert v["driver1_working_state"] == int(WorkingState.DRIVE)
+    assert v["driver2_working_state"] == int(WorkingState.REST)
+    assert v["driver1_card_present"] is True
+    assert v["driver2_card_present"] is False
+    assert v["driver1_time_state"] == 1
+    assert v["tacho_vehicle_motion"] is True
+    assert v["tacho_overspeed"] is False
+    assert v["tacho_reverse"] is False
+    assert v["tacho_speed_kmh"] == pytest.approx(85.0, abs=0.01)
+    assert v["def_tank_level_pct"] == pytest.approx(63.2)
+    assert v["battery_potential_v"] == pytest.approx(27.8)
+    assert v["ambient_air_temp_c"] == pytest.approx(-5.5)
+    assert v["service_distance_km"] == pytest.approx(12_345, abs=2.5)  # 5 km/bit
+    assert v["trip_distance_km"] == pytest.approx(123.4, abs=0.005)
+    assert v["total_fuel_used_l"] == pytest.approx(123456.789)  # HRLFC: 0.001 L/bit
+    assert v["trip_fuel_l"] == pytest.approx(42.125)
+    assert v["total_distance_km"] == pytest.approx(345678.125, abs=0.005)
+    assert (v["axle1_weight_kg"], v["axle2_weight_kg"], v["axle3_weight_kg"]) == (
+        7100.0, 11400.0, 11500.0)
+
+
+def test_schedule_claims_addresses_and_sends_di_over_bam() -> None:
+    truck = Truck(load_route("a9-munich-nuremberg"), seed=1, params=TruckParams(fault_every_s=0))
+    truck.step(40)
+    assert truck.state.tacho.card1
+    sched = Schedule(request_every_s=0)
+    dec = J1939Decoder()
+    t = 0.0
+    while t < 12.0:
+        for i, f in enumerate(sched.due(t, truck.state)):
+            dec.feed(round(t * 1000) + i, f.arbitration_id, f.data)
+        t += 0.01
+    ident = dec.identity
+    assert sorted(ident.names) == sorted(sa for sa, _fn in j1939_out.ECUS)
+    assert ident.names[j1939_out.SA_TACHO].function == 38
+    assert ident.drivers_dict() == {"EE": {"driver1": truck.state.tacho.driver1_id or ""}}
+    assert ident.fms_dict()["27"]["version"] == "0400"
+    assert dec.tp.counters["completed"] >= 2  # a DI at t=0 and t=10 s

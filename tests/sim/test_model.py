@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from sim.route import RouteError, haversine_m, list_routes, load_route
+from sim.tacho import Tacho, WorkingState
 from sim.truck import TANK_L, Phase, Truck, TruckParams, TruckState
 
 
@@ -101,3 +102,54 @@ def test_inject_fault_activates_codes_with_lamps() -> None:
     assert all(d.oc >= 1 for d in s.dtcs)
     drive(truck, 40)
     assert truck.state.dtcs == ()
+
+
+# --------------------------------------------------------------------------- fleet data
+
+
+def test_tacho_follows_the_drive_card_states_and_warnings() -> None:
+    t = Tacho("DF000000000000101", card_out_after_s=60)
+    assert t.step(1, False, 0).card1 is False  # parked before the shift: no card, rest
+    assert t.state.driver1 is WorkingState.REST
+    s = t.step(1, True, 0)  # ignition on: card in, standing with the engine on = work
+    assert (s.card1, s.driver1, s.driver1_id) == (True, WorkingState.WORK, "DF000000000000101")
+    assert t.step(1, True, 50).driver1 is WorkingState.DRIVE
+    assert t.state.motion
+    s = t.step(30, False, 0)
+    assert (s.card1, s.driver1) == (True, WorkingState.AVAILABLE)
+    s = t.step(30, False, 0)  # parked 60 s: the card comes out
+    assert (s.card1, s.driver1, s.driver1_id) == (False, WorkingState.REST, None)
+
+
+def test_tacho_driving_time_and_overspeed() -> None:
+    t = Tacho("X")
+    t.step(4 * 3600 + 14 * 60, True, 80)
+    assert t.state.time_state1 == 0
+    assert t.step(60, True, 80).time_state1 == 1  # 15 min before 4.5 h
+    assert t.step(15 * 60, True, 80).time_state1 == 2  # 4.5 h reached
+    t.step(44 * 60, True, 0)
+    assert t.state.time_state1 == 2  # a 44 min break is not a break
+    assert t.step(60, True, 0).time_state1 == 0  # 45 min: the count starts over
+    assert not t.step(59, True, 95).overspeed
+    assert t.step(1, True, 95).overspeed  # a minute above 90 km/h
+    assert not t.step(1, True, 85).overspeed
+
+
+def test_truck_fleet_signals_follow_the_drive() -> None:
+    truck = Truck(load_route("hamburg-port-loop"), seed=2, params=TruckParams(fault_every_s=0))
+    states = drive(truck, 1800)
+    first = states[0]
+    assert not first.tacho.card1  # parked at the start
+    driving = [s for s in states if s.speed_kmh > 20]
+    assert driving
+    assert all(s.tacho.driver1 is WorkingState.DRIVE and s.tacho.card1 for s in driving)
+    assert all(s.gear >= 1 for s in driving)
+    # AdBlue falls slowly with the diesel burnt: ~5 % of it, from an 80 L tank
+    burnt = states[-1].total_fuel_l - first.total_fuel_l
+    assert first.def_level_pct - states[-1].def_level_pct == pytest.approx(
+        burnt * 0.05 / 80 * 100, rel=1e-6)
+    assert 0 < first.def_level_pct - states[-1].def_level_pct < 5
+    assert all(s.battery_v > 27 for s in states if s.ignition)
+    moved = states[-1].odometer_km - first.odometer_km
+    assert first.service_km - states[-1].service_km == pytest.approx(moved)
+    assert states[-1].trip_km <= moved + 1e-9

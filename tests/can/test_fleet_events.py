@@ -1,0 +1,143 @@
+"""Derived fleet events (trip, idle, harsh, driver) from scripted signal streams."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.events import Event
+from config.schema import EventsConfig
+from gateway.recording.fleet_events import FleetEvents
+
+CFG = EventsConfig(trip_end_timeout_s=120, idle_min_s=30)
+
+
+def run(fe: FleetEvents, samples: list[tuple[int, dict[str, float]]]) -> list[Event]:
+    out: list[Event] = []
+    for ts, values in samples:
+        out += fe.on_signals(ts, 0, values)
+    return out
+
+
+def drive_script() -> list[tuple[int, dict[str, float]]]:
+    """60 s idling, 60 s accelerating to 60 km/h, 60 s cruising, 5 s braking hard, engine off."""
+    rows: list[tuple[int, dict[str, float]]] = []
+    odo, fuel, speed = 1000.0, 500.0, 0.0
+    for s in range(186):
+        if s < 60:
+            speed = 0.0
+        elif s < 120:
+            speed = (s - 60) * 1.0  # 1 km/h per second: 0.28 m/s2, not harsh
+        elif s < 180:
+            speed = 60.0
+        else:
+            speed = max(0.0, 60.0 - (s - 180) * 12.0)  # 12 km/h per second: 3.3 m/s2
+        odo += speed / 3600
+        fuel += 0.001 if speed == 0 else 0.01
+        rows.append((s * 1000, {"engine_speed_rpm": 600.0 if speed == 0 else 1400.0,
+                                "vehicle_speed_kmh": speed, "total_distance_km": odo,
+                                "total_fuel_used_l": fuel, "fuel_rate_lph": 3.6}))
+    rows.append((186_000, {"engine_speed_rpm": 0.0, "vehicle_speed_kmh": 0.0}))
+    return rows
+
+
+def test_trip_idle_and_harsh_braking_from_a_scripted_drive() -> None:
+    fe = FleetEvents(CFG)
+    fe.on_position(0, 53.5, 10.0, 0.0, 0.0)
+    events = run(fe, drive_script())
+    idle = [e for e in events if e.type == "idle"]
+    harsh = [e for e in events if e.type == "harsh"]
+    assert len(idle) == 1
+    assert idle[0].fields["start_ts"] == 0
+    # 1 km/h at 61 s is still "standing" (standstill_kmh = 1): it ends at 62 s
+    assert idle[0].fields["duration_s"] == 62.0
+    assert idle[0].fields["fuel_l"] == pytest.approx(0.001 * 60 + 0.01 * 2)  # counter delta
+    assert idle[0].fields["lat"] == 53.5
+    assert [h.fields["kind"] for h in harsh] == ["braking"]
+    assert harsh[0].fields["peak_ms2"] == pytest.approx(12 / 3.6, abs=0.01)
+    assert harsh[0].ts_ms == 181_000
+    assert fe.tick(185_000 + 119_000) == []  # the timeout runs from the last sign of ignition
+    fe.on_position(200_000, 53.51, 10.01, 0.0, 0.0)
+    (trip,) = fe.tick(185_000 + 121_000)
+    f = trip.fields
+    assert trip.type == "trip"
+    assert f["start_ts"] == 0
+    assert f["duration_s"] == 185.0  # last sign of ignition: 185 s (rpm 0 at 186 s)
+    assert f["distance_source"] == "odometer"
+    # the odometer delta: 60 s ramp (0.49 km) + 60 s at 60 km/h (1 km) + braking (0.05 km)
+    assert f["distance_km"] == pytest.approx((1770 + 3600 + 180) / 3600, abs=0.001)
+    assert f["fuel_used_l"] == pytest.approx(0.001 * 61 + 0.01 * 124, abs=0.02)
+    assert f["max_speed_kmh"] == 60.0
+    assert f["driving_s"] == pytest.approx(124, abs=2)
+    assert f["idle_s"] == pytest.approx(61, abs=2)
+    assert (f["start_lat"], f["end_lat"]) == (53.5, 53.51)
+
+
+def test_short_idle_is_not_an_event_and_engine_off_is_not_idling() -> None:
+    fe = FleetEvents(CFG)
+    rows = [(s * 1000, {"engine_speed_rpm": 600.0, "vehicle_speed_kmh": 0.0}) for s in range(20)]
+    rows += [(20_000 + s * 1000, {"engine_speed_rpm": 1200.0, "vehicle_speed_kmh": 2.0 + s})
+             for s in range(5)]
+    assert [e.type for e in run(fe, rows)] == []
+
+
+def test_gps_distance_and_harsh_acceleration_without_wheel_speed() -> None:
+    fe = FleetEvents(CFG)
+    fe.on_signals(0, 0, {"engine_speed_rpm": 800.0})  # no wheel speed, no odometer
+    events: list[Event] = []
+    for s in range(1, 12):
+        speed = min(s * 10.0, 60.0)  # 10 km/h per second = 2.8 m/s2 until 60 km/h
+        events += fe.on_position(s * 1000, 48.0 + s * 0.0001, 11.0, speed, 0.0)
+        fe.on_signals(s * 1000, 0, {"engine_speed_rpm": 1500.0})
+    (harsh,) = [e for e in events if e.type == "harsh"]
+    assert harsh.fields["kind"] == "acceleration"
+    assert harsh.fields["peak_ms2"] == pytest.approx(10 / 3.6, abs=0.01)
+    fe.on_signals(12_000, 0, {"engine_speed_rpm": 0.0})
+    (trip,) = fe.tick(12_000 + 200_000)
+    assert trip.fields["distance_source"] == "gps"
+    assert trip.fields["distance_km"] == pytest.approx(10 * 0.0001 * 111.2, rel=0.01)
+
+
+def test_harsh_cornering_from_gps_heading_rate() -> None:
+    fe = FleetEvents(CFG)
+    events: list[Event] = []
+    heading = 0.0
+    for s in range(10):
+        turning = 3 <= s < 7
+        heading = (heading + (20.0 if turning else 0.0)) % 360  # 20 deg/s at 36 km/h
+        events += fe.on_position(s * 1000, 48.0, 11.0, 36.0, heading)
+    (corner,) = events
+    assert corner.fields["kind"] == "cornering"
+    assert corner.fields["peak_ms2"] == pytest.approx(10 * 0.349, abs=0.01)  # v * yaw rate
+    assert corner.ts_ms == 3000
+    assert corner.fields["duration_s"] == 4.0
+
+
+def test_driver_card_and_working_state_changes() -> None:
+    fe = FleetEvents(CFG)
+    tco1 = {"driver1_card_present": True, "driver1_working_state": 2,
+            "driver2_card_present": False, "driver2_working_state": 0}
+    first = fe.on_signals(0, 0xEE, tco1)
+    assert [(e.fields["driver"], e.fields["card_present"]) for e in first] == [(1, True),
+                                                                              (2, False)]
+    assert fe.on_signals(50, 0xEE, tco1) == []  # no change, no event
+    (drive,) = fe.on_signals(100, 0xEE, {**tco1, "driver1_working_state": 3})
+    assert drive.fields == {"src": 0xEE, "driver": 1, "card_present": True, "working_state": 3}
+    (out,) = fe.on_signals(200, 0xEE, {**tco1, "driver1_card_present": False,
+                                        "driver1_working_state": 3})
+    assert out.fields["card_present"] is False
+
+
+def test_trip_survives_a_restart_through_its_snapshot() -> None:
+    fe = FleetEvents(CFG)
+    fe.on_position(0, 53.5, 10.0, 0.0, 0.0)
+    run(fe, drive_script()[:150])
+    state = fe.snapshot()
+    assert state is not None
+    again = FleetEvents(CFG)  # the agent restarted
+    again.restore(state)
+    run(again, drive_script()[150:])
+    (trip,) = again.tick(400_000)
+    assert trip.fields["start_ts"] == 0
+    assert trip.fields["start_lat"] == 53.5
+    assert trip.fields["max_speed_kmh"] == 60.0
+    assert FleetEvents(CFG).snapshot() is None

@@ -36,7 +36,14 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+#: The state file: the service user writes, the group (administrators added to group
+#: ``truckgw``) reads ``truckgw status``, others nothing.
+STATE_FILE_MODE = 0o640
+#: The Prometheus textfile: node_exporter runs as its own user and must read it.
+TEXTFILE_MODE = 0o644
+
+
+def write_atomic(path: Path, data: bytes, mode: int = STATE_FILE_MODE) -> None:
     """Replace ``path`` with ``data`` atomically (temp file + rename in the same folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -200,7 +207,8 @@ class HealthWriter:
         try:
             write_atomic(self.state_file, encode_state(state))
             if self.textfile is not None:
-                write_atomic(self.textfile, render_prometheus(state).encode())
+                write_atomic(self.textfile, render_prometheus(state).encode(),
+                             mode=TEXTFILE_MODE)
         except (OSError, ValueError) as exc:
             if not self._failed:
                 log.warning("cannot write health files: %s", exc)

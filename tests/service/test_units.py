@@ -17,7 +17,7 @@ import pytest
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 MAX_EXPOSURE = 2.0
-INSTALLED_EXE = "/opt/truckgw/venv/bin/truckgw"
+INSTALLED_EXE = "/opt/truckgw/current/bin/truckgw"
 
 
 def _analyze() -> str:
@@ -31,7 +31,7 @@ def _staged(tmp_path: Path, name: str, as_name: str | None = None) -> Path:
     """The unit with its ExecStart= pointing at this checkout's truckgw.
 
     ``verify`` checks that the command exists; on a build machine the installed path
-    /opt/truckgw/venv/bin/truckgw does not, so only that prefix is substituted (the
+    /opt/truckgw/current/bin/truckgw does not, so only that prefix is substituted (the
     same substitution install.sh makes for a non-default PREFIX).
     """
     exe = Path(sys.executable).with_name("truckgw")

@@ -24,13 +24,11 @@ from config.errors import ConfigError
 from config.loader import check_config
 from gateway import __version__
 from gateway.diagnose import DEFAULT_TIMEOUT_S, Diagnosis, diagnose
-from gateway.logsetup import setup_logging
+from gateway.logsetup import set_journal_identity, setup_logging
 
 EX_OK = 0
 #: ``diagnose``: the port answers but contradicts the configuration, or speaks nothing known
 EX_MISMATCH = 1
-
-log = logging.getLogger(__name__)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -82,6 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # logging first, so the config's warnings reach the journal with a priority
     setup_logging("info")
     cfg = _load_or_exit(args.config, log_warnings=True)
+    # TRUCK_ID= stays on every journal entry: app.run_agent's setup_logging keeps it
     app = importlib.import_module("gateway.app")
     return int(app.run_agent(cfg))
 
@@ -100,8 +99,9 @@ def _load_or_exit(path: Path, *, log_warnings: bool = False) -> TruckConfig:
             print(line, file=sys.stderr)
         raise SystemExit(EX_CONFIG) from exc
     if log_warnings:
+        set_journal_identity(truck_id=cfg.truck_id)
         for msg in found:
-            log.warning("config: %s", msg)
+            logging.getLogger("config.loader").warning("%s", msg)
     return cfg
 
 

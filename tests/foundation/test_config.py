@@ -372,3 +372,18 @@ def test_recording_modes_and_curve_errors() -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({**base, "can": {"sampling": bad}})
         assert key in {k for _f, k, _r in info.value.problems}, info.value.problems
+
+
+def test_run_logs_config_warnings_never_python_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What `truckgw run` does with a config's warnings: log records (a journald priority
+    under systemd), not warnings.warn (which under filterwarnings=error would raise)."""
+    from gateway.cli import _load_or_exit  # noqa: PLC0415  # the run path, not the API
+
+    path = _mqtt(tmp_path, 'protocol = "3.1.1"\nport = 1883', tls=False)
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
+        cfg = _load_or_exit(path, log_warnings=True)
+    assert cfg.mqtt.protocol == "3.1.1"
+    assert [r.name for r in caplog.records if "MQTT 3.1.1" in r.message] == ["config.loader"]

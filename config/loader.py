@@ -131,6 +131,11 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
                 f"unknown python-can interface {cfg.can.interface!r}"
                 f"{_did_you_mean(cfg.can.interface, can_interfaces())}"
                 f" (known: {', '.join(sorted(can_interfaces()))})")
+    for key, target in (("metrics.textfile", cfg.metrics.textfile),
+                        ("metrics.state_file", cfg.metrics.state_file)):
+        if target is not None and not target.parent.is_dir():
+            ctx.warn(key, f"folder {target.parent} does not exist (the agent cannot write "
+                          "there; the unit can write under /var/lib/truckgw and /run/truckgw)")
     if cfg.gps is None and cfg.can is None:
         ctx.warnings.append(f"{ctx.name}: neither [gps] nor [can] is configured")
     for key, value in cfg.buffer.ttl_s.items():

@@ -387,3 +387,12 @@ def test_run_logs_config_warnings_never_python_warnings(
         cfg = _load_or_exit(path, log_warnings=True)
     assert cfg.mqtt.protocol == "3.1.1"
     assert [r.name for r in caplog.records if "MQTT 3.1.1" in r.message] == ["config.loader"]
+
+
+def test_metrics_folder_that_does_not_exist_warns(tmp_path: Path) -> None:
+    text = MINIMAL + f'[metrics]\ntextfile = "{tmp_path}/nope/truckgw.prom"\n'
+    _cfg, found = check_config(write(tmp_path, text))
+    assert any(f"metrics.textfile: folder {tmp_path}/nope does not exist" in w for w in found)
+    text = MINIMAL + f'[metrics]\ntextfile = "{tmp_path}/truckgw.prom"\n'
+    _cfg, found = check_config(write(tmp_path, text))
+    assert not [w for w in found if "metrics." in w]

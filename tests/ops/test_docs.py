@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.cli import build_parser, main
 from sim.broker import Mosquitto
@@ -42,8 +43,8 @@ def _listener_conf() -> list[str]:
 def _connect(port: int, d: Path, name: str | None) -> str:
     """CONNACK reason of a client with ``name``'s certificate (None: no certificate)."""
     got: list[str] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name or "anon",
-                    protocol=mqtt.MQTTv5)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name or "anon",
+                    protocol=MQTTProtocolVersion.MQTTv5)
     c.tls_set(ca_certs=str(d / "ca.pem"),
               certfile=str(d / f"{name}.pem") if name else None,
               keyfile=str(d / f"{name}.key") if name else None)

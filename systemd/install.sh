@@ -227,10 +227,6 @@ do_install() {
     switch_current "$stamp"
     trap - EXIT
     say "current -> $venv_rel${previous:+ (was $previous)}"
-    if [ -d "$ROOT$PREFIX/venv" ] && [ ! -L "$ROOT$PREFIX/venv" ]; then
-        rm -rf "${ROOT:?}${PREFIX:?}/venv"  # the layout before venvs/
-        say "removed the old $PREFIX/venv"
-    fi
     if [ "$START" = 1 ]; then
         if sysctl restart "$UNIT" && sysctl is-active --quiet "$UNIT"; then
             say "started $UNIT on $stamp; check with: truckgw status -c $CONF"
@@ -243,6 +239,11 @@ do_install() {
         fi
     else
         say "enabled $UNIT (not started)"
+    fi
+    # the layout before venvs/: removed only once the new version is in place
+    if [ -d "$ROOT$PREFIX/venv" ] && [ ! -L "$ROOT$PREFIX/venv" ]; then
+        rm -rf "${ROOT:?}${PREFIX:?}/venv"
+        say "removed the old $PREFIX/venv"
     fi
     prune_venvs
 }

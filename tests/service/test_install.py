@@ -131,8 +131,11 @@ def _as(uid: int, gid: int, groups: list[int], *cmd: str,
 @pytest.mark.slow
 def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
     root, log = sandbox["root"], sandbox["log"]
+    old_layout = root / "opt/truckgw/venv/bin"  # an install from before venvs/
+    old_layout.mkdir(parents=True)
     res = _first_install(sandbox)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert not old_layout.parent.exists() and "removed the old /opt/truckgw/venv" in res.stdout
     # the user, in the throwaway root only
     passwd = (root / "etc/passwd").read_text()
     line = next(ln for ln in passwd.splitlines() if ln.startswith("truckgw:"))

@@ -70,7 +70,8 @@ group_id() { awk -F: -v g="$1" '$1 == g { print $3 }' "$ROOT/etc/group"; }
 # run a command as the service user (numeric ids: works for a user that exists in $ROOT
 # only); only its own group, like the unit minus SupplementaryGroups=dialout
 as_service_user() {
-    setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"
+    # from /: the caller's folder (a 0700 home) is nothing the service user may enter
+    (cd / && setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@")
 }
 
 install_unit() {  # $1: unit file name; the venv path follows $PREFIX

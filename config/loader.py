@@ -10,8 +10,14 @@ Rules:
 - Every error names the file, the dotted key path and the reason; all errors of a
   file are collected and raised together as one :class:`~config.errors.ConfigError`.
 - Relative paths resolve against the folder of the config file.
-- A secret file (``mqtt.password_file``, ``mqtt.tls.key_file``) readable by group or
-  others gives a warning; a file that cannot be read is an error.
+- A secret file (``mqtt.password_file``, ``mqtt.tls.key_file``) must be readable by
+  whoever loads the config (the service user: install it 0640 root:truckgw); a file
+  that cannot be read is an error, one readable by others (world) a warning.
+- A password without ``[mqtt.tls]`` is an error unless ``mqtt.allow_insecure_password``;
+  MQTT 3.1.1 and a port that contradicts the TLS setting (8883 without TLS, TLS on
+  1883) are warnings.
+- Warnings are never Python ``warnings``: :func:`load_config` logs each one on this
+  module's logger (a journald priority under systemd); :func:`check_config` returns them.
 
 The schema is the dataclasses themselves: each field's type drives parsing and its
 ``metadata`` (built with :func:`_f`) carries ranges, choices and documentation hints.
@@ -21,29 +27,46 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import stat
 import tomllib
 import types
 import typing
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from config.dbc_check import dbc_problem
 from config.errors import ConfigError
-from config.schema import MAX_DEADBAND, MAX_TTL_S, ConfigWarning, TruckConfig
+from config.schema import (
+    MAX_DEADBAND,
+    MAX_TTL_S,
+    MQTT_PLAIN_PORT,
+    MQTT_TLS_PORT,
+    TruckConfig,
+)
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- loading
 
 
 def load_config(path: str | os.PathLike[str]) -> TruckConfig:
-    """Read and validate one truck's TOML file.
+    """Read and validate one truck's TOML file; log its warnings.
 
     Raises :class:`ConfigError` listing every problem found (file, key, reason).
     """
+    cfg, found = check_config(path)
+    for msg in found:
+        log.warning("%s", msg)
+    return cfg
+
+
+def check_config(path: str | os.PathLike[str]) -> tuple[TruckConfig, tuple[str, ...]]:
+    """Like :func:`load_config` but returns the warnings (``file: key: reason``) instead
+    of logging them (``truckgw check-config`` prints them)."""
     p = Path(path)
     name = str(path)
     try:
@@ -57,13 +80,24 @@ def load_config(path: str | os.PathLike[str]) -> TruckConfig:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message carries "(at line N, column M)"
         raise ConfigError([(name, "", f"TOML syntax error: {exc}")]) from exc
-    return parse_config(data, source=p, name=name)
+    return check_parsed(data, source=p, name=name)
 
 
 def parse_config(
     data: Mapping[str, Any], *, source: Path | None = None, name: str = "<config>"
 ) -> TruckConfig:
-    """Validate an already-parsed TOML document (see :func:`load_config`)."""
+    """Validate an already-parsed TOML document and log its warnings (see
+    :func:`load_config`)."""
+    cfg, found = check_parsed(data, source=source, name=name)
+    for msg in found:
+        log.warning("%s", msg)
+    return cfg
+
+
+def check_parsed(
+    data: Mapping[str, Any], *, source: Path | None = None, name: str = "<config>"
+) -> tuple[TruckConfig, tuple[str, ...]]:
+    """Validate an already-parsed TOML document; return it with its warnings."""
     ctx = _Ctx(name=name, base=source.parent if source else Path.cwd())
     cfg: TruckConfig | None = ctx.build(TruckConfig, data, "")
     if ctx.problems or cfg is None:
@@ -73,9 +107,7 @@ def parse_config(
     _unused_by_mode(data, cfg, ctx)
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    for msg in ctx.warnings:
-        warnings.warn(msg, ConfigWarning, stacklevel=2)
-    return cfg
+    return cfg, tuple(ctx.warnings)
 
 
 #: ``[gps.sampling]`` keys that only the threshold policy reads.
@@ -113,6 +145,7 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
     tls = cfg.mqtt.tls
     if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
         ctx.err("mqtt.tls", "cert_file and key_file go together (mutual TLS)")
+    _mqtt_security(cfg, ctx)
     if cfg.can is not None and cfg.can.interface not in can_interfaces():
         ctx.err("can.interface",
                 f"unknown python-can interface {cfg.can.interface!r}"
@@ -122,6 +155,11 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
         problem = dbc_problem(cfg.can.dbc_file)  # names the DBC file and the line
         if problem is not None:
             ctx.err("can.dbc_file", problem)
+    for key, target in (("metrics.textfile", cfg.metrics.textfile),
+                        ("metrics.state_file", cfg.metrics.state_file)):
+        if target is not None and not target.parent.is_dir():
+            ctx.warn(key, f"folder {target.parent} does not exist (the agent cannot write "
+                          "there; the unit can write under /var/lib/truckgw and /run/truckgw)")
     if cfg.gps is None and cfg.can is None:
         ctx.warnings.append(f"{ctx.name}: neither [gps] nor [can] is configured")
     for key, value in cfg.buffer.ttl_s.items():
@@ -140,6 +178,27 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
                     f"expected a number 0 < x <= {MAX_DEADBAND:g}, got {value!r}")
 
 
+def _mqtt_security(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """Secure by default: clear-text passwords refused, risky transports warned about."""
+    m = cfg.mqtt
+    if m.password_file is not None and m.tls is None and not m.allow_insecure_password:
+        ctx.err("mqtt.password_file",
+                "a password without [mqtt.tls] crosses the network in clear text; "
+                "configure [mqtt.tls] or set mqtt.allow_insecure_password = true")
+    if m.protocol == "3.1.1":
+        ctx.warn("mqtt.protocol",
+                 "MQTT 3.1.1 cannot report refusals: a publish the broker drops (ACL, "
+                 "size limit) is acknowledged like a delivered one; use \"5\"")
+    if m.tls is None and m.port == MQTT_TLS_PORT:
+        ctx.warn("mqtt.port",
+                 f"port {MQTT_TLS_PORT} is MQTT over TLS but [mqtt.tls] is not configured "
+                 "(add [mqtt.tls], or use the broker's plain port)")
+    if m.tls is not None and m.port == MQTT_PLAIN_PORT:
+        ctx.warn("mqtt.port",
+                 f"[mqtt.tls] is configured but port {MQTT_PLAIN_PORT} is MQTT's plain "
+                 f"port (the broker's TLS listener is usually {MQTT_TLS_PORT})")
+
+
 class _Ctx:
     """Collects problems while walking the schema."""
 
@@ -151,6 +210,9 @@ class _Ctx:
 
     def err(self, key: str, reason: str) -> None:
         self.problems.append((self.name, key, reason))
+
+    def warn(self, key: str, reason: str) -> None:
+        self.warnings.append(f"{self.name}: {key}: {reason}")
 
     def build(self, cls: type[Any], table: Any, prefix: str) -> Any:
         """Build dataclass ``cls`` from a TOML table, recording problems."""
@@ -268,11 +330,12 @@ class _Ctx:
             except OSError as exc:
                 self.err(key, f"cannot read {str(p)!r}: {exc.strerror or exc}")
                 return _BAD
-            if meta.get("secret") and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                self.warnings.append(
-                    f"{self.name}: {key}: {p} is readable by group or others "
-                    f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it"
-                )
+            # one rule: secrets are 0640 root:truckgw (the service reads them through
+            # its group); only a file every local user can read is a warning
+            if meta.get("secret") and st.st_mode & stat.S_IRWXO:
+                self.warn(key, f"{p} is readable by every user (mode "
+                               f"{stat.S_IMODE(st.st_mode):o}); "
+                               "chown root:truckgw and chmod 640 it")
         return p
 
     def _float_map(self, value: Any, key: str) -> Any:

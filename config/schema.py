@@ -28,11 +28,19 @@ MAX_DEADBAND = 1e9
 #: Most MQTT messages in flight at once: well inside the 16-bit packet-id space, so an id
 #: is never reused while its message is in flight (the broker's Receive Maximum may lower it).
 MAX_INFLIGHT = 4096
+#: The IANA ports for MQTT over plain TCP and over TLS.
+MQTT_PLAIN_PORT = 1883
+MQTT_TLS_PORT = 8883
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 
 
 class ConfigWarning(UserWarning):
-    """A configuration that works but is risky (e.g. a secret file readable by others)."""
+    """A configuration that works but is risky (e.g. a secret file readable by others).
+
+    Kept for compatibility: the loader no longer raises Python warnings; it logs each
+    config warning on the ``config.loader`` logger (a journald priority under systemd)
+    and returns them from :func:`config.loader.check_config`.
+    """
 
 
 def _f(
@@ -177,6 +185,8 @@ class MqttConfig:
     client_id: str | None = _f(None, pattern=re.compile(r"[^\x00]{1,128}"))
     username: str | None = _f(None)
     password_file: Path | None = _f(None, path=True, must_exist=True, secret=True)
+    #: a password over plain TCP travels in clear text: refused unless this says so
+    allow_insecure_password: bool = _f(False)
     tls: TlsConfig | None = _f(None)
     encoding: Literal["json", "compact"] = _f("json")
     max_payload_bytes: int = _f(131072, lo=1024, hi=268435455)

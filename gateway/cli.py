@@ -2,47 +2,85 @@
 
 Sub-commands are registered by the modules that implement them so this file stays a
 thin router: ``run`` and ``status`` (the agent, :mod:`gateway.app` and
-:mod:`gateway.status`), ``check-config`` (here), ``sim`` and ``demo`` (:mod:`sim.cli`).
+:mod:`gateway.status`), ``check-config`` and ``diagnose`` (here, the probe in
+:mod:`gateway.diagnose`), ``sim`` and ``demo`` (:mod:`sim.cli`).
+
+Config warnings are never Python warnings: ``check-config`` prints them as
+``warning: file: key: reason``; ``run`` logs them (journald priority 4) once logging is
+set up; ``status`` does not repeat them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from config import EX_CONFIG, ConfigWarning, TruckConfig, load_config
+from config import EX_CONFIG, TruckConfig
 from config.errors import ConfigError
+from config.loader import check_config
 from gateway import __version__
+from gateway.diagnose import DEFAULT_TIMEOUT_S, Diagnosis, diagnose
+from gateway.logsetup import set_journal_identity, setup_logging
 
 EX_OK = 0
+#: ``diagnose``: the port answers but contradicts the configuration, or speaks nothing known
+EX_MISMATCH = 1
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate each file; print every problem; exit 78 (EX_CONFIG) if any file is bad."""
+    """Validate each file; print every problem; exit 78 (EX_CONFIG) if any file is bad.
+
+    With ``--probe`` also ask each broker's port whether it speaks TLS or plain MQTT; a
+    port that contradicts ``[mqtt.tls]`` is a config problem too (exit 78). An
+    unreachable broker is only reported: a truck is often offline.
+    """
     status = EX_OK
     for path in args.files:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConfigWarning)
-            try:
-                cfg = load_config(path)
-            except ConfigError as exc:
-                for line in exc.lines():
-                    print(line, file=sys.stderr)
+        try:
+            cfg, found = check_config(path)
+        except ConfigError as exc:
+            for line in exc.lines():
+                print(line, file=sys.stderr)
+            status = EX_CONFIG
+            continue
+        for msg in found:
+            print(f"warning: {msg}", file=sys.stderr)
+        if args.probe:
+            found_d = _probe(cfg, args.timeout)
+            if found_d.mismatch:
+                print(f"{path}: mqtt: {found_d.message}", file=sys.stderr)
                 status = EX_CONFIG
                 continue
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
+            if not args.quiet:
+                print(f"{path}: probe: {found_d.message}")
         if not args.quiet:
             print(f"{path}: ok (truck {cfg.truck_id})")
     return status
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _probe(cfg: TruckConfig, timeout_s: float) -> Diagnosis:
+    return diagnose(cfg.mqtt.host, cfg.mqtt.port, tls_configured=cfg.mqtt.tls is not None,
+                    timeout_s=timeout_s)
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    """What listens on the configured broker port, and whether it matches the config."""
     cfg = _load_or_exit(args.config)
+    found = diagnose(cfg.mqtt.host, cfg.mqtt.port, tls_configured=cfg.mqtt.tls is not None,
+                     timeout_s=args.timeout)
+    print(found.message)
+    return EX_MISMATCH if found.mismatch else EX_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # logging first, so the config's warnings reach the journal with a priority
+    setup_logging("info")
+    cfg = _load_or_exit(args.config, log_warnings=True)
+    # TRUCK_ID= stays on every journal entry: app.run_agent's setup_logging keeps it
     app = importlib.import_module("gateway.app")
     return int(app.run_agent(cfg))
 
@@ -53,13 +91,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return int(status.main(cfg, as_json=args.json))
 
 
-def _load_or_exit(path: Path) -> TruckConfig:
+def _load_or_exit(path: Path, *, log_warnings: bool = False) -> TruckConfig:
     try:
-        return load_config(path)
+        cfg, found = check_config(path)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         raise SystemExit(EX_CONFIG) from exc
+    if log_warnings:
+        set_journal_identity(truck_id=cfg.truck_id)
+        for msg in found:
+            logging.getLogger("config.loader").warning("%s", msg)
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    p.add_argument("--probe", action="store_true",
+                   help="also ask the broker's port whether it speaks TLS or plain MQTT")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"seconds per probe step (default {DEFAULT_TIMEOUT_S:g})")
     p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser(
+        "diagnose",
+        help="probe the broker port: TLS or plain MQTT, and does it match the config",
+        description="Probe the configured broker port (a TLS handshake, then a plain MQTT "
+                    "CONNECT) and say whether it matches [mqtt.tls]; exit 1 on a mismatch.",
+    )
+    p.add_argument("-c", "--config", type=Path, required=True, help="the truck's TOML file")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"seconds per probe step (default {DEFAULT_TIMEOUT_S:g})")
+    p.set_defaults(func=_cmd_diagnose)
 
     p = sub.add_parser(
         "status",

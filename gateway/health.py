@@ -31,12 +31,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway import __version__
+
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+#: The state file: the service user writes, the group (administrators added to group
+#: ``truckgw``) reads ``truckgw status``, others nothing.
+STATE_FILE_MODE = 0o640
+#: The Prometheus textfile: node_exporter runs as its own user and must read it.
+TEXTFILE_MODE = 0o644
+
+
+def write_atomic(path: Path, data: bytes, mode: int = STATE_FILE_MODE) -> None:
     """Replace ``path`` with ``data`` atomically (temp file + rename in the same folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -138,8 +147,12 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
     running = state.get("phase") in ("starting", "running")
     m.add("truckgw_up", "gauge", "1 while the agent runs", running)
     m.add("truckgw_healthy", "gauge", "1 while the pipeline is healthy", state.get("healthy"))
+    m.add("truckgw_build_info", "gauge", "Always 1; the agent's version as a label", 1,
+          {"version": __version__})
     m.add("truckgw_uptime_seconds", "gauge", "Seconds since the agent started",
           state.get("uptime_s"))
+    m.add("truckgw_start_time_seconds", "gauge", "When the agent started (UNIX time)",
+          state.get("started_at"))
     m.add("truckgw_state_updated_timestamp_seconds", "gauge", "When this snapshot was taken",
           state.get("updated_at"))
     up = state.get("uplink") or {}
@@ -172,6 +185,11 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
         m.add("truckgw_gps_fix", "gauge", "1 while the GPS has a valid fix", gps.get("fix"))
         m.add("truckgw_gps_last_fix_age_seconds", "gauge", "Seconds since the last valid fix",
               gps.get("last_fix_age_s"))
+        # a timestamp stays right however old the textfile is (an age does not)
+        age, updated = _num(gps.get("last_fix_age_s")), _num(state.get("updated_at"))
+        m.add("truckgw_gps_last_fix_timestamp_seconds", "gauge",
+              "When the GPS last had a valid fix (UNIX time)",
+              updated - age if age is not None and updated is not None else None)
     can = state.get("can")
     if isinstance(can, Mapping):
         m.add("truckgw_can_frames_per_second", "gauge", "CAN frames received per second",
@@ -200,7 +218,8 @@ class HealthWriter:
         try:
             write_atomic(self.state_file, encode_state(state))
             if self.textfile is not None:
-                write_atomic(self.textfile, render_prometheus(state).encode())
+                write_atomic(self.textfile, render_prometheus(state).encode(),
+                             mode=TEXTFILE_MODE)
         except (OSError, ValueError) as exc:
             if not self._failed:
                 log.warning("cannot write health files: %s", exc)

@@ -6,6 +6,15 @@ syslog priority prefix ``<N>``, so in that case lines are written as
 ``<N>logger: message`` with no timestamp of our own. From a terminal, lines carry an
 ISO timestamp and the level name instead.
 
+When the journal's native socket is there too (``/run/systemd/journal/socket``; the
+unit's ``RestrictAddressFamilies=`` keeps ``AF_UNIX``), records go to it directly as
+structured entries (the protocol python-systemd's ``JournalHandler`` speaks, written
+here so the venv needs no C extension): ``MESSAGE``, ``PRIORITY``,
+``SYSLOG_IDENTIFIER=truckgw``, ``TRUCK_ID``, ``SUBSYSTEM`` (``gps``, ``can``, ``uplink``,
+``buffer``, ``config``, ...), ``LOGGER`` and ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC``, so
+``journalctl -u truckgw SUBSYSTEM=uplink`` or ``TRUCK_ID=TRK-0001`` select. A datagram
+the journal refuses falls back to the ``<N>`` line on stderr.
+
 A babbling device (a GPS sending garbage at 10 Hz, a CAN adapter in bus-off) must not
 flood the journal or wear the SD card: :class:`RateLimitFilter` lets through at most
 ``burst`` identical messages per ``window_s`` and reports how many it swallowed when the
@@ -16,11 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 #: syslog priorities (sd-daemon(3)) for Python levels
@@ -36,6 +47,17 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 DEFAULT_BURST = 5
 DEFAULT_WINDOW_S = 60.0
 MAX_TRACKED = 512  # distinct messages remembered; the least recently seen is forgotten
+#: journald's native protocol socket (systemd.journal-fields(7), sd_journal_send(3))
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+SYSLOG_IDENTIFIER = "truckgw"
+#: first dotted part of a logger name -> SUBSYSTEM when the module name does not say more
+_PACKAGE_SUBSYSTEM = {"buffer": "buffer", "config": "config", "sim": "sim"}
+#: module names (last part, without a ``_suffix``) that map to another subsystem
+_MODULE_SUBSYSTEM = {"j1939": "can", "slcan": "can", "dm1": "can", "nmea": "gps",
+                     "supervisor": "app", "sdnotify": "app", "liveness": "app",
+                     "health": "app", "snapshot": "app", "cli": "app"}
+#: set by :func:`set_journal_identity` (``truckgw run`` sets the truck id once it knows it)
+_identity: dict[str, str] = {}
 
 
 def syslog_priority(levelno: int) -> int:
@@ -72,6 +94,88 @@ def journal_stream_matches(stream: TextIO, env: Mapping[str, str]) -> bool:
     except (ValueError, OSError, AttributeError):
         return False
     return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def subsystem_of(logger_name: str) -> str:
+    """The ``SUBSYSTEM`` journal field of a logger: ``drivers.gps`` -> ``gps``,
+    ``gateway.uplink_session`` -> ``uplink``, ``drivers.j1939_tp`` -> ``can``."""
+    parts = logger_name.split(".")
+    if parts[0] in _PACKAGE_SUBSYSTEM:
+        return _PACKAGE_SUBSYSTEM[parts[0]]
+    if parts[0] not in ("gateway", "drivers") or len(parts) < 2:
+        return parts[0] or "app"
+    if parts[1] == "recording":
+        return "recording"
+    module = parts[1].split("_", 1)[0]
+    return _MODULE_SUBSYSTEM.get(module, module)
+
+
+def set_journal_identity(*, truck_id: str | None) -> None:
+    """Fields every journal entry of this process carries (``TRUCK_ID``)."""
+    _identity.clear()
+    if truck_id:
+        _identity["TRUCK_ID"] = truck_id
+
+
+def encode_journal_fields(fields: Mapping[str, str]) -> bytes:
+    """The native protocol's datagram: ``KEY=value\\n``, or for a value with a newline
+    ``KEY\\n`` + its length as 64-bit little endian + value + ``\\n``."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalHandler(logging.Handler):
+    """Send records to journald's native socket as structured entries.
+
+    A record the socket refuses (journald restarting, a datagram over its size limit)
+    is written to ``fallback`` as a ``<N>logger: message`` line instead: never lost,
+    never raised.
+    """
+
+    def __init__(self, fallback: TextIO, socket_path: Path = JOURNAL_SOCKET) -> None:
+        super().__init__()
+        self.socket_path = socket_path
+        self.fallback = fallback
+        self._fallback_fmt = JournalFormatter("%(name)s: %(message)s")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)  # never block the event loop on a busy journal
+
+    def fields(self, record: logging.LogRecord) -> dict[str, str]:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        return {
+            "MESSAGE": text,
+            "PRIORITY": str(syslog_priority(record.levelno)),
+            "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+            **_identity,
+            "SUBSYSTEM": subsystem_of(record.name),
+            "LOGGER": record.name,
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": str(record.lineno),
+            "CODE_FUNC": record.funcName,
+        }
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._sock.sendto(encode_journal_fields(self.fields(record)),
+                              str(self.socket_path))
+        except OSError:
+            try:
+                self.fallback.write(self._fallback_fmt.format(record) + "\n")
+                self.fallback.flush()
+            except (OSError, ValueError):
+                self.handleError(record)
+
+    def close(self) -> None:
+        self._sock.close()
+        super().close()
 
 
 @dataclass(slots=True)
@@ -151,17 +255,28 @@ def setup_logging(
     env: Mapping[str, str] | None = None,
     burst: int = DEFAULT_BURST,
     window_s: float = DEFAULT_WINDOW_S,
+    journal_socket: Path | None = None,
 ) -> RateLimitFilter:
     """Configure the root logger for the agent; returns the rate limiter (to flush it).
 
-    Replaces handlers installed by an earlier call, so it is safe to call again.
+    Under systemd (``$JOURNAL_STREAM`` is ``stream``) with the journal's native socket
+    present, records go to the journal as structured entries (:class:`JournalHandler`);
+    with only the stream, as ``<N>`` lines; otherwise as timestamped lines.
+    ``journal_socket`` overrides the socket's path (tests). Replaces handlers installed
+    by an earlier call, so it is safe to call again.
     """
     stream = sys.stderr if stream is None else stream
     env = os.environ if env is None else env
-    handler = logging.StreamHandler(stream)
-    if journal_stream_matches(stream, env):
+    under_journal = journal_stream_matches(stream, env)
+    sock_path = JOURNAL_SOCKET if journal_socket is None else journal_socket
+    handler: logging.Handler
+    if under_journal and sock_path.is_socket():
+        handler = JournalHandler(stream, sock_path)
+    elif under_journal:
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
         )

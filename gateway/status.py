@@ -128,36 +128,52 @@ def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, dict) else None
 
 
+#: Run states whose snapshot is the agent's present; for the others (stopped, crashed,
+#: stale, ...) every figure from the snapshot is shown with its age, never as current.
+LIVE_STATES = ("running", "unhealthy")
+
+
 def render_text(report: dict[str, Any], now: float) -> str:
     """The human-readable report."""
     st = report.get("state") or {}
+    live = report.get("status") in LIVE_STATES
+    updated = st.get("updated_at")
+    as_of = "" if live or not isinstance(updated, int | float) else (
+        f" as of {_dur(now - updated)} ago")
     lines = [f"truck {report['truck_id']}: {report['status']}"]
     if st:
-        lines[0] += f" (pid {st.get('pid')}, up {_dur(float(st.get('uptime_s') or 0))})"
+        up_s = _dur(float(st.get("uptime_s") or 0))
+        if live:
+            lines[0] += f" (pid {st.get('pid')}, up {up_s})"
+        else:
+            lines[0] += f" (was pid {st.get('pid')}, up {up_s}; last figures{as_of})"
         if st.get("unhealthy_reason"):
-            lines.append(f"  problem:  {st['unhealthy_reason']}")
+            lines.append(f"  problem:  {st['unhealthy_reason']}{as_of}")
         up = st.get("uplink") or {}
-        lines.append(f"  uplink:   {up.get('state')}, last publish "
+        lines.append(f"  uplink:   {up.get('state')}{as_of}, last publish "
                      f"{_ago(up.get('last_publish_at'), now)}")
     buf = report.get("buffer") or {}
     if buf:
         oldest = buf.get("oldest_pending_ts_ms")
         oldest_s = _ago(oldest / 1000, now) if isinstance(oldest, int | float) else "none"
+        from_db = buf.get("source") == "database"
         lines.append(
             f"  buffer:   {buf.get('pending')} pending ({buf.get('pending_bytes')} bytes), "
             f"oldest {oldest_s}, evicted {buf.get('evicted')}, expired {buf.get('expired')}, "
             f"committed seq {buf.get('committed_seq')}"
-            + (" [from the database]" if buf.get("source") == "database" else "")
+            + (" [from the database, now]" if from_db else as_of)
         )
     gps = _get(st, "gps")
     if isinstance(gps, dict):
         age = gps.get("last_fix_age_s")
-        lines.append(f"  gps:      {gps.get('state')}, "
+        if isinstance(age, int | float) and isinstance(updated, int | float):
+            age = float(age) + max(0.0, now - updated)  # the age was the snapshot's
+        lines.append(f"  gps:      {gps.get('state')}{as_of}, "
                      f"last fix {'never' if age is None else _dur(float(age)) + ' ago'}")
     can = _get(st, "can")
     if isinstance(can, dict):
         lines.append(f"  can:      {can.get('state')}, {can.get('frames_per_s')} frames/s, "
-                     f"{can.get('errors')} errors")
+                     f"{can.get('errors')} errors{as_of}")
     tasks = _get(st, "tasks") or {}
     restarted = {n: t.get("restarts") for n, t in tasks.items()
                  if isinstance(t, dict) and t.get("restarts")}
@@ -184,12 +200,17 @@ def build_report(cfg: TruckConfig, now: float | None = None) -> tuple[dict[str, 
             status, code = "unknown", EXIT_UNKNOWN
     if state is None and buffer is not None:
         status, code = "not running", EXIT_NOT_RUNNING
+    updated = _get(state, "updated_at")
     report = {
         "truck_id": cfg.truck_id,
         "status": status,
         "state_file": str(cfg.state_file),
         "state": state,
         "buffer": buffer,
+        # the snapshot's age; "current": false when its figures are history (a stopped,
+        # crashed or hung agent), so a consumer never takes stale rates as current
+        "state_age_s": round(now - updated, 3) if isinstance(updated, int | float) else None,
+        "current": status in LIVE_STATES,
     }
     return report, code
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -15,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config import EX_CONFIG, ConfigWarning, TruckConfig, load_config, parse_config
+from config import EX_CONFIG, TruckConfig, load_config, parse_config
 from config.errors import ConfigError
+from config.loader import check_config
 from gateway.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,20 +177,89 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
-def test_secret_readable_by_others_warns(tmp_path: Path) -> None:
+def test_secret_rule_is_0640_root_truckgw_and_world_readable_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One rule: 0640 (group-readable, the service's group) is right; world-readable warns,
+    through logging, never as a Python warning."""
     key = tmp_path / "client.key"
     cert = tmp_path / "client.pem"
     key.write_text("k")
     cert.write_text("c")
     os.chmod(key, 0o644)
     text = MINIMAL + '[mqtt.tls]\ncert_file = "client.pem"\nkey_file = "client.key"\n'
-    with pytest.warns(ConfigWarning, match=r"mqtt\.tls\.key_file.*readable by group or others"):
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="config.loader"):
+        warnings.simplefilter("error")
         cfg = load_config(write(tmp_path, text))
     assert cfg.mqtt.tls is not None and cfg.mqtt.tls.key_file == key
-    os.chmod(key, 0o600)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        load_config(tmp_path / "TRK-0001.toml")
+    assert any(re.search(r"mqtt\.tls\.key_file: .* readable by every user .*chmod 640", r.message)
+               and r.levelno == logging.WARNING for r in caplog.records), caplog.text
+    os.chmod(key, 0o640)
+    _cfg, found = check_config(tmp_path / "TRK-0001.toml")
+    assert not [w for w in found if "key_file" in w]
+
+
+def _mqtt(tmp_path: Path, extra: str, *, tls: bool) -> Path:
+    text = MINIMAL.replace('host = "127.0.0.1"', 'host = "127.0.0.1"\n' + extra)
+    if tls:
+        text += "[mqtt.tls]\n"
+    return write(tmp_path, text)
+
+
+def test_password_without_tls_is_an_error_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o640)
+    creds = 'port = 1883\nusername = "u"\npassword_file = "pw"'
+    with pytest.raises(ConfigError) as info:
+        load_config(_mqtt(tmp_path, creds, tls=False))
+    assert any("mqtt.password_file: a password without [mqtt.tls]" in ln
+               for ln in info.value.lines())
+    assert main(["check-config", str(tmp_path / "TRK-0001.toml")]) == EX_CONFIG
+    assert "allow_insecure_password" in capsys.readouterr().err
+    cfg, _found = check_config(_mqtt(tmp_path, creds + "\nallow_insecure_password = true",
+                                     tls=False))
+    assert cfg.mqtt.allow_insecure_password
+    cfg, _found = check_config(_mqtt(tmp_path, creds.replace("1883", "8883"), tls=True))
+    assert cfg.mqtt.tls is not None
+
+
+@pytest.mark.parametrize(("extra", "tls", "expected"), [
+    ('protocol = "3.1.1"\nport = 8883', True, "mqtt.protocol: MQTT 3.1.1 cannot report refusals"),
+    ("port = 8883", False, "mqtt.port: port 8883 is MQTT over TLS but [mqtt.tls] is not"),
+    ("port = 1883", True, "mqtt.port: [mqtt.tls] is configured but port 1883"),
+])
+def test_risky_transport_warns_in_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, tls: bool, expected: str
+) -> None:
+    path = _mqtt(tmp_path, extra, tls=tls)
+    _cfg, found = check_config(path)
+    assert any(expected in w for w in found), found
+    assert main(["check-config", str(path)]) == 0  # a warning, not an error
+    err = capsys.readouterr().err
+    assert f"warning: {path}: {expected}" in err
+
+
+@pytest.mark.parametrize(("extra", "tls"), [("port = 8883", True), ("port = 1883", False)])
+def test_consistent_transport_gives_no_warning(tmp_path: Path, extra: str, tls: bool) -> None:
+    _cfg, found = check_config(_mqtt(tmp_path, extra, tls=tls))
+    assert not [w for w in found if "mqtt." in w], found
+
+
+def test_shipped_template_is_secure_by_default(tmp_path: Path) -> None:
+    """systemd/truckgw.toml.in as install.sh fills it: TLS on at 8883, no warning."""
+    text = (ROOT / "systemd" / "truckgw.toml.in").read_text()
+    for key, value in {"TRUCK_ID": "TRK-1", "MQTT_HOST": "broker.example.com",
+                       "MQTT_PORT": "8883", "GPS_PORT": "/dev/ttyACM0", "CAN_CHANNEL": "can0",
+                       "STATE_DIR": str(tmp_path)}.items():
+        text = text.replace(f"@{key}@", value)
+    text = text.replace("#@CA@", "# ").replace("#@CERT@", "# ")
+    cfg, found = check_config(write(tmp_path, text))
+    assert cfg.mqtt.tls is not None and cfg.mqtt.port == 8883
+    assert cfg.mqtt.protocol == "5"
+    assert found == ()
 
 
 def test_check_config_cli_subprocess(tmp_path: Path) -> None:
@@ -300,3 +372,27 @@ def test_recording_modes_and_curve_errors() -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({**base, "can": {"sampling": bad}})
         assert key in {k for _f, k, _r in info.value.problems}, info.value.problems
+
+
+def test_run_logs_config_warnings_never_python_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What `truckgw run` does with a config's warnings: log records (a journald priority
+    under systemd), not warnings.warn (which under filterwarnings=error would raise)."""
+    from gateway.cli import _load_or_exit  # noqa: PLC0415  # the run path, not the API
+
+    path = _mqtt(tmp_path, 'protocol = "3.1.1"\nport = 1883', tls=False)
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
+        cfg = _load_or_exit(path, log_warnings=True)
+    assert cfg.mqtt.protocol == "3.1.1"
+    assert [r.name for r in caplog.records if "MQTT 3.1.1" in r.message] == ["config.loader"]
+
+
+def test_metrics_folder_that_does_not_exist_warns(tmp_path: Path) -> None:
+    text = MINIMAL + f'[metrics]\ntextfile = "{tmp_path}/nope/truckgw.prom"\n'
+    _cfg, found = check_config(write(tmp_path, text))
+    assert any(f"metrics.textfile: folder {tmp_path}/nope does not exist" in w for w in found)
+    text = MINIMAL + f'[metrics]\ntextfile = "{tmp_path}/truckgw.prom"\n'
+    _cfg, found = check_config(write(tmp_path, text))
+    assert not [w for w in found if "metrics." in w]

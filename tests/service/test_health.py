@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from buffer.api import StoreStats
+from gateway import __version__
 from gateway.health import HealthWriter, encode_state, read_state, render_prometheus, write_atomic
 from gateway.liveness import CommitTracker, HealthProbe
 from gateway.snapshot import build_snapshot, normalise_can, normalise_uplink, plain
@@ -206,3 +207,12 @@ async def test_probe_combines_checks() -> None:
     probe.store_ok()
     assert probe.problem(tracker, None) is None
     assert probe.unhealthy_for() == 0
+
+
+def test_prometheus_build_info_and_timestamps_instead_of_ages() -> None:
+    snap = {**_snapshot(), "started_at": 1_700_000_000.0, "updated_at": 1_700_000_100.0,
+            "gps": {"state": "fix", "fix": True, "last_fix_age_s": 2.5}}
+    text = render_prometheus(snap)
+    assert f'truckgw_build_info{{truck="TRK-1",version="{__version__}"}} 1' in text
+    assert 'truckgw_start_time_seconds{truck="TRK-1"} 1700000000' in text
+    assert 'truckgw_gps_last_fix_timestamp_seconds{truck="TRK-1"} 1700000097.5' in text

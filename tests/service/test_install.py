@@ -1,9 +1,11 @@
 """systemd/install.sh in a throwaway root with a fake ``systemctl`` on PATH.
 
 The user is created by the real ``useradd --prefix`` in copies of the host's account
-files; the virtualenv and the package install are real (``pip --no-deps``: the
-dependencies come from this test's own environment through PYTHONPATH, so no
-download is needed beyond the build backend pip may fetch once).
+files (never in the host's own); the virtualenvs and the package installs are real
+(``pip --no-deps``: the dependencies come from this test's own environment through
+PYTHONPATH, so no download is needed beyond the build backend pip may fetch once).
+``check-config`` runs as the service user (numeric ids from the throwaway root), so the
+sandbox lives in a folder every user can traverse, removed at the end.
 """
 
 from __future__ import annotations
@@ -13,33 +15,54 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = ("pyproject.toml", "README.md", "LICENSE", "gateway", "drivers", "buffer", "sim",
-         "config", "docs", "systemd")
+         "config", "docs", "systemd", "deploy")
+#: An administrator who is not root: no passwd entry needed, only the service's group.
+ADMIN_UID = 61_234
+CURRENT_EXE = "/opt/truckgw/current/bin/truckgw"
+
+Sandbox = dict[str, Path]
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> dict[str, Path]:
+def sandbox() -> Iterator[Sandbox]:
     if os.geteuid() != 0:
-        pytest.fail("the install test needs root (useradd --prefix, chown)", pytrace=False)
-    root = tmp_path / "root"
+        pytest.fail("the install test needs root (useradd --prefix, chown, setpriv)",
+                    pytrace=False)
+    top = Path(tempfile.mkdtemp(prefix="truckgw-install-", dir="/tmp"))
+    top.chmod(0o755)  # the service user must reach the config, as on a real system
+    try:
+        yield _make_sandbox(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _make_sandbox(top: Path) -> Sandbox:
+    root = top / "root"
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
         if Path("/etc", name).exists():
             shutil.copy2(Path("/etc", name), root / "etc" / name)
-    bindir = tmp_path / "bin"
+    bindir = top / "bin"
     bindir.mkdir()
-    log = tmp_path / "systemctl.log"
+    log = top / "systemctl.log"
+    fail = top / "fail-is-active"
     fake = bindir / "systemctl"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    # a unit that "does not come up" when the marker file exists
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n'
+                    f'case "$*" in *is-active*) [ ! -e {fail} ] ;; esac\n')
     fake.chmod(0o755)
-    src = tmp_path / "src"
+    src = top / "src"
     src.mkdir()
     for part in PARTS:  # a copy: pip builds in-tree and must not litter the checkout
         p = REPO / part
@@ -47,74 +70,218 @@ def sandbox(tmp_path: Path) -> dict[str, Path]:
             shutil.copytree(p, src / part, ignore=shutil.ignore_patterns("__pycache__"))
         elif p.exists():
             shutil.copy2(p, src / part)
-    return {"root": root, "bin": bindir, "log": log, "src": src}
+    pki = top / "pki"
+    pki.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(pki / "ca.pem"))
+    client = ca.issue_cert("TRK-0042")
+    client.cert_chain_pems[0].write_to_path(str(pki / "client.pem"))
+    client.private_key_pem.write_to_path(str(pki / "client.key"))
+    return {"top": top, "root": root, "bin": bindir, "log": log, "fail": fail, "src": src,
+            "pki": pki}
 
 
-def _run(sb: dict[str, Path], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(sb: Sandbox, *args: str, deps_from_here: bool = True,
+         **env: str) -> subprocess.CompletedProcess[str]:
     full = {
         **os.environ,
         "PATH": f"{sb['bin']}:{os.environ['PATH']}",
-        "PYTHONPATH": sysconfig.get_paths()["purelib"],
         "PYTHON": sys.executable,
-        "PIP_ARGS": "--no-deps",
         "ROOT": str(sb["root"]),
         **env,
     }
+    if deps_from_here:
+        full["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+        full.setdefault("PIP_ARGS", "--no-deps")
     return subprocess.run(["sh", str(sb["src"] / "systemd" / "install.sh"), *args],
-                          env=full, check=False, capture_output=True, text=True, timeout=300)
+                          env=full, check=False, capture_output=True, text=True, timeout=600)
+
+
+def _first_install(sb: Sandbox) -> subprocess.CompletedProcess[str]:
+    pki = sb["pki"]
+    return _run(sb, START="1", MQTT_HOST="broker.example.net", TRUCK_ID="TRK-0042",
+                MQTT_CA=str(pki / "ca.pem"), MQTT_CERT=str(pki / "client.pem"),
+                MQTT_KEY=str(pki / "client.key"))
+
+
+def _ids(root: Path) -> tuple[int, int]:
+    line = next(ln for ln in (root / "etc/passwd").read_text().splitlines()
+                if ln.startswith("truckgw:"))
+    fields = line.split(":")
+    return int(fields[2]), int(fields[3])
+
+
+def _current(root: Path) -> str:
+    return os.readlink(root / "opt/truckgw/current")
+
+
+def _venvs(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "opt/truckgw/venvs").iterdir())
+
+
+def _as(uid: int, gid: int, groups: list[int], *cmd: str,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with these ids (setpriv: a real privilege drop, no passwd entry)."""
+    grp = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", *grp, "--", *cmd],
+                          env={**os.environ, **(env or {})}, check=False, capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.mark.slow
-def test_install_is_complete_and_idempotent_then_uninstall(sandbox: dict[str, Path]) -> None:
-    root = sandbox["root"]
-    res = _run(sandbox, START="1", MQTT_HOST="broker.example.net", TRUCK_ID="TRK-0042",
-               MQTT_PORT="1883")
+def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
+    root, log = sandbox["root"], sandbox["log"]
+    old_layout = root / "opt/truckgw/venv/bin"  # an install from before venvs/
+    old_layout.mkdir(parents=True)
+    res = _first_install(sandbox)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert not old_layout.parent.exists() and "removed the old /opt/truckgw/venv" in res.stdout
     # the user, in the throwaway root only
     passwd = (root / "etc/passwd").read_text()
     line = next(ln for ln in passwd.splitlines() if ln.startswith("truckgw:"))
     assert line.endswith(":/var/lib/truckgw:/usr/sbin/nologin")
     assert "truckgw:" not in Path("/etc/passwd").read_text()
-    # the venv with the package and its command
-    exe = root / "opt/truckgw/venv/bin/truckgw"
-    assert exe.exists()
+    uid, gid = _ids(root)
+    # a venv per version behind `current`, and the command on PATH through it
+    first = _current(root)
+    assert first.startswith("venvs/0.1.0-"), first
+    assert os.readlink(root / "usr/local/bin/truckgw") == CURRENT_EXE
+    assert (root / CURRENT_EXE.lstrip("/")).exists()
     assert "truckgw 0.1" in res.stdout
-    # the config from the template: valid, private to root and the service group
+    # the config from the template: TLS with the placed CA and client certificate
     conf = root / "etc/truckgw/truckgw.toml"
     cfg = load_config(conf)
     assert (cfg.truck_id, cfg.mqtt.host, cfg.mqtt.port) == ("TRK-0042", "broker.example.net",
-                                                             1883)
+                                                             8883)
+    tls = cfg.mqtt.tls
+    assert tls is not None
+    assert tls.ca_file == root / "etc/truckgw/ca.pem"
+    assert tls.key_file == root / "etc/truckgw/client.key"
     assert str(cfg.buffer.path) == "/var/lib/truckgw/buffer.db"
-    assert conf.stat().st_mode & 0o777 == 0o640
-    # the units, and systemctl asked to enable and start
+    # one permission rule: root-owned, group truckgw, 0640, in a 0750 folder
+    for p in (conf, root / "etc/truckgw/ca.pem", root / "etc/truckgw/client.pem",
+              root / "etc/truckgw/client.key"):
+        st = p.stat()
+        assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 0, gid), p
+    st = (root / "etc/truckgw").stat()
+    assert (st.st_mode & 0o777, st.st_gid) == (0o750, gid)
+    st = (root / "var/lib/truckgw").stat()
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o750, uid, gid)
+    # the units run the current venv; systemctl asked to enable, restart, check
     unit = root / "etc/systemd/system/truckgw.service"
-    assert "ExecStart=/opt/truckgw/venv/bin/truckgw run -c /etc/truckgw/truckgw.toml" in (
-        unit.read_text())
+    assert f"ExecStart={CURRENT_EXE} run -c /etc/truckgw/truckgw.toml" in unit.read_text()
     assert (root / "etc/systemd/system/truckgw@.service").exists()
-    calls = sandbox["log"].read_text().splitlines()
-    assert calls == [f"--root={root} enable truckgw.service",
-                     f"--root={root} restart truckgw.service"]
+    assert log.read_text().splitlines() == [f"--root={root} enable truckgw.service",
+                                            f"--root={root} restart truckgw.service",
+                                            f"--root={root} is-active --quiet truckgw.service"]
 
-    # again: nothing breaks, an edited config is kept, the user is not duplicated
+    # upgrade over a "running" install: the buffer and an edited config are kept
+    buffer = root / "var/lib/truckgw/buffer.db"
+    buffer.write_bytes(b"pending events")
     conf.write_text(conf.read_text().replace("TRK-0042", "TRK-0043"))
-    res = _run(sandbox, START="0")
+    res = _run(sandbox, START="1")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "keeping existing /etc/truckgw/truckgw.toml" in res.stdout
+    second = _current(root)
+    assert second != first and _venvs(root) == sorted([first[6:], second[6:]])
+    assert buffer.read_bytes() == b"pending events"
     assert load_config(conf).truck_id == "TRK-0043"
     assert (root / "etc/passwd").read_text().count("\ntruckgw:") == 1
 
-    # uninstall keeps config and data; PURGE removes them and the user
+    # the new version does not come up: back to the previous one
+    sandbox["fail"].touch()
+    res = _run(sandbox, START="1")
+    assert res.returncode != 0
+    assert f"rolled back to {second[6:]}" in res.stderr, res.stderr
+    assert _current(root) == second
+    sandbox["fail"].unlink()
+
+    # a key the service user cannot read (root-only 0600) is caught by check-config as
+    # that user; the current version stays and no half-installed venv is left
+    key = root / "etc/truckgw/client.key"
+    key.chmod(0o600)
+    before = _venvs(root)
+    res = _run(sandbox, START="1")
+    assert res.returncode != 0
+    assert "client.key" in res.stderr and "Permission denied" in res.stderr, res.stderr
+    assert "unreadable by user truckgw" in res.stderr
+    assert _current(root) == second and _venvs(root) == before
+    key.chmod(0o640)
+
+    # uninstall keeps config and the buffer; --purge removes them and the user
     res = _run(sandbox, "--uninstall")
     assert res.returncode == 0, res.stdout + res.stderr
     assert not unit.exists() and not (root / "opt/truckgw").exists()
-    assert conf.exists()
-    res = _run(sandbox, "--uninstall", PURGE="1")
+    assert not (root / "usr/local/bin/truckgw").is_symlink()
+    assert conf.exists() and buffer.read_bytes() == b"pending events"
+    res = _run(sandbox, "--uninstall", "--purge")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert not (root / "etc/truckgw").exists()
+    assert not (root / "etc/truckgw").exists() and not buffer.exists()
     assert "\ntruckgw:" not in (root / "etc/passwd").read_text()
 
 
-def test_first_install_without_broker_is_refused(sandbox: dict[str, Path]) -> None:
+STOPPED_AGENT = """
+import asyncio, os, sys, time
+from buffer.store import SqliteStore
+from config import load_config
+from config.events import Event
+from gateway.health import HealthWriter
+
+os.umask(0o027)  # the unit's UMask=
+cfg = load_config(sys.argv[1])
+
+async def main() -> None:
+    store = await SqliteStore.open(cfg.buffer)
+    try:
+        for i in range(7):
+            await store.append(Event("gps", 1_700_000_000_000 + i, {"lat": 1.0, "lon": 2.0}))
+    finally:
+        await store.close()
+
+asyncio.run(main())
+now = time.time()
+HealthWriter(cfg.state_file).write({
+    "version": 1, "truck_id": cfg.truck_id, "pid": 2**22 + 1, "phase": "stopped",
+    "started_at": now - 60, "updated_at": now - 28, "uptime_s": 32.0, "healthy": True,
+    "uplink": {"state": "disconnected", "last_publish_at": now - 30},
+    "buffer": {"pending": 7, "committed_seq": 7},
+    "can": {"state": "active", "frames_per_s": 650.0, "errors": 0},
+})
+"""
+
+
+@pytest.mark.slow
+def test_status_for_an_administrator_in_the_group(sandbox: Sandbox) -> None:
+    """`truckgw status -c CONF` as a non-root user in group truckgw, on the files the
+    service itself wrote; a user outside the group cannot read the config."""
+    root = sandbox["root"]
+    res = _first_install(sandbox)
+    assert res.returncode == 0, res.stdout + res.stderr
+    uid, gid = _ids(root)
+    conf = root / "etc/truckgw/truckgw.toml"
+    state_dir = root / "var/lib/truckgw"
+    # the sandbox's buffer lives under the throwaway root (as root edits the config)
+    conf.write_text(conf.read_text().replace('"/var/lib/truckgw/', f'"{state_dir}/'))
+    env = {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    python = str(root / "opt/truckgw/current/bin/python")
+    agent = _as(uid, gid, [], python, "-c", STOPPED_AGENT, str(conf), env=env)
+    assert agent.returncode == 0, agent.stderr
+    state = state_dir / "buffer.db.state.json"
+    assert state.stat().st_mode & 0o777 == 0o640
+    assert (state_dir / "buffer.db").stat().st_mode & 0o007 == 0  # nothing for others
+
+    exe = str(root / "usr/local/bin/truckgw")  # the link on PATH (through ROOT here)
+    exe = str(root / os.readlink(exe).lstrip("/"))
+    admin = _as(ADMIN_UID, ADMIN_UID, [gid], exe, "status", "-c", str(conf), env=env)
+    assert admin.returncode == 3, admin.stdout + admin.stderr  # LSB: not running
+    assert admin.stdout.startswith("truck TRK-0042: stopped"), admin.stdout
+    assert "7 pending" in admin.stdout
+    outsider = _as(ADMIN_UID, ADMIN_UID, [], exe, "status", "-c", str(conf), env=env)
+    assert outsider.returncode == 78
+    assert "Permission denied" in outsider.stderr
+
+
+def test_first_install_without_broker_is_refused(sandbox: Sandbox) -> None:
     res = _run(sandbox)
     assert res.returncode != 0
     assert "set MQTT_HOST" in res.stderr
@@ -122,3 +289,31 @@ def test_first_install_without_broker_is_refused(sandbox: dict[str, Path]) -> No
     assert not (root / "opt/truckgw").exists()  # refused before changing anything
     assert "\ntruckgw:" not in (root / "etc/passwd").read_text()
     assert not sandbox["log"].exists()
+
+
+@pytest.mark.slow
+def test_offline_install_from_a_wheelhouse(sandbox: Sandbox) -> None:
+    """deploy/wheelhouse.sh --native (this machine: x86_64; the default target is
+    aarch64/cp311), then install.sh --wheelhouse with pip's --no-index: nothing is
+    built or downloaded on the target, not even setuptools."""
+    wheels = sandbox["top"] / "wheelhouse"
+    built = subprocess.run(["sh", str(sandbox["src"] / "deploy" / "wheelhouse.sh"), "--native",
+                            "-o", str(wheels)],
+                           env={**os.environ, "PYTHON": sys.executable}, check=False,
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    names = {p.name.split("-")[0].lower() for p in wheels.glob("*.whl")}
+    assert {"truckgw", "paho_mqtt", "python_can", "zstandard", "aiosqlite"} <= names, names
+    assert not list(wheels.glob("*.tar.gz"))  # wheels only: no build on the truck
+    # no index reachable for pip at all: a bogus one, and no config file of the host's
+    res = _run(sandbox, "--wheelhouse", str(wheels), deps_from_here=False, START="1",
+               MQTT_HOST="broker.example.net", TRUCK_ID="TRK-0042",
+               MQTT_CA=str(sandbox["pki"] / "ca.pem"), PIP_INDEX_URL="http://127.0.0.1:9/",
+               PIP_CONFIG_FILE=os.devnull)
+    assert res.returncode == 0, res.stdout + res.stderr
+    venv = sandbox["root"] / "opt/truckgw/current"
+    probe = subprocess.run([str(venv / "bin/python"), "-c",
+                            "import zstandard, paho.mqtt, can, aiosqlite, gateway.cli"],
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                           check=False, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr

@@ -5,12 +5,19 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.logsetup import RateLimitFilter, setup_logging, syslog_priority
+from gateway.logsetup import (
+    RateLimitFilter,
+    set_journal_identity,
+    setup_logging,
+    subsystem_of,
+    syslog_priority,
+)
 
 
 class FakeTime:
@@ -41,7 +48,8 @@ def test_journal_stream_gets_priority_prefix_and_no_timestamp(
     path = tmp_path / "journal"
     with path.open("w+") as stream:
         st = os.fstat(stream.fileno())
-        setup_logging("debug", stream=stream, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        setup_logging("debug", stream=stream, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+                      journal_socket=tmp_path / "no-native-socket")
         log = logging.getLogger("truckgw.test")
         log.error("disk %s is full", "/var")
         log.info("hello")
@@ -146,3 +154,92 @@ def test_distinct_messages_are_not_limited() -> None:
     for i in range(50):
         log.info("committed seq high-water mark %d", i)
     assert len(stream.getvalue().splitlines()) == 50
+
+
+def _parse_journal(data: bytes) -> dict[str, str]:
+    """Decode one native-protocol datagram (both the KEY=value and the binary form)."""
+    fields: dict[str, str] = {}
+    i = 0
+    for _ in range(1000):  # bounded: one datagram has far fewer fields
+        if i >= len(data):
+            break
+        nl = data.index(b"\n", i)
+        line = data[i:nl]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            i = nl + 1
+        else:
+            key = line
+            size = int.from_bytes(data[nl + 1:nl + 9], "little")
+            value = data[nl + 9:nl + 9 + size]
+            assert data[nl + 9 + size:nl + 10 + size] == b"\n"
+            i = nl + 10 + size
+        fields[key.decode()] = value.decode()
+    return fields
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[tuple[Path, socket.socket]]:
+    """A real AF_UNIX datagram socket standing in for journald's."""
+    path = tmp_path / "journal.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+def test_native_journal_entries_carry_truck_id_and_subsystem(
+    tmp_path: Path, restore_root: None, journal: tuple[Path, socket.socket]
+) -> None:
+    path, sock = journal
+    with (tmp_path / "stderr").open("w+") as stream:
+        st = os.fstat(stream.fileno())
+        set_journal_identity(truck_id="TRK-0007")
+        try:
+            setup_logging("info", stream=stream, journal_socket=path,
+                          env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+            logging.getLogger("drivers.gps").warning("gps %s: silent", "/dev/ttyACM0")
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logging.getLogger("gateway.uplink_session").exception("publish failed")
+            first = _parse_journal(sock.recv(65536))
+            second = _parse_journal(sock.recv(65536))
+        finally:
+            set_journal_identity(truck_id=None)
+        stream.seek(0)
+        assert stream.read() == ""  # nothing on stderr: the journal took both
+    assert first["MESSAGE"] == "gps /dev/ttyACM0: silent"
+    assert (first["PRIORITY"], first["TRUCK_ID"], first["SUBSYSTEM"]) == ("4", "TRK-0007", "gps")
+    assert first["SYSLOG_IDENTIFIER"] == "truckgw" and first["LOGGER"] == "drivers.gps"
+    assert first["CODE_FILE"].endswith("test_logsetup.py") and int(first["CODE_LINE"]) > 0
+    assert (second["PRIORITY"], second["SUBSYSTEM"]) == ("3", "uplink")
+    assert second["MESSAGE"].startswith("publish failed\nTraceback")  # binary field form
+    assert "ValueError: boom" in second["MESSAGE"]
+
+
+def test_journal_refusing_a_datagram_falls_back_to_the_stream(
+    tmp_path: Path, restore_root: None, journal: tuple[Path, socket.socket]
+) -> None:
+    path, sock = journal
+    with (tmp_path / "stderr").open("w+") as stream:
+        st = os.fstat(stream.fileno())
+        setup_logging("info", stream=stream, journal_socket=path,
+                      env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        sock.close()
+        path.unlink()  # journald gone (restarting): the entry is not lost
+        logging.getLogger("buffer.store").error("disk full")
+        stream.seek(0)
+        assert stream.read() == "<3>buffer.store: disk full\n"
+
+
+@pytest.mark.parametrize(("name", "subsystem"), [
+    ("drivers.gps", "gps"), ("drivers.nmea", "gps"), ("drivers.j1939_tp", "can"),
+    ("drivers.can_io", "can"), ("gateway.uplink_conn", "uplink"), ("gateway.app", "app"),
+    ("buffer.commit", "buffer"), ("config.loader", "config"),
+    ("gateway.recording.gps", "recording"),
+    ("gateway.ingest", "ingest"), ("root", "root"),
+])
+def test_subsystem_of(name: str, subsystem: str) -> None:
+    assert subsystem_of(name) == subsystem

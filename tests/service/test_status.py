@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from gateway.status import (
     EXIT_UNKNOWN,
     build_report,
     main,
+    render_text,
 )
 
 
@@ -61,7 +63,8 @@ def test_running_agent(tmp_path: Path) -> None:
     assert "uplink:   connected, last publish 3" in text
     assert "buffer:   5 pending (500 bytes), oldest 1 min" in text
     assert "committed seq 42" in text
-    assert "gps:      fix, last fix 0.3 s ago" in text
+    # the fix was 0.3 s old when the snapshot was taken, 1 s ago
+    assert re.search(r"gps:      fix, last fix 1\.\d s ago", text), text
     assert "can:      active, 665.0 frames/s, 0 errors" in text
     assert "restarts: gps 2" in text
 
@@ -133,3 +136,26 @@ async def test_database_of_a_running_agent_is_not_touched(tmp_path: Path) -> Non
         await store.append(Event("gps", 2, {"lat": 1.0}))  # the store is unaffected
     finally:
         await store.close()
+
+
+def test_stopped_agent_shows_its_last_figures_with_their_age(tmp_path: Path) -> None:
+    """A stopped agent's rates are history: shown "as of N s ago", never as current."""
+    cfg = _cfg(tmp_path)
+    now = time.time()
+    write_atomic(cfg.state_file, encode_state(_state(
+        phase="stopped", updated_at=now - 28, uptime_s=3600.0,
+        gps={"state": "fix", "fix": True, "last_fix_age_s": 2.0})))
+    text = render_text(build_report(cfg, now=now)[0], now)
+    assert text.startswith("truck TRK-9: stopped (was pid")
+    assert "last figures as of 28 s ago" in text
+    assert "can:      active, 665.0 frames/s, 0 errors as of 28 s ago" in text
+    assert "uplink:   connected as of 28 s ago" in text
+    assert "gps:      fix as of 28 s ago, last fix 30 s ago" in text  # 2 s + 28 s
+    report, code = build_report(cfg, now=now)
+    assert code == EXIT_NOT_RUNNING and report["current"] is False
+    assert report["state_age_s"] == 28.0
+    # a running agent's figures are current: no "as of"
+    write_atomic(cfg.state_file, encode_state(_state(updated_at=now - 1)))
+    report, code = build_report(cfg, now=now)
+    assert code == EXIT_RUNNING and report["current"] is True
+    assert "as of" not in render_text(report, now)

@@ -17,7 +17,7 @@ import pytest
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 MAX_EXPOSURE = 2.0
-INSTALLED_EXE = "/opt/truckgw/venv/bin/truckgw"
+INSTALLED_EXE = "/opt/truckgw/current/bin/truckgw"
 
 
 def _analyze() -> str:
@@ -31,7 +31,7 @@ def _staged(tmp_path: Path, name: str, as_name: str | None = None) -> Path:
     """The unit with its ExecStart= pointing at this checkout's truckgw.
 
     ``verify`` checks that the command exists; on a build machine the installed path
-    /opt/truckgw/venv/bin/truckgw does not, so only that prefix is substituted (the
+    /opt/truckgw/current/bin/truckgw does not, so only that prefix is substituted (the
     same substitution install.sh makes for a non-default PREFIX).
     """
     exe = Path(sys.executable).with_name("truckgw")
@@ -104,3 +104,21 @@ def test_networkd_example_brings_can0_up_at_250k() -> None:
     assert cp["CAN"]["BitRate"] == "250K"
     # a passive tap by default: the controller itself cannot disturb the truck's bus
     assert cp["CAN"]["ListenOnly"] == "yes"
+
+
+@pytest.mark.parametrize("unit", ["truckgw.service", "truckgw@.service"])
+def test_recording_never_waits_for_the_network(unit: str) -> None:
+    """Offline-first: a unit ordered after network-online.target waits for
+    networkd-wait-online (minutes on a NetworkManager system) at every ignition."""
+    unit_section: dict[str, list[str]] = {}
+    section = ""
+    for raw in (SYSTEMD_DIR / unit).read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and not line.startswith("#") and section == "Unit":
+            key, _, value = line.partition("=")
+            unit_section.setdefault(key, []).extend(value.split())
+    for key in ("After", "Wants", "Requires", "BindsTo"):
+        for target in ("network-online.target", "time-sync.target", "network.target"):
+            assert target not in unit_section.get(key, []), (key, target)

@@ -40,7 +40,7 @@ from gateway.clock import Clock
 from gateway.health import HealthWriter
 from gateway.ingest import Ingest
 from gateway.liveness import CommitTracker, HealthProbe
-from gateway.logsetup import RateLimitFilter, setup_logging
+from gateway.logsetup import RateLimitFilter, set_journal_identity, setup_logging
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.snapshot import build_snapshot
 from gateway.supervisor import TaskInfo, supervise
@@ -352,5 +352,6 @@ class Agent:
 
 def run_agent(cfg: TruckConfig) -> int:
     """Entry point of ``truckgw run``: set up logging, run the agent, return the exit code."""
+    set_journal_identity(truck_id=cfg.truck_id)
     limiter = setup_logging(cfg.log.level)
     return asyncio.run(Agent(cfg, limiter=limiter).run())

@@ -86,7 +86,7 @@ class SlcanDevice:
             return OK
         if op in "OL":
             self.state = ChannelState.OPEN if op == "O" else ChannelState.LISTEN_ONLY
-            log.info("slcan channel %r at %s bit/s", self.state, self.bitrate)
+            log.info("slcan channel %s at %s bit/s", self.state.name, self.bitrate)
             return OK
         if op == "C":
             self.state = ChannelState.CLOSED

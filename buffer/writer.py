@@ -92,6 +92,8 @@ class GroupWriter:
         self._batch_ready = asyncio.Event()
         self._state = WriterState.IDLE
         self._task: asyncio.Task[None] | None = None
+        self._distrusted = False  # the seq mark says "do not trust the file's last seq"
+        self._distrust_pending = False
 
     def __repr__(self) -> str:
         return (f"GroupWriter({self._state!r}, next_seq={self._next_seq}, "
@@ -111,7 +113,8 @@ class GroupWriter:
 
     async def reserve(self, seq: int) -> None:
         """Durably reserve seqs above ``seq`` before any of them becomes visible."""
-        mark = recovery.SeqMark(seq + recovery.SEQ_RESERVE_BLOCK, clean=False, full=self._db.full)
+        mark = recovery.SeqMark(seq + recovery.SEQ_RESERVE_BLOCK, clean=False,
+                                full=self._db.full and not self._distrusted)
         await self._db.write_mark(mark)
         self._reserved = mark.reserved
 
@@ -162,6 +165,7 @@ class GroupWriter:
         self._last_future = fut
         if len(self._queue) > MAX_QUEUED_EVENTS:
             self._drop(self._queue.popleft(), "dropped_queue_full")
+            self._distrust_soon()
         if len(self._queue) >= self._max_events:
             self._batch_ready.set()
         self._wake.set()
@@ -173,12 +177,37 @@ class GroupWriter:
         if fut is not None and not fut.done():
             await asyncio.wait([fut])
 
-    def _drop(self, item: Pending, reason: str) -> None:
+    def _drop(self, item: Pending, reason: str, error: type[StoreError] = StoreFullError
+              ) -> None:
+        """Give up on a queued or committing event: counted, its future failed."""
         self._tally.evicted[item.prio] += 1
         self._tally.extra[reason] += 1
         if not item.fut.done():
-            item.fut.set_exception(StoreFullError(f"event seq {item.seq} dropped: {reason}"))
+            item.fut.set_exception(error(f"event seq {item.seq} dropped: {reason}"))
             item.fut.exception()  # mark retrieved: a dropped append is counted, not an error
+
+    def _distrust_soon(self) -> None:
+        """:meth:`_distrust_last_seq` from a synchronous path (the writer does it)."""
+        if not self._distrusted and self._db.full:
+            self._distrust_pending = True
+
+    async def _distrust_last_seq(self) -> None:
+        """Seqs were handed out and given up on: make sure no later start reuses them.
+
+        A clean close writes the exact last seq issued, which covers them. After a crash
+        a ``full``-durability start trusts the file's last committed seq and would hand
+        the given-up numbers out again; the mark is rewritten as not-``full``, so that
+        start jumps over the whole reservation and announces it (``seq_gap``).
+        """
+        if self._distrusted or not self._db.full:
+            return
+        try:
+            await self._db.write_mark(
+                recovery.SeqMark(self._reserved, clean=False, full=False))
+        except StoreError as exc:
+            log.warning("buffer: %s", exc)
+            return
+        self._distrusted = True
 
     # ------------------------------------------------------------------ the task
 
@@ -201,14 +230,19 @@ class GroupWriter:
                         async with asyncio.timeout(self._interval_s):
                             await self._batch_ready.wait()
                 await self._commit(self._take())
+                if self._distrust_pending:
+                    self._distrust_pending = False
+                    await self._distrust_last_seq()
                 await self._upkeep.tick()
-        except Exception as exc:
+        except Exception:
             log.exception("buffer: writer failed; the store must be reopened")
             self._state = WriterState.FAILED
             while self._queue:
-                item = self._queue.popleft()
-                if not item.fut.done():
-                    item.fut.set_exception(StoreError(f"buffer writer failed: {exc}"))
+                self._drop(self._queue.popleft(), "dropped_writer_failed", StoreError)
+            with contextlib.suppress(Exception):  # best effort: the file may be failing
+                await self._distrust_last_seq()
+            with contextlib.suppress(Exception):
+                await self._upkeep.persist_counters()
             raise
 
     def _take(self) -> list[Pending]:
@@ -225,6 +259,31 @@ class GroupWriter:
     async def _commit(self, batch: list[Pending]) -> None:
         if not batch:
             return
+        try:
+            committed = await self._commit_or_full(batch)
+        except BaseException:
+            # an I/O error (or cancellation) ends the writer: this batch's events fail
+            # and are counted; they were never committed
+            for item in batch:
+                self._drop(item, "dropped_commit_failed", StoreError)
+            raise
+        if not committed:
+            for item in batch:
+                self._drop(item, "dropped_disk_full")
+            await self._distrust_last_seq()
+            with contextlib.suppress(sqlite3.Error, StoreError):
+                await self._upkeep.persist_counters()
+            return
+        for item in batch:
+            self._tally.add(item.prio, 1, len(item.body))
+        self._lanes.committed(batch[-1].seq)
+        for item in batch:
+            if not item.fut.done():
+                item.fut.set_result(item.seq)
+
+
+    async def _commit_or_full(self, batch: list[Pending]) -> bool:
+        """Insert ``batch`` in one transaction; False if the disk stayed full."""
         est = sum(policy.row_cost(len(i.body)) for i in batch)
         if batch[-1].seq > self._reserved:
             await self.reserve(batch[-1].seq)
@@ -238,19 +297,8 @@ class GroupWriter:
                         raise
                     await self._upkeep.on_disk_full(conn, exc, attempt)
                     continue
-            break
-        else:
-            for item in batch:
-                self._drop(item, "dropped_disk_full")
-            with contextlib.suppress(sqlite3.Error, StoreError):
-                await self._upkeep.persist_counters()
-            return
-        for item in batch:
-            self._tally.add(item.prio, 1, len(item.body))
-        self._lanes.committed(batch[-1].seq)
-        for item in batch:
-            if not item.fut.done():
-                item.fut.set_result(item.seq)
+            return True
+        return False
 
 
 async def _insert(conn: aiosqlite.Connection, batch: list[Pending]) -> None:

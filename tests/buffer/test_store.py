@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from buffer import writer as writer_mod
 from buffer.api import Lane
 from buffer.recovery import mark_path
 from buffer.store import SqliteStore, StoreState
@@ -296,3 +298,38 @@ async def test_hold_blocks_commits_until_released(store: SqliteStore) -> None:
         assert not fut.done() and not flushing.done()
     await flushing
     assert fut.result() == store.last_committed_seq
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+async def test_a_failed_commit_fails_counts_and_never_reuses_its_seqs(
+    make_cfg: Callable[..., BufferConfig], monkeypatch: pytest.MonkeyPatch, durability: str,
+) -> None:
+    """An I/O error in a group commit: the batch's futures fail (none pending for ever),
+    the events are counted, and no later start hands their seqs out again."""
+    cfg = make_cfg(durability=durability)
+    s = await SqliteStore.open(cfg)
+    first = await s.append(make_event())
+    real_insert = writer_mod._insert
+
+    async def failing_insert(conn: Any, batch: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(writer_mod, "_insert", failing_insert)
+    futs = [s.submit(make_event()) for _ in range(20)]
+    done, pending = await asyncio.wait(futs, timeout=10)
+    assert not pending
+    assert all(isinstance(f.exception(), StoreError) for f in done)
+    assert s.state is StoreState.FAILED
+    st = await s.stats()
+    assert st.extra.get("dropped_commit_failed", 0) + st.extra.get("dropped_writer_failed", 0) == 20
+    assert sum(st.evicted_by_class.values()) == 20
+    monkeypatch.setattr(writer_mod, "_insert", real_insert)
+    await s.close()  # not clean: the writer failed (like the agent's exit, then a restart)
+    async with await SqliteStore.open(cfg) as s2:
+        nxt = await s2.append(make_event())
+        assert nxt > first + 20  # the failed numbers are never handed out again
+        b = await s2.lease(Lane.BACKFILL, 10, 10**6)
+        assert b is not None
+        notices = [decode_body(e.body) for e in b.events if e.seq not in (first, nxt)]
+        assert [n["type"] for n in notices] == ["seq_gap"]
+        assert notices[0]["first"] <= first + 1 and notices[0]["last"] >= first + 20

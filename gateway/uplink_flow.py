@@ -1,6 +1,7 @@
-"""Pure flow-control pieces of the uplink: backoff, bandwidth bucket, lane choice.
+"""Pure flow-control pieces of the delivery core: bandwidth bucket, lane choice.
 
-No I/O and no clock reads: callers pass ``now`` (monotonic seconds) in.
+No I/O and no clock reads: callers pass ``now`` (monotonic seconds) in. The reconnect
+backoff is :class:`config.retry.Backoff`, the project's one retry policy.
 """
 
 from __future__ import annotations
@@ -8,33 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import tenacity
-
 from buffer.api import Lane
-
-
-class Backoff:
-    """Reconnect delays: exponential with jitter, via tenacity's ``wait_random_exponential``.
-
-    Attempt ``n`` waits a uniform random time in ``[min_s, min(max_s, min_s * 2**(n-1))]``:
-    full jitter above a floor of ``min_s``, so two attempts are never closer than
-    ``min_s`` (no tight loop even when the broker refuses instantly).
-    """
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self._wait = tenacity.wait_random_exponential(multiplier=min_s, max=max_s, min=min_s)
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """Count one failed attempt and return how long to wait before the next."""
-        self.attempt += 1
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # tenacity wants a Retrying; the wait strategies read only attempt_number
-        state.attempt_number = self.attempt
-        return float(self._wait(state))
-
-    def reset(self) -> None:
-        """Forget past failures (after a connection that worked)."""
-        self.attempt = 0
 
 
 class TokenBucket:

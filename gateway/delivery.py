@@ -35,9 +35,7 @@ from dataclasses import asdict, dataclass
 
 from buffer.api import Batch, Lane
 from config import MqttConfig
-from config.errors import WireError
 from config.retry import Backoff, RetryPolicy
-from gateway import wire
 from gateway.delivery_actions import (
     Ack,
     Action,
@@ -46,12 +44,13 @@ from gateway.delivery_actions import (
     Reconnect,
     Release,
     SendStatus,
+    UplinkCounters,
     UplinkState,
     UplinkStats,
     Wait,
     WaitPending,
 )
-from gateway.uplink_flow import LaneChooser, TokenBucket
+from gateway.uplink_flow import LaneChooser, TokenBucket, encode_or_drop, reason_name
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +77,6 @@ KEEPALIVE_FACTOR = 1.5
 MAX_PACKET_ID = 65535
 #: How long the sender waits for the store when a lease came back empty.
 EMPTY_WAIT_S = 1.0
-
-
-@dataclass(slots=True)
-class _Counters:
-    """The running counters (mutable; :meth:`Delivery.stats` freezes a copy)."""
-
-    published_messages: int = 0
-    published_events: int = 0
-    published_bytes: int = 0
-    acked_messages: int = 0
-    acked_events: int = 0
-    released_events: int = 0
-    refused_publishes: int = 0
-    publish_timeouts: int = 0
-    connects: int = 0
-    connect_failures: int = 0
-    refusals: int = 0
-    half_open_detected: int = 0
-    dropped_unencodable: int = 0
 
 
 @dataclass(slots=True)
@@ -135,7 +115,7 @@ class Delivery:
         self._last_publish_at: float | None = None
         self._last_ack_at: float | None = None
         self.last_error: str | None = None
-        self._n = _Counters()
+        self._n = UplinkCounters()
 
     # ---------------------------------------------------------------- views
 
@@ -363,28 +343,14 @@ class Delivery:
     # ---------------------------------------------------------------- internals
 
     def _encode(self, lane: Lane, batch: Batch) -> list[Action]:
-        """Wire payloads into the outbox. A stored body that is not a JSON object can
-        never be sent: rather than block the backlog behind it, it is acked (deleted),
-        counted as ``dropped_unencodable`` and the rest of the batch goes."""
-        tid, enc, limit = self._truck_id, self._encoding, self.max_payload_bytes
-        acts: list[Action] = []
-        try:
-            payloads = wire.encode_batches(tid, batch.events, enc, limit)
-        except WireError:
-            good, bad = [], []
-            for ev in batch.events:
-                try:
-                    wire.encode_batches(tid, [ev], enc, limit)
-                except WireError as exc:
-                    log.error("uplink: dropping event seq %d: %s", ev.seq, exc)  # noqa: TRY400  # the reason is the message; no traceback needed
-                    bad.append(ev.seq)
-                else:
-                    good.append(ev)
-            self._n.dropped_unencodable += len(bad)
-            acts.append(Ack(tuple(bad)))
-            payloads = wire.encode_batches(tid, good, enc, limit)
+        """Wire payloads into the outbox; unencodable events are acked (dropped)."""
+        payloads, bad = encode_or_drop(self._truck_id, batch.events, self._encoding,
+                                       self.max_payload_bytes)
         self._outbox.extend(Publish(p, s, lane) for p, s in payloads)
-        return acts
+        if not bad:
+            return []
+        self._n.dropped_unencodable += len(bad)
+        return [Ack(bad)]
 
     def _shrink(self, refused_size: int) -> bool:
         """Halve the payload limit below a refused size; False if already minimal.
@@ -431,20 +397,6 @@ class Delivery:
         return acts
 
 
-
-
-#: MQTT 5 PUBACK reason codes (OASIS MQTT 5.0, 3.4.2.1) as paho names them.
-PUBACK_REASONS = {
-    0x00: "Success", 0x10: "No matching subscribers", 0x80: "Unspecified error",
-    0x83: "Implementation specific error", 0x87: "Not authorized",
-    0x90: "Topic Name invalid", 0x91: "Packet identifier in use", 0x95: "Packet too large",
-    0x97: "Quota exceeded", 0x99: "Payload format invalid",
-}
-
-
-def reason_name(code: int) -> str:
-    """A PUBACK reason code as 'Name (0xNN)' for logs and ``last_error``."""
-    return f"{PUBACK_REASONS.get(code, 'Unknown reason')} (0x{code:02X})"
 
 
 def _wall(at: float | None, now: float, wall_ms: int) -> int | None:

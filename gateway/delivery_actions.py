@@ -20,6 +20,7 @@ __all__ = [
     "Reconnect",
     "Release",
     "SendStatus",
+    "UplinkCounters",
     "UplinkState",
     "UplinkStats",
     "Wait",
@@ -107,6 +108,26 @@ class Reconnect:
 
 #: What the core may ask the shell to do.
 Action = Lease | WaitPending | Wait | Publish | SendStatus | Ack | Release | Reconnect
+
+
+@dataclass(slots=True)
+class UplinkCounters:
+    """The running counters of the core (mutable; ``Delivery.stats()`` freezes a copy
+    into :class:`UplinkStats`)."""
+
+    published_messages: int = 0
+    published_events: int = 0
+    published_bytes: int = 0
+    acked_messages: int = 0
+    acked_events: int = 0
+    released_events: int = 0
+    refused_publishes: int = 0
+    publish_timeouts: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    refusals: int = 0
+    half_open_detected: int = 0
+    dropped_unencodable: int = 0
 
 
 @dataclass(frozen=True, slots=True)

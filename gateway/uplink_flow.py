@@ -1,4 +1,4 @@
-"""Pure flow-control pieces of the delivery core: bandwidth bucket, lane choice.
+"""Pure pieces of the delivery core: bandwidth bucket, lane choice, poison handling.
 
 No I/O and no clock reads: callers pass ``now`` (monotonic seconds) in. The reconnect
 backoff is :class:`config.retry.Backoff`, the project's one retry policy.
@@ -6,10 +6,16 @@ backoff is :class:`config.retry.Backoff`, the project's one retry policy.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from buffer.api import Lane
+from buffer.api import Lane, StoredEvent
+from config.errors import WireError
+from gateway import wire
+
+log = logging.getLogger(__name__)
 
 
 class TokenBucket:
@@ -93,3 +99,41 @@ class LaneChooser:
     def reset(self) -> None:
         """Start a new connection's accounting."""
         self.live_sent = self.backfill_sent = 0
+
+
+def encode_or_drop(
+    truck_id: str, events: Sequence[StoredEvent], encoding: str, limit: int
+) -> tuple[list[tuple[bytes, tuple[int, ...]]], tuple[int, ...]]:
+    """Wire payloads for ``events`` and the seqs that can never be encoded.
+
+    A stored body that is not a JSON object can never be sent; rather than block the
+    backlog behind it forever, it is logged and left out (the core acks it as
+    ``dropped_unencodable``) and the rest goes.
+    """
+    try:
+        return wire.encode_batches(truck_id, events, encoding, limit), ()
+    except WireError:
+        good, bad = [], []
+        for ev in events:
+            try:
+                wire.encode_batches(truck_id, [ev], encoding, limit)
+            except WireError as exc:
+                log.error("uplink: dropping event seq %d: %s", ev.seq, exc)  # noqa: TRY400  # the reason is the message; no traceback needed
+                bad.append(ev.seq)
+            else:
+                good.append(ev)
+        return wire.encode_batches(truck_id, good, encoding, limit), tuple(bad)
+
+
+#: MQTT 5 PUBACK reason codes (OASIS MQTT 5.0, 3.4.2.1) as paho names them.
+PUBACK_REASONS = {
+    0x00: "Success", 0x10: "No matching subscribers", 0x80: "Unspecified error",
+    0x83: "Implementation specific error", 0x87: "Not authorized",
+    0x90: "Topic Name invalid", 0x91: "Packet identifier in use", 0x95: "Packet too large",
+    0x97: "Quota exceeded", 0x99: "Payload format invalid",
+}
+
+
+def reason_name(code: int) -> str:
+    """A PUBACK reason code as 'Name (0xNN)' for logs and ``last_error``."""
+    return f"{PUBACK_REASONS.get(code, 'Unknown reason')} (0x{code:02X})"

@@ -119,9 +119,8 @@ class Link:
         try:
             try:
                 connected = await self._connect()
-            except UplinkError as exc:
+            except UplinkError as exc:  # logged with the next attempt's delay by _do
                 refused = isinstance(exc, BrokerRefusedError)
-                (log.error if refused else log.warning)("uplink: %s", exc)
                 self._do(core.connect_failed(time.monotonic(), str(exc), refused=refused))
                 return self._reconnect
             if connected:
@@ -262,6 +261,9 @@ class Link:
     # ---------------------------------------------------------------- actions
 
     def _do(self, acts: list[Action]) -> None:
+        # the sender first: its next lease then reaches the store ahead of this round
+        # of acks (both take the store's lock), keeping the window full as before
+        self._wake.set()
         for act in acts:
             if isinstance(act, Ack):
                 self.settler.ack(act.seqs)
@@ -272,7 +274,6 @@ class Link:
                 self._stop.set()
                 (log.error if act.refused else log.warning)(
                     "uplink: %s; next attempt in %.1f s", act.reason, act.after_s)
-        self._wake.set()
 
     # ---------------------------------------------------------------- tasks
 

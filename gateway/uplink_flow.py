@@ -1,40 +1,21 @@
-"""Pure flow-control pieces of the uplink: backoff, bandwidth bucket, lane choice.
+"""Pure pieces of the delivery core: bandwidth bucket, lane choice, poison handling.
 
-No I/O and no clock reads: callers pass ``now`` (monotonic seconds) in.
+No I/O and no clock reads: callers pass ``now`` (monotonic seconds) in. The reconnect
+backoff is :class:`config.retry.Backoff`, the project's one retry policy.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import tenacity
+from buffer.api import Lane, StoredEvent
+from config.errors import WireError
+from gateway import wire
 
-from buffer.api import Lane
-
-
-class Backoff:
-    """Reconnect delays: exponential with jitter, via tenacity's ``wait_random_exponential``.
-
-    Attempt ``n`` waits a uniform random time in ``[min_s, min(max_s, min_s * 2**(n-1))]``:
-    full jitter above a floor of ``min_s``, so two attempts are never closer than
-    ``min_s`` (no tight loop even when the broker refuses instantly).
-    """
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self._wait = tenacity.wait_random_exponential(multiplier=min_s, max=max_s, min=min_s)
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """Count one failed attempt and return how long to wait before the next."""
-        self.attempt += 1
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # tenacity wants a Retrying; the wait strategies read only attempt_number
-        state.attempt_number = self.attempt
-        return float(self._wait(state))
-
-    def reset(self) -> None:
-        """Forget past failures (after a connection that worked)."""
-        self.attempt = 0
+log = logging.getLogger(__name__)
 
 
 class TokenBucket:
@@ -118,3 +99,41 @@ class LaneChooser:
     def reset(self) -> None:
         """Start a new connection's accounting."""
         self.live_sent = self.backfill_sent = 0
+
+
+def encode_or_drop(
+    truck_id: str, events: Sequence[StoredEvent], encoding: str, limit: int
+) -> tuple[list[tuple[bytes, tuple[int, ...]]], tuple[int, ...]]:
+    """Wire payloads for ``events`` and the seqs that can never be encoded.
+
+    A stored body that is not a JSON object can never be sent; rather than block the
+    backlog behind it forever, it is logged and left out (the core acks it as
+    ``dropped_unencodable``) and the rest goes.
+    """
+    try:
+        return wire.encode_batches(truck_id, events, encoding, limit), ()
+    except WireError:
+        good, bad = [], []
+        for ev in events:
+            try:
+                wire.encode_batches(truck_id, [ev], encoding, limit)
+            except WireError as exc:
+                log.error("uplink: dropping event seq %d: %s", ev.seq, exc)  # noqa: TRY400  # the reason is the message; no traceback needed
+                bad.append(ev.seq)
+            else:
+                good.append(ev)
+        return wire.encode_batches(truck_id, good, encoding, limit), tuple(bad)
+
+
+#: MQTT 5 PUBACK reason codes (OASIS MQTT 5.0, 3.4.2.1) as paho names them.
+PUBACK_REASONS = {
+    0x00: "Success", 0x10: "No matching subscribers", 0x80: "Unspecified error",
+    0x83: "Implementation specific error", 0x87: "Not authorized",
+    0x90: "Topic Name invalid", 0x91: "Packet identifier in use", 0x95: "Packet too large",
+    0x97: "Quota exceeded", 0x99: "Payload format invalid",
+}
+
+
+def reason_name(code: int) -> str:
+    """A PUBACK reason code as 'Name (0xNN)' for logs and ``last_error``."""
+    return f"{PUBACK_REASONS.get(code, 'Unknown reason')} (0x{code:02X})"

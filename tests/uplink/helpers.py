@@ -48,7 +48,7 @@ async def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
 
 def counter(up: Uplink, name: str) -> int:
     """An integer counter of ``up.stats()``."""
-    value = up.stats()[name]
+    value = getattr(up.stats(), name)
     assert isinstance(value, int), (name, value)
     return value
 

@@ -1,15 +1,17 @@
-"""Pure tests of the uplink's flow control: backoff, token bucket, lane split."""
+"""Pure tests of the delivery core's flow control: backoff, token bucket, lane split."""
 
 from __future__ import annotations
 
 import pytest
 
 from buffer.api import Lane
-from gateway.uplink_flow import Backoff, LaneChooser, TokenBucket
+from config.retry import Backoff, RetryPolicy
+from gateway.uplink_flow import LaneChooser, TokenBucket
 
 
 def test_backoff_grows_with_jitter_within_floor_and_cap() -> None:
-    b = Backoff(1.0, 120.0)
+    # the delivery core's reconnect backoff: the project's one retry policy
+    b = Backoff(RetryPolicy(1.0, 120.0))
     delays = [b.next_delay() for _ in range(40)]
     assert delays[0] == 1.0  # first retry: exactly the floor
     assert all(1.0 <= d <= 120.0 for d in delays)

@@ -47,7 +47,7 @@ async def test_delivers_every_event_and_acks(
         assert st.pending == 0
         assert up.state is UplinkState.CONNECTED
         stats = up.stats()
-        assert stats["acked_events"] == len(seqs)
+        assert stats.acked_events == len(seqs)
         assert counter(up, "published_messages") > 1  # 3000 events do not fit in 16 KiB
         assert not sub.errors
         assert all(b["truck_id"] == "truck-001" for b in sub.batches)
@@ -64,7 +64,7 @@ async def test_delivers_every_event_and_acks(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         sub.close()
-    assert up.stats()["state"] == "CLOSED"
+    assert up.stats().state is UplinkState.CLOSED
 
 
 async def test_close_publishes_retained_offline(

@@ -189,9 +189,9 @@ async def test_bad_password_is_refused_backed_off_and_data_kept(
         assert counter(up, "acked_events") == 0
         assert await pending(store) == len(seqs)
         # backoff floor 0.2 s: never a tight loop
-        before = up.stats()["connect_failures"]
+        before = up.stats().connect_failures
         await asyncio.sleep(1.0)
-        after = up.stats()["connect_failures"]
+        after = up.stats().connect_failures
         assert isinstance(before, int) and isinstance(after, int)
         assert after - before <= 6
     # the right password then delivers everything

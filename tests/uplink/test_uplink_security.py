@@ -100,7 +100,7 @@ async def test_server_certificate_from_another_ca_is_refused(
         assert await wait_until(lambda: counter(up, "refusals") >= 1, 15)
         assert up.state in (UplinkState.REFUSED, UplinkState.CONNECTING)
         assert counter(up, "connects") == 0
-        assert "CERTIFICATE_VERIFY_FAILED" in str(up.stats()["last_error"])
+        assert "CERTIFICATE_VERIFY_FAILED" in str(up.stats().last_error)
     assert (await store.stats()).pending == 50
     # and the same truck trusting the right CA gets through: the refusal was the CA
     cfg_ok = with_mqtt(cfg, tls=TlsConfig(ca_file=pki.ca_file))
@@ -125,7 +125,7 @@ async def test_acl_refuses_another_trucks_topic_and_keeps_data(
         async with running(cfg, store) as up:
             assert await wait_until(lambda: counter(up, "refusals") >= 2, 15), up.stats()
             assert counter(up, "acked_events") == 0
-            assert "Not authorized" in str(up.stats()["last_error"])
+            assert "Not authorized" in str(up.stats().last_error)
         assert (await store.stats()).pending == 100
         assert not sub.seen()
         # with its own client id the same truck delivers everything it kept

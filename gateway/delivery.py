@@ -1,0 +1,404 @@
+"""The MQTT delivery core: at-least-once, live first, as a pure state machine.
+
+No sockets, no asyncio, no clock reads: the shell (:mod:`gateway.uplink_link`) feeds
+it what happened, with the monotonic time ``now``, and executes the actions it answers
+with (:mod:`gateway.delivery_actions`)::
+
+    connecting(now)                       -> state CONNECTING
+    connack(now, max_packet_size=, receive_maximum=, keepalive_s=)
+    connect_failed(now, reason, refused=) -> [Release?, Reconnect]
+    poll(now)                             -> Lease | Publish | Wait | None (window full)
+    leased(lane, batch)                   -> [Ack (unencodable)] | [WaitPending] | [Release]
+    sent(publish, mid, now) / publish_failed(publish, now, reason)
+    status_sent(mid, nbytes, now)
+    puback(mid, reason_code, now)         -> [Ack] | [Release] | [Release, Reconnect]
+    disconnected(now, reason_code, text)  -> [Release?, Reconnect?]
+    tick(now, last_inbound)               -> [SendStatus] | [Release?, Reconnect] | []
+    close(now)                            -> [Release?]
+    stopped()                             -> state DISCONNECTED / CLOSED
+
+It owns the in-flight table (packet id -> the seqs that message carries, bounded by the
+configured window, the broker's Receive Maximum and the 16-bit packet ids), the lane
+split, the token bucket, the payload-size adaptation, the reconnect backoff
+(:class:`config.retry.Backoff`) and the counters (:class:`UplinkStats`).
+
+Invariant: a seq is acked only for the PUBACK (reason < 0x80) of the message that
+carried it, or because it can never be encoded; every other way a leased seq leaves
+the core is a :class:`Release`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from buffer.api import Batch, Lane
+from config import MqttConfig
+from config.retry import Backoff, RetryPolicy
+from gateway.delivery_actions import (
+    Ack,
+    Action,
+    Lease,
+    Publish,
+    Reconnect,
+    Release,
+    SendStatus,
+    UplinkCounters,
+    UplinkState,
+    UplinkStats,
+    Wait,
+    WaitPending,
+)
+from gateway.uplink_flow import LaneChooser, TokenBucket, encode_or_drop, reason_name
+
+log = logging.getLogger(__name__)
+
+#: Events per lease on the live lane: small batches keep the newest data quick to go.
+LIVE_MAX_EVENTS = 500
+#: Events per lease on the backfill lane (the byte limit usually binds first).
+BACKFILL_MAX_EVENTS = 5000
+#: Share of the payload limit leased as stored body bytes (the wire adds ``"seq":N,``).
+LEASE_BYTES_SHARE = 0.85
+#: A connection that stayed up this long resets the backoff to its minimum.
+HEALTHY_AFTER_S = 30.0
+#: The smallest payload limit the core shrinks to; a refusal below it is a refusal.
+MIN_PAYLOAD_BYTES = 1024
+#: Room left below the broker's Maximum Packet Size for the MQTT header and topic.
+PACKET_HEADROOM = 1024
+#: MQTT 5 reason code "Packet too large".
+RC_PACKET_TOO_LARGE = 0x95
+#: Disconnect reasons after which the largest in-flight message is suspected too large:
+#: malformed packet, protocol error, packet too large.
+RC_MAYBE_TOO_LARGE = frozenset({0x81, 0x82, RC_PACKET_TOO_LARGE})
+#: Half-open detection: no inbound byte for this many keepalives ends the connection.
+KEEPALIVE_FACTOR = 1.5
+#: MQTT packet identifiers are 16 bit and never 0.
+MAX_PACKET_ID = 65535
+#: How long the sender waits for the store when a lease came back empty.
+EMPTY_WAIT_S = 1.0
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A published message awaiting its PUBACK (``lane`` None: a status message)."""
+
+    seqs: tuple[int, ...]
+    lane: Lane | None
+    nbytes: int
+    deadline: float
+
+
+class Delivery:
+    """The delivery state machine of one uplink (all its connections); see the module."""
+
+    def __init__(self, truck_id: str, m: MqttConfig, now: float) -> None:
+        self._truck_id = truck_id
+        self._m = m
+        self._encoding = m.encoding
+        self.state = UplinkState.DISCONNECTED
+        self._backoff = Backoff(RetryPolicy(
+            m.reconnect_min_s, max(m.reconnect_min_s, m.reconnect_max_s), HEALTHY_AFTER_S))
+        self._bucket = TokenBucket(m.bandwidth_bytes_per_s, m.max_payload_bytes, now)
+        self.max_payload_bytes = m.max_payload_bytes
+        self.window = min(m.inflight_window, MAX_PACKET_ID)
+        self._chooser = LaneChooser(self.window, m.live_share)
+        self.keepalive_s = float(m.keepalive_s)
+        self._flights: dict[int, _Flight] = {}
+        self._live = 0  # event messages in flight per lane: no scan per message
+        self._backfill = 0
+        self._outbox: deque[Publish] = deque()
+        self._leasing = False
+        self._closing = False
+        self._connected_at: float | None = None
+        self._next_status = now
+        self._last_publish_at: float | None = None
+        self._last_ack_at: float | None = None
+        self.last_error: str | None = None
+        self._n = UplinkCounters()
+
+    # ---------------------------------------------------------------- views
+
+    @property
+    def event_inflight(self) -> int:
+        """Event messages awaiting their PUBACK."""
+        return self._live + self._backfill
+
+    @property
+    def closing(self) -> bool:
+        """close() was called: no new leases."""
+        return self._closing
+
+    def in_flight(self, mid: int) -> bool:
+        """Whether the message with packet id ``mid`` still awaits its PUBACK."""
+        return mid in self._flights
+
+    @property
+    def tick_interval(self) -> float:
+        """How often the shell should call :meth:`tick` (seconds)."""
+        return max(0.05, min(1.0, self.keepalive_s / 10))
+
+    def stats(self, now: float, wall_ms: int) -> UplinkStats:
+        """The counters; ``wall_ms`` (UNIX ms at ``now``) dates the last publish and ack."""
+        n = self._n
+        return UplinkStats(
+            state=self.state, reconnects=max(0, n.connects - 1),
+            inflight_messages=self.event_inflight, max_payload_bytes=self.max_payload_bytes,
+            last_publish_ts_ms=_wall(self._last_publish_at, now, wall_ms),
+            last_ack_ts_ms=_wall(self._last_ack_at, now, wall_ms),
+            last_error=self.last_error, **asdict(n),
+        )
+
+    # ---------------------------------------------------------------- connection
+
+    def connecting(self, now: float) -> None:
+        """A connection attempt starts (TCP, TLS, CONNECT)."""
+        self.state = UplinkState.CONNECTING
+        self._connected_at = None
+        self._leasing = False
+        self._next_status = now
+
+    def connect_failed(self, now: float, reason: str, *, refused: bool = False) -> list[Action]:
+        """The attempt failed before CONNACK; ``refused``: the broker said no."""
+        self._n.connect_failures += 1
+        if refused:
+            self._n.refusals += 1
+        self.last_error = reason
+        return self._end(now, reason, refused=refused)
+
+    def connack(self, now: float, *, max_packet_size: int | None = None,
+                receive_maximum: int | None = None, keepalive_s: float | None = None) -> None:
+        """CONNACK accepted; the broker's limits (MQTT 5 properties) bind from now on."""
+        if self.state is not UplinkState.CONNECTING:
+            return
+        self.state = UplinkState.CONNECTED
+        self._connected_at = now
+        self._n.connects += 1
+        if keepalive_s:
+            self.keepalive_s = float(keepalive_s)
+        if max_packet_size is not None:
+            cap = max(MIN_PAYLOAD_BYTES, max_packet_size - PACKET_HEADROOM)
+            if cap < self.max_payload_bytes:
+                log.info("uplink: broker maximum packet size %d: payloads capped at %d bytes",
+                         max_packet_size, cap)
+                self.max_payload_bytes = cap
+        window = min(self._m.inflight_window, MAX_PACKET_ID)
+        if receive_maximum is not None and receive_maximum > 0:
+            # one slot stays free for the status message
+            window = max(1, min(window, receive_maximum - 1))
+        self.window = window
+        self._chooser = LaneChooser(window, self._m.live_share)
+        self._next_status = now + self._m.status_interval_s
+
+    def disconnected(self, now: float, reason_code: int, text: str) -> list[Action]:
+        """The connection went away (broker DISCONNECT, socket closed)."""
+        if self.state is UplinkState.CONNECTING:
+            self._n.connect_failures += 1
+            text = (f"{text}; with TLS this is how a broker rejects a missing or unknown "
+                    "client certificate")
+            self.last_error = text
+            return self._end(now, text)
+        if self.state is not UplinkState.CONNECTED:
+            return []
+        if reason_code in RC_MAYBE_TOO_LARGE:
+            # Mosquitto 2.0 answers an oversized PUBLISH with a PUBACK paho cannot parse
+            # (protocol error); other brokers DISCONNECT with 0x95. Either way: go smaller.
+            sizes = [f.nbytes for f in self._flights.values() if f.lane is not None]
+            if sizes:
+                self._shrink(max(sizes))
+        if not self._closing:
+            self.last_error = text
+        return self._end(now, text)
+
+    def close(self, now: float) -> list[Action]:
+        """Stop leasing; what is not yet published goes back. In flight: awaited by the
+        shell (:attr:`event_inflight`), then its disconnect ends the connection."""
+        self._closing = True
+        if self.state is not UplinkState.CONNECTED:
+            acts = self._end(now, "closed")
+            self.state = UplinkState.CLOSED
+            return acts
+        return self._release_outbox()
+
+    def stopped(self) -> None:
+        """The shell stopped (cancelled) between connections: DISCONNECTED, or CLOSED
+        after close()."""
+        self.state = UplinkState.CLOSED if self._closing else UplinkState.DISCONNECTED
+
+    # ---------------------------------------------------------------- sending
+
+    def poll(self, now: float) -> Lease | Publish | Wait | None:
+        """What the sender should do next; None: nothing until a PUBACK (or close)."""
+        if self.state is not UplinkState.CONNECTED:
+            return None
+        if self._live + self._backfill >= self.window:
+            return None
+        if self._outbox:
+            delay = self._bucket.delay(len(self._outbox[0].payload), now)
+            if delay > 0:
+                return Wait(now + delay)
+            return self._outbox.popleft()
+        if self._leasing or self._closing:
+            return None
+        lane = self._chooser.choose(self._live, self._backfill)
+        self._leasing = True
+        max_events = LIVE_MAX_EVENTS if lane is Lane.LIVE else BACKFILL_MAX_EVENTS
+        return Lease(lane, max_events, max(256, int(self.max_payload_bytes * LEASE_BYTES_SHARE)))
+
+    def leased(self, lane: Lane, batch: Batch | None) -> list[Action]:
+        """The store answered a :class:`Lease` (None: nothing pending)."""
+        self._leasing = False
+        if batch is None or not batch.events:
+            return [WaitPending(EMPTY_WAIT_S)]
+        if self.state is not UplinkState.CONNECTED or self._closing:
+            seqs = batch.seqs
+            self._n.released_events += len(seqs)
+            return [Release(seqs)]
+        return self._encode(lane, batch)
+
+    def sent(self, pub: Publish, mid: int, now: float) -> Release | None:
+        """paho accepted ``pub`` as packet ``mid``: it is in flight. A Release if the
+        connection ended meanwhile (paho reports a broken socket from inside publish)."""
+        if self.state is not UplinkState.CONNECTED:
+            self._n.released_events += len(pub.seqs)
+            return Release(pub.seqs)
+        self._flights[mid] = _Flight(pub.seqs, pub.lane, len(pub.payload),
+                                     now + self._m.publish_timeout_s)
+        if pub.lane is Lane.LIVE:
+            self._live += 1
+        else:
+            self._backfill += 1
+        self._chooser.sent(pub.lane)
+        self._bucket.spend(len(pub.payload), now)
+        n = self._n
+        n.published_messages += 1
+        n.published_events += len(pub.seqs)
+        n.published_bytes += len(pub.payload)
+        self._last_publish_at = now
+        return None
+
+    def publish_failed(self, pub: Publish, now: float, reason: str) -> list[Action]:
+        """paho could not even queue ``pub``: the connection is unusable."""
+        self._outbox.appendleft(pub)
+        self.last_error = f"publish failed locally: {reason}"
+        return self._end(now, self.last_error)
+
+    def status_sent(self, mid: int, nbytes: int, now: float) -> None:
+        """A status message went as packet ``mid`` (not part of the event window)."""
+        if self.state is UplinkState.CONNECTED:
+            self._flights[mid] = _Flight((), None, nbytes, now + self._m.publish_timeout_s)
+
+    # ---------------------------------------------------------------- broker answers
+
+    def puback(self, mid: int, reason_code: int, now: float) -> list[Action]:
+        """The broker's PUBACK for packet ``mid`` (``reason_code`` 0 for MQTT 3.1.1)."""
+        flight = self._flights.pop(mid, None)
+        if flight is None:
+            return []
+        if flight.lane is None:
+            if reason_code >= 0x80:
+                log.error("uplink: broker refused the status message: %s",
+                          reason_name(reason_code))
+            return []
+        if flight.lane is Lane.LIVE:
+            self._live -= 1
+        else:
+            self._backfill -= 1
+        n = self._n
+        if reason_code < 0x80:  # 0x00 success, 0x10 no matching subscribers
+            n.acked_messages += 1
+            n.acked_events += len(flight.seqs)
+            self._last_ack_at = now
+            return [Ack(flight.seqs)]
+        n.refused_publishes += 1
+        n.released_events += len(flight.seqs)
+        release = Release(flight.seqs)
+        if reason_code == RC_PACKET_TOO_LARGE and self._shrink(flight.nbytes):
+            return [release]
+        text = (f"broker refused a publish of {len(flight.seqs)} events: "
+                f"{reason_name(reason_code)}; events kept, backing off")
+        return [release, *self.connect_failed(now, text, refused=True)]
+
+    def tick(self, now: float, last_inbound: float) -> list[Action]:
+        """Periodic: half-open watchdog, publish timeouts, the status interval."""
+        if self.state is not UplinkState.CONNECTED:
+            return []
+        silent = now - last_inbound
+        if silent > KEEPALIVE_FACTOR * self.keepalive_s:
+            self._n.half_open_detected += 1
+            self.last_error = (f"no packet from the broker for {silent:.1f} s ({KEEPALIVE_FACTOR}"
+                               f" x keepalive {self.keepalive_s:.0f} s): link is dead")
+            return self._end(now, self.last_error)
+        late = sum(1 for f in self._flights.values() if f.deadline <= now)
+        if late:
+            self._n.publish_timeouts += late
+            self.last_error = (f"{late} message(s) not acknowledged within "
+                               f"{self._m.publish_timeout_s:.0f} s; not counted as delivered")
+            return self._end(now, self.last_error)
+        if now >= self._next_status and not self._closing:
+            self._next_status = now + self._m.status_interval_s
+            return [SendStatus("online")]
+        return []
+
+    # ---------------------------------------------------------------- internals
+
+    def _encode(self, lane: Lane, batch: Batch) -> list[Action]:
+        """Wire payloads into the outbox; unencodable events are acked (dropped)."""
+        payloads, bad = encode_or_drop(self._truck_id, batch.events, self._encoding,
+                                       self.max_payload_bytes)
+        self._outbox.extend(Publish(p, s, lane) for p, s in payloads)
+        if not bad:
+            return []
+        self._n.dropped_unencodable += len(bad)
+        return [Ack(bad)]
+
+    def _shrink(self, refused_size: int) -> bool:
+        """Halve the payload limit below a refused size; False if already minimal.
+
+        It never climbs back while the uplink lives: a broker limit does not change
+        between connections, and probing upwards would cost a refusal each time."""
+        new = max(MIN_PAYLOAD_BYTES, refused_size // 2)
+        if new >= self.max_payload_bytes:
+            return False
+        log.warning(
+            "uplink: broker refused (or dropped the link on) a %d-byte message; max payload"
+            " now %d bytes (set [mqtt].max_payload_bytes below the broker's limit)",
+            refused_size, new,
+        )
+        self.max_payload_bytes = new
+        return True
+
+    def _release_outbox(self) -> list[Action]:
+        if not self._outbox:
+            return []
+        seqs = tuple(s for pub in self._outbox for s in pub.seqs)
+        self._outbox.clear()
+        self._n.released_events += len(seqs)
+        return [Release(seqs)]
+
+    def _end(self, now: float, reason: str, *, refused: bool = False) -> list[Action]:
+        """The connection is over: release everything unacknowledged, back off."""
+        unacked = [s for f in self._flights.values() for s in f.seqs]
+        self._flights.clear()
+        self._live = self._backfill = 0
+        self._leasing = False
+        acts = self._release_outbox()
+        if unacked:
+            self._n.released_events += len(unacked)
+            acts.append(Release(tuple(unacked)))
+        was_up, self._connected_at = self._connected_at, None
+        if self._closing:
+            self.state = UplinkState.CLOSED
+            return acts
+        if was_up is not None and now - was_up >= HEALTHY_AFTER_S:
+            self._backoff.reset()
+        self.state = UplinkState.REFUSED if refused else UplinkState.BACKOFF
+        acts.append(Reconnect(self._backoff.next_delay(), reason, refused))
+        return acts
+
+
+
+
+def _wall(at: float | None, now: float, wall_ms: int) -> int | None:
+    """UNIX ms of the monotonic instant ``at``, given that ``now`` is ``wall_ms``."""
+    return None if at is None else wall_ms - round((now - at) * 1000)

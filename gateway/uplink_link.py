@@ -1,0 +1,387 @@
+"""One MQTT connection of the uplink: the asyncio shell around the delivery core.
+
+A :class:`Link` owns a fresh paho client. It connects (DNS, TCP, TLS and CONNECT in a
+worker thread; paho's socket then driven from the event loop), feeds the
+:class:`~gateway.delivery.Delivery` core with what happens (CONNACK, PUBACKs,
+disconnects, lease results, ticks) and executes the actions the core answers with.
+While connected, three tasks live in one ``asyncio.TaskGroup``: the sender (leases and
+publishes as the core says), the ticker (keepalive, watchdog, status) and the settler
+(acks and releases in the store). Whatever way the connection ends, the core has
+released every message that was not PUBACKed.
+
+Library errors are translated here: OSError, ssl.SSLError and paho's refusals become
+:class:`UplinkError` / :class:`BrokerRefusedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from buffer.api import Batch, EventStore, Lane
+from config import TruckConfig
+from config.errors import BrokerRefusedError, UplinkError
+from gateway import wire
+from gateway.delivery import Delivery
+from gateway.delivery_actions import (
+    Ack,
+    Action,
+    Lease,
+    Publish,
+    Reconnect,
+    Release,
+    SendStatus,
+    UplinkState,
+    WaitPending,
+)
+from gateway.uplink_conn import (
+    SocketDriver,
+    connect_blocking,
+    is_failure,
+    make_client,
+    publish_props,
+    reason_text,
+)
+from gateway.uplink_settle import Settler
+from gateway.uplink_status import StatusReport
+
+log = logging.getLogger(__name__)
+
+#: How long a graceful close waits for in-flight PUBACKs and the offline status.
+CLOSE_GRACE_S = 3.0
+#: Extra paho in-flight slots beyond the event window (status messages).
+EXTRA_INFLIGHT = 4
+_OK = mqtt.MQTT_ERR_SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSetup:
+    """What every connection of one uplink shares: config, topics, properties."""
+
+    cfg: TruckConfig
+    events_topic: str
+    status_topic: str
+    events_props: Any
+    status_props: Any
+
+    @classmethod
+    def from_config(cls, cfg: TruckConfig) -> LinkSetup:
+        """Topics and MQTT 5 content types from the truck config."""
+        m = cfg.mqtt
+        v5 = m.protocol == "5"
+        return cls(
+            cfg,
+            wire.events_topic(m.topic_prefix, cfg.truck_id, m.encoding, m.protocol),
+            wire.status_topic(m.topic_prefix, cfg.truck_id),
+            publish_props(wire.content_type(m.encoding) if v5 else None),
+            publish_props(wire.CONTENT_TYPE_JSON if v5 else None),
+        )
+
+
+class Link:
+    """One connection attempt and, if accepted, its delivery; see the module docstring."""
+
+    def __init__(self, setup: LinkSetup, core: Delivery, *, store: EventStore,
+                 settler: Settler, status: StatusReport,
+                 executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.setup = setup
+        self.core = core
+        self.store = store
+        self.settler = settler
+        self.status = status
+        self.executor = executor
+        self.m = setup.cfg.mqtt
+        self.client: mqtt.Client | None = None
+        self.driver: SocketDriver | None = None
+        loop = asyncio.get_running_loop()
+        self._connack: asyncio.Future[None] = loop.create_future()
+        self._wake = asyncio.Event()  # the sender (and a draining close) has news
+        self._stop = asyncio.Event()  # the connection is over, or close() was asked
+        self._closing = False
+        self._reconnect: Reconnect | None = None
+        self._lease: tuple[Lane, asyncio.Future[Batch | None]] | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def serve(self) -> Reconnect | None:
+        """Connect and deliver until the connection ends; the core's Reconnect, or None
+        after close(). Never raises for broker or network trouble."""
+        core = self.core
+        core.connecting(time.monotonic())
+        try:
+            try:
+                connected = await self._connect()
+            except UplinkError as exc:  # logged with the next attempt's delay by _do
+                refused = isinstance(exc, BrokerRefusedError)
+                self._do(core.connect_failed(time.monotonic(), str(exc), refused=refused))
+                return self._reconnect
+            if connected:
+                log.info("uplink: connected to %s:%d as %r (MQTT %s, %s)", self.m.host,
+                         self.m.port, self.setup.cfg.client_id, self.m.protocol,
+                         self.m.encoding)
+                await self._deliver_guarded()
+        finally:
+            self._hard_close()
+            await self._settle_late_lease()
+            if core.state in (UplinkState.CONNECTING, UplinkState.CONNECTED):
+                self._do(core.disconnected(time.monotonic(), 0, "connection closed"))
+            await self.settler.flush()
+        return self._reconnect
+
+    def request_close(self) -> None:
+        """close(): drain the in-flight messages, publish offline, DISCONNECT."""
+        self._closing = True
+        self._stop.set()
+        self._wake.set()
+        if not self._connack.done():
+            self._connack.set_result(None)
+
+    async def _connect(self) -> bool:
+        """TCP/TLS/CONNECT and CONNACK; False if close() came meanwhile."""
+        m, cfg = self.m, self.setup.cfg
+        where = f"{m.host}:{m.port}"
+        try:
+            will = self.status.payload("offline", {"reason": "connection lost"})
+            self.client = make_client(m, cfg.client_id, will_topic=self.setup.status_topic,
+                                      will_payload=will,
+                                      inflight=self.core.window + EXTRA_INFLIGHT)
+            done = self.executor.submit(connect_blocking, self.client, m)
+            try:
+                rc = await asyncio.wrap_future(done)
+            except asyncio.CancelledError:
+                # the worker cannot be interrupted: close whatever socket it ends up with
+                done.add_done_callback(lambda _: self._close_socket())
+                raise
+        except ssl.SSLError as exc:  # a TLS verification failure is a refusal, not a blip
+            raise BrokerRefusedError(f"cannot connect to {where}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise UplinkError(f"cannot connect to {where}: {exc}") from exc
+        if self._closing:
+            return False
+        # callbacks only now: paho must never call us from the worker thread
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        if rc != _OK or self.client.socket() is None:
+            raise UplinkError(f"connection to {where} failed while sending CONNECT: "
+                              f"{mqtt.error_string(rc)}; with TLS this is how a broker "
+                              "rejects a missing or unknown client certificate")
+        self.driver = SocketDriver(asyncio.get_running_loop(), self.client)
+        self.driver.attach()
+        try:
+            async with asyncio.timeout(max(5.0, min(float(m.keepalive_s), 30.0))):
+                await self._connack
+        except TimeoutError as exc:
+            raise UplinkError(f"no CONNACK from {where}") from exc
+        return not self._closing
+
+    async def _deliver_guarded(self) -> None:
+        """The connection's TaskGroup; a task's crash ends the connection, not the uplink."""
+        try:
+            await self._deliver()
+        except* Exception as eg:  # any bug in a task: log it and reconnect
+            exc = eg.exceptions[0]
+            log.exception("uplink: internal error in a connection task; reconnecting")
+            self._do(self.core.disconnected(time.monotonic(), 0, f"internal error: {exc!r}"))
+
+    async def _deliver(self) -> None:
+        await self._publish_status("online", await self.status.online_fields())
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self._sender(), name="uplink-sender"),
+                tg.create_task(self._ticker(), name="uplink-ticker"),
+                tg.create_task(self.settler.run(), name="uplink-settler"),
+            ]
+            await self._stop.wait()
+            if self._closing and self.core.state is UplinkState.CONNECTED:
+                tasks[0].cancel()
+                await self._drain()
+            for t in tasks:
+                t.cancel()
+
+    async def _drain(self) -> None:
+        """Graceful close (the core already knows): in-flight PUBACKs, the offline
+        status, DISCONNECT."""
+        core = self.core
+        deadline = time.monotonic() + CLOSE_GRACE_S
+        while core.event_inflight and await self._wait(deadline):
+            pass
+        mid = await self._publish_status("offline", {"reason": "shutdown"})
+        while mid is not None and core.in_flight(mid) and await self._wait(deadline):
+            pass
+        if core.state is UplinkState.CONNECTED and self.client is not None:
+            self.client.disconnect()
+            await self._wait(time.monotonic() + 1.0)
+
+    async def _wait(self, deadline: float) -> bool:
+        """Wait for news until ``deadline``; False once the deadline passed or the
+        connection is gone."""
+        left = deadline - time.monotonic()
+        if left <= 0 or self.core.state is not UplinkState.CONNECTED:
+            return False
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):
+                await self._wake.wait()
+        return self.core.state is UplinkState.CONNECTED
+
+    def _hard_close(self) -> None:
+        """Drop the TCP connection without ceremony (the broker then sends our will)."""
+        if self.driver is not None:
+            self.driver.detach()
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        sock = self.client.socket() if self.client is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    async def _settle_late_lease(self) -> None:
+        """A lease still running when the sender was cancelled: its batch goes back."""
+        if self._lease is None:
+            return
+        lane, fut = self._lease
+        self._lease = None
+        try:
+            batch = await fut
+        except Exception as exc:  # noqa: BLE001  # the store's problem is logged, not raised
+            log.warning("uplink: lease failed: %s", exc)
+            return
+        self._do(self.core.leased(lane, batch))
+
+    # ---------------------------------------------------------------- actions
+
+    def _do(self, acts: list[Action]) -> None:
+        # the sender first: its next lease then reaches the store ahead of this round
+        # of acks (both take the store's lock), keeping the window full as before
+        self._wake.set()
+        for act in acts:
+            if isinstance(act, Ack):
+                self.settler.ack(act.seqs)
+            elif isinstance(act, Release):
+                self.settler.release(act.seqs)
+            elif isinstance(act, Reconnect):
+                self._reconnect = act
+                self._stop.set()
+                (log.error if act.refused else log.warning)(
+                    "uplink: %s; next attempt in %.1f s", act.reason, act.after_s)
+
+    # ---------------------------------------------------------------- tasks
+
+    async def _sender(self) -> None:
+        core, client, wake = self.core, self.client, self._wake
+        assert client is not None  # noqa: S101  # started only once connected
+        topic, props = self.setup.events_topic, self.setup.events_props
+        while True:
+            wake.clear()
+            now = time.monotonic()
+            act = core.poll(now)
+            if act is None:
+                await wake.wait()
+            elif isinstance(act, Publish):
+                info = client.publish(topic, act.payload, qos=1, properties=props)
+                if info.rc != _OK:
+                    self._do(core.publish_failed(act, now, mqtt.error_string(info.rc)))
+                    return
+                late = core.sent(act, info.mid, now)
+                if late is not None:
+                    self._do([late])
+            elif isinstance(act, Lease):
+                await self._lease_batch(act)
+            else:  # Wait: the bandwidth cap
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(act.until - now):
+                        await wake.wait()
+
+    async def _lease_batch(self, act: Lease) -> None:
+        # shielded: a lease completing after cancellation is released, not lost
+        fut = asyncio.ensure_future(self.store.lease(act.lane, act.max_events, act.max_bytes))
+        self._lease = (act.lane, fut)
+        batch = await asyncio.shield(fut)
+        self._lease = None
+        for a in self.core.leased(act.lane, batch):
+            if isinstance(a, WaitPending):
+                await self.store.wait_pending(a.timeout_s)
+            else:
+                self._do([a])
+
+    async def _ticker(self) -> None:
+        """Keepalive pings, half-open watchdog, publish timeouts, periodic status."""
+        core, driver = self.core, self.driver
+        assert driver is not None  # noqa: S101  # started only once connected
+        while True:
+            await asyncio.sleep(core.tick_interval)
+            driver.misc()
+            for act in core.tick(time.monotonic(), driver.last_inbound):
+                if isinstance(act, SendStatus):
+                    await self._publish_status(act.state, await self.status.online_fields())
+                else:
+                    self._do([act])
+
+    async def _publish_status(self, state: str, fields: dict[str, Any]) -> int | None:
+        """Publish the retained status; returns its packet id (None if not sent)."""
+        if self.client is None or self.core.state is not UplinkState.CONNECTED:
+            return None
+        payload = self.status.payload(state, fields)
+        info = self.client.publish(self.setup.status_topic, payload, qos=1, retain=True,
+                                   properties=self.setup.status_props)
+        if info.rc != _OK:
+            return None
+        self.core.status_sent(info.mid, len(payload), time.monotonic())
+        return info.mid
+
+    # ---------------------------------------------------------------- paho callbacks
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, rc: Any,
+                    props: Any) -> None:
+        if self._connack.done():
+            return
+        if is_failure(rc):
+            self._connack.set_exception(BrokerRefusedError(
+                f"broker {self.m.host}:{self.m.port} refused the connection of client id "
+                f"{self.setup.cfg.client_id!r}: {reason_text(rc)}"))
+            return
+        maxp = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        recv = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        self.core.connack(
+            time.monotonic(),
+            max_packet_size=maxp if isinstance(maxp, int) else None,
+            receive_maximum=recv if isinstance(recv, int) else None,
+            keepalive_s=float(getattr(client, "keepalive", 0) or self.m.keepalive_s),
+        )
+        self._connack.set_result(None)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, rc: Any,
+                       _props: Any) -> None:
+        where = f"{self.m.host}:{self.m.port}"
+        if not self._connack.done():
+            self._connack.set_exception(UplinkError(
+                f"{where} closed the connection before CONNACK ({reason_text(rc)}); with "
+                "TLS this is how a broker rejects a missing or unknown client certificate"))
+            return
+        self._do(self.core.disconnected(time.monotonic(), _code(rc),
+                                        f"disconnected from {where}: {reason_text(rc)}"))
+        self._stop.set()
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, rc: Any,
+                    _props: Any) -> None:
+        # a burst of PUBACKs from one socket read: the acks pile up in the settler and
+        # the sender's event is set once per burst (setting a set event costs nothing)
+        self._do(self.core.puback(mid, _code(rc), time.monotonic()))
+
+
+def _code(rc: Any) -> int:
+    """The integer of a paho reason code (0 when paho gives none)."""
+    try:
+        return int(getattr(rc, "value", rc) or 0)
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,454 @@
+"""The delivery core from scripted events: no broker, no sockets, no sleeps, no clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buffer.api import Batch, Lane, StoredEvent
+from config import MqttConfig
+from config.events import Event, Priority, encode_body
+from gateway import wire
+from gateway.delivery import (
+    BACKFILL_MAX_EVENTS,
+    LEASE_BYTES_SHARE,
+    LIVE_MAX_EVENTS,
+    MIN_PAYLOAD_BYTES,
+    Delivery,
+)
+from gateway.delivery_actions import (
+    Ack,
+    Action,
+    Lease,
+    Publish,
+    Reconnect,
+    Release,
+    SendStatus,
+    UplinkState,
+    Wait,
+    WaitPending,
+)
+
+TRUCK = "truck-001"
+
+
+def make(**kw: Any) -> Delivery:
+    kw.setdefault("reconnect_min_s", 1.0)
+    kw.setdefault("reconnect_max_s", 8.0)
+    return Delivery(TRUCK, MqttConfig(host="broker.example", **kw), now=0.0)
+
+
+def connected(now: float = 0.0, **kw: Any) -> Delivery:
+    d = make(**kw)
+    d.connecting(now)
+    d.connack(now)
+    assert d.state is UplinkState.CONNECTED
+    return d
+
+
+def event(seq: int, nfields: int = 3) -> StoredEvent:
+    ev = Event("engine", 1_760_000_000_000 + seq, {f"f{i}": seq + i for i in range(nfields)})
+    return StoredEvent(seq, ev.ts_ms, ev.type, Priority.TELEMETRY, encode_body(ev))
+
+
+def batch(lane: Lane, seqs: range | list[int], nfields: int = 3) -> Batch:
+    return Batch(lane, tuple(event(s, nfields) for s in seqs))
+
+
+def lease(d: Delivery, now: float = 0.0) -> Lease:
+    act = d.poll(now)
+    assert isinstance(act, Lease), act
+    return act
+
+
+def publish(d: Delivery, now: float = 0.0) -> Publish:
+    act = d.poll(now)
+    assert isinstance(act, Publish), act
+    return act
+
+
+def send_one(d: Delivery, seqs: range | list[int], mid: int, now: float = 0.0) -> Publish:
+    """Lease -> leased -> Publish -> sent as packet ``mid``."""
+    le = lease(d, now)
+    assert d.leased(le.lane, batch(le.lane, seqs)) == []
+    pub = publish(d, now)
+    assert d.sent(pub, mid, now) is None
+    return pub
+
+
+def released(acts: list[Action]) -> list[int]:
+    return sorted(s for a in acts if isinstance(a, Release) for s in a.seqs)
+
+
+def reconnect(acts: list[Action]) -> Reconnect:
+    (r,) = [a for a in acts if isinstance(a, Reconnect)]
+    return r
+
+
+# ------------------------------------------------------------------------- PUBACKs
+
+
+@pytest.mark.parametrize("code", [0x00, 0x10])
+def test_puback_success_acks_exactly_the_seqs_of_the_message(code: int) -> None:
+    d = connected()
+    pub = send_one(d, range(1, 11), mid=1)
+    assert pub.seqs == tuple(range(1, 11))
+    assert d.event_inflight == 1
+    assert d.puback(1, code, 0.5) == [Ack(tuple(range(1, 11)))]
+    assert d.event_inflight == 0
+    st_ = d.stats(0.5, 1_000_000)
+    assert (st_.acked_messages, st_.acked_events, st_.published_events) == (1, 10, 10)
+    assert st_.last_ack_ts_ms == 1_000_000
+    assert d.puback(1, code, 0.6) == []  # a duplicate PUBACK acks nothing twice
+
+
+def test_puback_not_authorized_releases_and_backs_off_refused() -> None:
+    d = connected()
+    send_one(d, range(1, 6), mid=1)
+    send_one(d, range(6, 9), mid=2)
+    acts = d.puback(1, 0x87, 1.0)
+    assert not [a for a in acts if isinstance(a, Ack)]
+    assert released(acts) == list(range(1, 9))  # the refused one and everything in flight
+    assert reconnect(acts).refused
+    assert d.state is UplinkState.REFUSED
+    st_ = d.stats(1.0, 0)
+    assert (st_.refusals, st_.refused_publishes, st_.acked_events) == (1, 1, 0)
+    assert "Not authorized (0x87)" in (st_.last_error or "")
+    assert d.puback(2, 0x00, 1.1) == []  # the old connection's flights are gone
+
+
+def test_puback_packet_too_large_shrinks_and_stays_connected() -> None:
+    d = connected(max_payload_bytes=65536)
+    pub = send_one(d, range(1, 200), mid=1)
+    acts = d.puback(1, 0x95, 1.0)
+    assert acts == [Release(pub.seqs)]
+    assert d.state is UplinkState.CONNECTED
+    assert d.max_payload_bytes == max(MIN_PAYLOAD_BYTES, len(pub.payload) // 2)
+    assert lease(d, 1.0).max_bytes == int(d.max_payload_bytes * LEASE_BYTES_SHARE)
+
+
+def test_packet_too_large_at_the_minimum_size_is_a_refusal() -> None:
+    d = connected(max_payload_bytes=MIN_PAYLOAD_BYTES)
+    send_one(d, range(1, 4), mid=1)
+    acts = d.puback(1, 0x95, 1.0)
+    assert released(acts) == [1, 2, 3]
+    assert reconnect(acts).refused
+    assert d.max_payload_bytes == MIN_PAYLOAD_BYTES
+
+
+def test_link_drop_on_a_big_packet_shrinks_and_never_climbs_back() -> None:
+    d = connected(max_payload_bytes=65536)
+    pub = send_one(d, range(1, 300), mid=7)
+    acts = d.disconnected(2.0, 0x82, "protocol error")  # how Mosquitto 2.0 says "too big"
+    assert released(acts) == list(pub.seqs)
+    assert not [a for a in acts if isinstance(a, Ack)]
+    small = d.max_payload_bytes
+    assert small == len(pub.payload) // 2
+    d.connecting(3.0)
+    d.connack(3.0, max_packet_size=1 << 20)  # a generous CONNACK does not undo it
+    assert d.max_payload_bytes == small
+
+
+def test_plain_disconnect_does_not_shrink() -> None:
+    d = connected()
+    send_one(d, range(1, 50), mid=1)
+    d.disconnected(1.0, 0x00, "normal")
+    assert d.max_payload_bytes == 131072
+
+
+# ------------------------------------------------------------------------- ends
+
+
+def test_disconnect_with_flights_pending_releases_them_never_acks() -> None:
+    d = connected()
+    send_one(d, range(1, 4), mid=1)
+    send_one(d, range(4, 9), mid=2)
+    assert d.puback(1, 0, 0.1) == [Ack((1, 2, 3))]
+    acts = d.disconnected(0.2, 0x8B, "server shutting down")
+    assert released(acts) == [4, 5, 6, 7, 8]
+    assert not [a for a in acts if isinstance(a, Ack)]
+    assert reconnect(acts).after_s >= 1.0
+    assert d.state is UplinkState.BACKOFF
+    assert d.event_inflight == 0
+    assert d.puback(2, 0, 0.3) == []  # a late PUBACK of the dead connection acks nothing
+    assert d.disconnected(0.4, 0, "again") == []  # idempotent
+
+
+def test_publish_timeout_is_never_delivery() -> None:
+    d = connected(publish_timeout_s=5.0)
+    send_one(d, range(1, 6), mid=1, now=1.0)
+    assert d.tick(5.9, last_inbound=5.9) == []
+    acts = d.tick(6.0, last_inbound=6.0)
+    assert released(acts) == [1, 2, 3, 4, 5]
+    assert isinstance(reconnect(acts), Reconnect)
+    st_ = d.stats(6.0, 0)
+    assert (st_.publish_timeouts, st_.acked_events) == (1, 0)
+
+
+def test_half_open_link_is_detected_by_silence() -> None:
+    d = connected(keepalive_s=10)
+    send_one(d, range(1, 3), mid=1)
+    assert d.tick(15.0, last_inbound=0.0) == []  # 1.5 x keepalive not yet exceeded
+    acts = d.tick(15.1, last_inbound=0.0)
+    assert released(acts) == [1, 2]
+    assert d.stats(15.1, 0).half_open_detected == 1
+
+
+def test_status_is_due_every_interval() -> None:
+    d = connected(status_interval_s=60.0)
+    assert d.tick(59.0, 59.0) == []
+    assert d.tick(60.0, 60.0) == [SendStatus("online")]
+    assert d.tick(61.0, 61.0) == []
+
+
+def test_publish_failed_locally_releases_and_reconnects() -> None:
+    d = connected()
+    le = lease(d)
+    d.leased(le.lane, batch(le.lane, range(1, 5)))
+    acts = d.publish_failed(publish(d), 0.0, "no connection")
+    assert released(acts) == [1, 2, 3, 4]
+    assert isinstance(reconnect(acts), Reconnect)
+
+
+def test_a_publish_after_the_connection_died_is_released() -> None:
+    d = connected()
+    le = lease(d)
+    d.leased(le.lane, batch(le.lane, [1, 2]))
+    pub = publish(d)
+    d.disconnected(0.0, 0, "gone")  # paho noticed inside publish()
+    assert d.sent(pub, 1, 0.0) == Release((1, 2))
+
+
+def test_lease_completing_after_the_end_is_released() -> None:
+    d = connected()
+    le = lease(d)
+    d.disconnected(0.0, 0, "gone")
+    assert d.leased(le.lane, batch(le.lane, [5, 6])) == [Release((5, 6))]
+
+
+def test_empty_store_waits_for_pending() -> None:
+    d = connected()
+    le = lease(d)
+    assert d.poll(0.0) is None  # one lease at a time
+    assert d.leased(le.lane, None) == [WaitPending(1.0)]
+    assert isinstance(d.poll(0.1), Lease)
+
+
+def test_close_stops_leasing_releases_unsent_and_ends_closed() -> None:
+    d = connected(max_payload_bytes=4096)
+    le = lease(d)
+    d.leased(le.lane, batch(le.lane, range(1, 200)))  # several payloads queued
+    pub = publish(d)
+    d.sent(pub, 1, 0.0)
+    acts = d.close(0.1)
+    assert released(acts) == sorted(set(range(1, 200)) - set(pub.seqs))
+    assert d.state is UplinkState.CONNECTED and d.closing
+    assert d.poll(0.1) is None
+    assert d.puback(1, 0, 0.2) == [Ack(pub.seqs)]
+    assert d.disconnected(0.3, 0, "closed by close()") == []
+    assert d.stats(0.3, 0).state is UplinkState.CLOSED  # (not d.state: mypy narrowed it)
+
+
+def test_close_while_not_connected_is_closed_at_once() -> None:
+    d = make()
+    assert d.close(0.0) == []
+    assert d.state is UplinkState.CLOSED
+
+
+def test_unencodable_body_is_acked_as_dropped_and_the_rest_goes() -> None:
+    d = connected()
+    le = lease(d)
+    bad = StoredEvent(3, 0, "engine", Priority.TELEMETRY, b"\xffgarbage")
+    b = Batch(le.lane, (event(1), event(2), bad, event(4)))
+    assert d.leased(le.lane, b) == [Ack((3,))]
+    assert publish(d).seqs == (1, 2, 4)
+    assert d.stats(0.0, 0).dropped_unencodable == 1
+
+
+# ------------------------------------------------------------------------- connection
+
+
+def test_connack_maximum_packet_size_caps_payloads() -> None:
+    d = make(max_payload_bytes=131072)
+    d.connecting(0.0)
+    d.connack(0.0, max_packet_size=8192)
+    assert d.max_payload_bytes == 8192 - 1024
+    le = lease(d)
+    assert le.max_bytes == int((8192 - 1024) * LEASE_BYTES_SHARE)
+    d.leased(le.lane, batch(le.lane, range(1, 400)))
+    for mid in range(1, 100):
+        act = d.poll(0.0)
+        if not isinstance(act, Publish):
+            break
+        assert len(act.payload) <= 8192 - 1024
+        d.sent(act, mid, 0.0)
+
+
+def test_connack_receive_maximum_bounds_the_window() -> None:
+    d = make(inflight_window=16)
+    d.connecting(0.0)
+    d.connack(0.0, receive_maximum=4)
+    assert d.window == 3  # one slot kept for the status message
+    for mid in range(1, 4):
+        send_one(d, [mid], mid)
+    assert d.poll(0.0) is None  # window full
+    d.puback(2, 0, 0.1)
+    assert isinstance(d.poll(0.1), Lease)
+
+
+def test_window_is_the_configured_one_without_receive_maximum() -> None:
+    d = connected(inflight_window=2)
+    send_one(d, [1], 1)
+    send_one(d, [2], 2)
+    assert d.poll(0.0) is None
+
+
+def test_refused_connack_and_backoff_floor_and_reset_after_a_healthy_connection() -> None:
+    d = make(reconnect_min_s=1.0, reconnect_max_s=8.0)
+    delays = []
+    for i in range(6):
+        d.connecting(float(i))
+        delays.append(reconnect(d.connect_failed(float(i), "refused", refused=True)).after_s)
+        assert d.state is UplinkState.REFUSED
+    assert delays[0] == pytest.approx(1.0)
+    assert all(1.0 <= x <= 8.0 for x in delays)
+    assert d.stats(6.0, 0).connect_failures == 6
+    d.connecting(10.0)
+    d.connack(10.0)
+    acts = d.disconnected(45.0, 0, "gone")  # up for 35 s: healthy, backoff starts over
+    assert reconnect(acts).after_s == pytest.approx(1.0)
+    assert d.stats(45.0, 0).reconnects == 0  # one connect so far
+
+
+def test_bandwidth_cap_spaces_messages() -> None:
+    d = connected(bandwidth_bytes_per_s=2000, max_payload_bytes=1024)
+    le = lease(d)
+    d.leased(le.lane, batch(le.lane, range(1, 60)))
+    first = publish(d, 0.0)  # a full bucket lets the first go at once
+    d.sent(first, 1, 0.0)
+    t, sent = 0.0, len(first.payload)
+    for mid in range(2, 40):
+        act = d.poll(t)
+        if isinstance(act, Wait):
+            assert act.until > t
+            t = act.until
+            act = d.poll(t)
+        if not isinstance(act, Publish):
+            break
+        d.sent(act, mid, t)
+        d.puback(mid - 1, 0, t)
+        sent += len(act.payload)
+    assert t > 0
+    # over the run the rate is the cap (plus the one-second burst the bucket starts with)
+    assert (sent - 2000) / t <= 2000 * 1.05
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+def test_live_share_splits_leases_between_lanes(share: float) -> None:
+    d = connected(live_share=share, inflight_window=8)
+    lanes = []
+    for mid in range(1, 401):
+        le = lease(d)
+        lanes.append(le.lane)
+        assert le.max_events == (LIVE_MAX_EVENTS if le.lane is Lane.LIVE
+                                 else BACKFILL_MAX_EVENTS)
+        d.leased(le.lane, batch(le.lane, [mid]))
+        d.sent(publish(d), mid, 0.0)
+        d.puback(mid, 0, 0.0)  # a fast link: every slot is free again at once
+    live = lanes.count(Lane.LIVE) / len(lanes)
+    assert live == pytest.approx(share, abs=0.01)
+    if share:
+        assert lanes[0] is Lane.LIVE
+
+
+def test_payloads_are_the_wire_contract() -> None:
+    d = connected(encoding="compact")
+    le = lease(d)
+    events = batch(le.lane, range(1, 30)).events
+    d.leased(le.lane, Batch(le.lane, events))
+    pub = publish(d)
+    assert pub.payload == wire.encode_batches(TRUCK, events, "compact", 131072)[0][0]
+
+
+# ------------------------------------------------------------------------- property
+
+
+@st.composite
+def scripts(draw: st.DrawFn) -> list[tuple[str, int]]:
+    ops = st.sampled_from(["poll", "poll", "poll", "ack", "ack", "refuse", "too_large",
+                           "drop", "tick", "reconnect", "empty", "fail"])
+    return draw(st.lists(st.tuples(ops, st.integers(0, 1000)), max_size=120))
+
+
+@settings(max_examples=150, deadline=None)
+@given(script=scripts(), window=st.integers(1, 5), payload=st.sampled_from([1024, 4096]))
+def test_every_leased_seq_is_acked_once_after_its_puback_or_released(
+    script: list[tuple[str, int]], window: int, payload: int,
+) -> None:
+    d = connected(inflight_window=window, max_payload_bytes=payload, publish_timeout_s=5.0)
+    next_seq, mid, now = 1, 0, 0.0
+    leased: set[int] = set()
+    out: dict[int, tuple[int, ...]] = {}  # mid -> seqs, as the broker would see them
+    acked: list[int] = []
+    settled: set[int] = set()  # acked or released, not leased again yet
+
+    def apply(acts: list[Action] | Release | None) -> None:
+        for a in acts if isinstance(acts, list) else [acts] if acts else []:
+            if isinstance(a, Ack):
+                for s in a.seqs:
+                    assert s in leased and s not in settled
+                    assert any(s in seqs for seqs in out.values()), "acked without PUBACK"
+                acked.extend(a.seqs)
+                settled.update(a.seqs)
+            elif isinstance(a, Release):
+                assert all(s in leased and s not in settled for s in a.seqs)
+                settled.update(a.seqs)
+
+    def step(act: Lease | Publish | Wait | None, arg: int, *, empty: bool = False,
+             fail: bool = False) -> None:
+        nonlocal next_seq, mid
+        if isinstance(act, Lease):
+            if empty:
+                assert d.leased(act.lane, None) == [WaitPending(1.0)]
+                return
+            n = 1 + arg % 40
+            seqs = list(range(next_seq, next_seq + n))
+            next_seq += n
+            leased.update(seqs)
+            apply(d.leased(act.lane, batch(act.lane, seqs, 1 + arg % 7)))
+        elif isinstance(act, Publish):
+            if fail:
+                apply(d.publish_failed(act, now, "no connection"))
+                return
+            mid = mid % 65535 + 1
+            out[mid] = act.seqs
+            apply(d.sent(act, mid, now))
+
+    for op, arg in script:
+        now += 0.5
+        if op in ("poll", "empty", "fail"):
+            step(d.poll(now), arg, empty=op == "empty", fail=op == "fail")
+        elif op in ("ack", "refuse", "too_large") and out:
+            m = sorted(out)[arg % len(out)]
+            code = {"ack": 0x00, "refuse": 0x87, "too_large": 0x95}[op]
+            acts = d.puback(m, code, now)
+            apply(acts)
+            del out[m]
+        elif op == "drop":
+            apply(d.disconnected(now, 0x82 if arg % 2 else 0, "drop"))
+        elif op == "tick":
+            apply(d.tick(now + arg % 10, now))
+        elif op == "reconnect" and d.state is not UplinkState.CONNECTED:
+            out.clear()  # a new connection: the old packet ids mean nothing
+            d.connecting(now)
+            d.connack(now)
+        assert d.event_inflight <= d.window
+    apply(d.close(now))
+    apply(d.disconnected(now, 0, "closed"))
+    assert d.state is UplinkState.CLOSED
+    assert len(acked) == len(set(acked)), "a seq acked twice"
+    assert settled == leased, "a leased seq neither acked nor released"
+    assert d.stats(now, 0).acked_events == len(acked)

@@ -151,6 +151,11 @@ class Delivery:
 
     # ---------------------------------------------------------------- connection
 
+    @property
+    def failures_in_a_row(self) -> int:
+        """Connection attempts that failed since the last one that worked."""
+        return self._backoff.attempt
+
     def connecting(self, now: float) -> None:
         """A connection attempt starts (TCP, TLS, CONNECT)."""
         self.state = UplinkState.CONNECTING

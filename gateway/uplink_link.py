@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import ssl
 import time
@@ -42,6 +43,7 @@ from gateway.delivery_actions import (
     UplinkState,
     WaitPending,
 )
+from gateway.diagnose import diagnose
 from gateway.uplink_conn import (
     SocketDriver,
     connect_blocking,
@@ -60,6 +62,13 @@ CLOSE_GRACE_S = 3.0
 #: Extra paho in-flight slots beyond the event window (status messages).
 EXTRA_INFLIGHT = 4
 _OK = mqtt.MQTT_ERR_SUCCESS
+
+
+def _worth_a_probe(exc: UplinkError) -> bool:
+    """A failure after the TCP connect (TLS, CONNECT, CONNACK) may be a TLS/plain
+    mismatch; nothing listening, no route or no name is what it says."""
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLError) or not isinstance(cause, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,8 @@ class Link:
                 connected = await self._connect()
             except UplinkError as exc:  # logged with the next attempt's delay by _do
                 refused = isinstance(exc, BrokerRefusedError)
+                if core.failures_in_a_row == 0 and _worth_a_probe(exc):
+                    await self._explain(str(exc))  # the first failure of a streak
                 self._do(core.connect_failed(time.monotonic(), str(exc), refused=refused))
                 return self._reconnect
             if connected:
@@ -135,6 +146,19 @@ class Link:
                 self._do(core.disconnected(time.monotonic(), 0, "connection closed"))
             await self.settler.flush()
         return self._reconnect
+
+    async def _explain(self, error: str) -> None:
+        """Probe the broker port once and log what the failure means for this config
+        (TLS expected but plain MQTT answers, or the other way round)."""
+        m = self.m
+        try:
+            d = await asyncio.get_running_loop().run_in_executor(
+                self.executor, functools.partial(
+                    diagnose, m.host, m.port, tls_configured=m.tls is not None, error=error))
+        except Exception as exc:  # noqa: BLE001  # a probe must never break the uplink
+            log.debug("uplink: diagnosis failed: %s", exc)
+            return
+        (log.error if d.mismatch else log.warning)("uplink: %s", d.message)
 
     def request_close(self) -> None:
         """close(): drain the in-flight messages, publish offline, DISCONNECT."""
@@ -172,8 +196,7 @@ class Link:
         self.client.on_publish = self._on_publish
         if rc != _OK or self.client.socket() is None:
             raise UplinkError(f"connection to {where} failed while sending CONNECT: "
-                              f"{mqtt.error_string(rc)}; with TLS this is how a broker "
-                              "rejects a missing or unknown client certificate")
+                              f"{mqtt.error_string(rc)}")
         self.driver = SocketDriver(asyncio.get_running_loop(), self.client)
         self.driver.attach()
         try:
@@ -365,8 +388,7 @@ class Link:
         where = f"{self.m.host}:{self.m.port}"
         if not self._connack.done():
             self._connack.set_exception(UplinkError(
-                f"{where} closed the connection before CONNACK ({reason_text(rc)}); with "
-                "TLS this is how a broker rejects a missing or unknown client certificate"))
+                f"{where} closed the connection before CONNACK ({reason_text(rc)})"))
             return
         self._do(self.core.disconnected(time.monotonic(), _code(rc),
                                         f"disconnected from {where}: {reason_text(rc)}"))

@@ -182,3 +182,24 @@ def test_cli_check_config_probe_and_diagnose(
     closed = _config(tmp_path, free_port(), tls=True, ca=pki.ca_file)
     assert main(["check-config", "--probe", "--timeout", "3", str(closed)]) == 0
     assert "connection refused" in capsys.readouterr().out
+
+
+@pytest.mark.broker
+async def test_the_uplink_explains_a_plain_connection_to_a_tls_port(
+    pki: Pki, mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The agent's own connect failure is probed once and explained, not blamed on a
+    client certificate."""
+    from buffer.store import SqliteStore  # noqa: PLC0415
+    from tests.uplink.helpers import make_cfg, running, wait_until  # noqa: PLC0415
+
+    broker = mosquitto_factory([*_as_root(), f"cafile {pki.ca_file}", f"certfile {pki.cert}",
+                                f"keyfile {pki.key}", "require_certificate false"])
+    cfg = make_cfg(tmp_path, broker.host, broker.port)  # no [mqtt.tls]
+    caplog.set_level("WARNING", logger="gateway.uplink_link")
+    explained = f"port {broker.port} speaks TLS but [mqtt.tls] is not configured"
+    async with await SqliteStore.open(cfg.buffer) as store, running(cfg, store):
+        assert await wait_until(lambda: explained in caplog.text, timeout=20), caplog.text
+    assert "client certificate" not in caplog.text
+    assert caplog.text.count(explained) == 1  # once per failure streak, not per retry

@@ -17,6 +17,7 @@ from pathlib import Path
 from config import EX_CONFIG, ConfigWarning, TruckConfig, load_config
 from config.errors import ConfigError
 from gateway import __version__
+from gateway.sink.cli import add_parser as add_sink_parser
 
 EX_OK = 0
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_status)
 
+    add_sink_parser(sub)
     _register_optional(sub)
     return parser
 

@@ -1,0 +1,196 @@
+"""The production backend: PostgreSQL through psycopg 3 (the ``postgres`` extra).
+
+Events go in with one ``INSERT ... SELECT FROM unnest(...)`` per message (one round trip
+whatever the batch size) and ``ON CONFLICT (truck_id, seq) DO NOTHING``; bodies are
+``jsonb``. A partial index on ``(truck_id, ts DESC, seq DESC) WHERE type = 'gps'`` serves
+"latest position per truck" (``latest_position`` walks ``trucks`` with ``LATERAL``), the
+primary key and ``(truck_id, ts)`` serve "events of a truck in a time range". A lost
+connection raises :class:`SinkStoreUnavailableError` and is reopened on the next call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from gateway.sink import schema
+from gateway.sink.base import SinkStoreConfigError, SinkStoreUnavailableError
+from gateway.sink.gaps import GapInput, TruckCounters
+from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
+
+try:
+    import psycopg
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+    raise SinkStoreConfigError(
+        "the PostgreSQL backend needs psycopg 3: pip install 'truckgw[postgres]'") from exc
+
+#: Seconds to wait for a connection before the write counts as an outage.
+CONNECT_TIMEOUT_S: Final = 5
+
+DDL: Final = [
+    """CREATE TABLE IF NOT EXISTS trucks (
+        truck_id text PRIMARY KEY, first_seen_ms bigint NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS events (
+        truck_id text NOT NULL, seq bigint NOT NULL, ts bigint NOT NULL, type text NOT NULL,
+        body jsonb NOT NULL, received_ms bigint NOT NULL, PRIMARY KEY (truck_id, seq))""",
+    "CREATE INDEX IF NOT EXISTS events_truck_ts ON events (truck_id, ts)",
+    """CREATE INDEX IF NOT EXISTS events_latest_gps ON events (truck_id, ts DESC, seq DESC)
+       WHERE type = 'gps'""",
+    """CREATE INDEX IF NOT EXISTS events_truck_type_ts ON events (truck_id, type, ts DESC)
+       WHERE type IN ('engine', 'dtc', 'seq_gap')""",
+    """CREATE TABLE IF NOT EXISTS status_history (
+        truck_id text NOT NULL, ts bigint NOT NULL, state text NOT NULL, body jsonb NOT NULL,
+        received_ms bigint NOT NULL, PRIMARY KEY (truck_id, ts, state))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id bigserial PRIMARY KEY, received_ms bigint NOT NULL, topic text NOT NULL,
+        truck_id text, reason text NOT NULL, detail text NOT NULL, payload bytea NOT NULL)""",
+    """CREATE OR REPLACE VIEW positions AS
+       SELECT truck_id, seq, ts, (body->>'lat')::float8 AS lat, (body->>'lon')::float8 AS lon,
+              (body->>'alt_m')::float8 AS alt_m, (body->>'speed_kmh')::float8 AS speed_kmh,
+              (body->>'heading_deg')::float8 AS heading_deg, (body->>'fix')::int AS fix,
+              coalesce((body->>'provisional')::boolean, false) AS provisional
+       FROM events WHERE type = 'gps'""",
+    """CREATE OR REPLACE VIEW latest_position AS
+       SELECT p.* FROM trucks t CROSS JOIN LATERAL (
+         SELECT * FROM positions x WHERE x.truck_id = t.truck_id
+         ORDER BY x.ts DESC, x.seq DESC LIMIT 1) AS p""",
+    """CREATE OR REPLACE VIEW latest_status AS
+       SELECT s.* FROM trucks t CROSS JOIN LATERAL (
+         SELECT * FROM status_history x WHERE x.truck_id = t.truck_id
+         ORDER BY x.ts DESC LIMIT 1) AS s""",
+    """CREATE OR REPLACE VIEW latest_state AS
+       SELECT t.truck_id, p.ts AS position_ts, p.lat, p.lon, p.speed_kmh,
+              (SELECT body FROM events e WHERE e.truck_id = t.truck_id AND e.type = 'engine'
+               ORDER BY e.ts DESC LIMIT 1) AS engine,
+              s.state, s.ts AS status_ts, (s.body->>'pending')::bigint AS pending
+       FROM trucks t LEFT JOIN latest_position p ON p.truck_id = t.truck_id
+       LEFT JOIN latest_status s ON s.truck_id = t.truck_id""",
+    """CREATE OR REPLACE VIEW active_faults AS
+       SELECT d.truck_id, d.src, d.ts, d.seq, (f->>'spn')::int AS spn, (f->>'fmi')::int AS fmi,
+              (f->>'oc')::int AS oc
+       FROM (SELECT DISTINCT ON (truck_id, body->'src') truck_id, body->'src' AS src, ts, seq,
+                    body->'active' AS active
+             FROM events WHERE type = 'dtc'
+             ORDER BY truck_id, body->'src', ts DESC, seq DESC) AS d
+       CROSS JOIN LATERAL jsonb_array_elements(d.active) AS f""",
+    """CREATE OR REPLACE VIEW gap_notices AS
+       SELECT truck_id, seq, (body->>'first')::bigint AS first, (body->>'last')::bigint AS last,
+              body->>'reason' AS reason
+       FROM events WHERE type = 'seq_gap'""",
+    schema.SEQ_GAPS_VIEW.replace("CREATE VIEW", "CREATE OR REPLACE VIEW"),
+]
+
+_INSERT_EVENTS: Final = """
+INSERT INTO events (truck_id, seq, ts, type, body, received_ms)
+SELECT %(truck)s, s, t, y, b::jsonb, %(received)s
+FROM unnest(%(seqs)s::bigint[], %(tss)s::bigint[], %(types)s::text[], %(bodies)s::text[])
+     AS u(s, t, y, b)
+ON CONFLICT (truck_id, seq) DO NOTHING
+"""
+
+
+class PostgresSinkStore:
+    """A :class:`~gateway.sink.base.SinkStore` in a PostgreSQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresSinkStore(connected={self._conn is not None})"
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK_KEY,))
+                for stmt in DDL:
+                    conn.execute(stmt)
+        except psycopg.OperationalError as exc:
+            raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def write(self, outcome: Outcome) -> int:
+        """Store one message in one transaction; the number of new event rows."""
+        if isinstance(outcome, Ignored):
+            return 0
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                return self._rows(conn, outcome)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop()
+            raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
+
+    @staticmethod
+    def _rows(conn: psycopg.Connection[Any], outcome: EventBatch | StatusRow | Quarantined,
+              ) -> int:
+        if isinstance(outcome, Quarantined):
+            conn.execute(
+                "INSERT INTO quarantine (received_ms, topic, truck_id, reason, detail, payload)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (outcome.received_ms, outcome.topic, outcome.truck_id, str(outcome.reason),
+                 outcome.detail, outcome.payload))
+            return 0
+        conn.execute("INSERT INTO trucks VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     (outcome.truck_id, outcome.received_ms))
+        if isinstance(outcome, StatusRow):
+            conn.execute(
+                "INSERT INTO status_history VALUES (%s, %s, %s, %s::jsonb, %s)"
+                " ON CONFLICT DO NOTHING",
+                (outcome.truck_id, outcome.ts, outcome.state, outcome.body,
+                 outcome.received_ms))
+            return 0
+        if not outcome.rows:
+            return 0
+        cur = conn.execute(_INSERT_EVENTS, {
+            "truck": outcome.truck_id, "received": outcome.received_ms,
+            "seqs": [r.seq for r in outcome.rows], "tss": [r.ts for r in outcome.rows],
+            "types": [r.type for r in outcome.rows], "bodies": [r.body for r in outcome.rows],
+        })
+        return max(cur.rowcount, 0)
+
+    def gap_inputs(self, truck_id: str | None = None) -> list[GapInput]:
+        """Islands, notices and latest status counters per truck."""
+        where, args = ("WHERE truck_id = %s", (truck_id,)) if truck_id else ("", ())
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                trucks = [r[0] for r in conn.execute(schema.TRUCKS.format(where=where), args)]
+                islands: dict[str, list[tuple[int, int]]] = {t: [] for t in trucks}
+                for tid, lo, hi in conn.execute(schema.ISLANDS.format(where=where), args):
+                    islands.setdefault(tid, []).append((lo, hi))
+                notices: dict[str, list[tuple[int, int]]] = {}
+                for tid, first, last in conn.execute(
+                        schema.NOTICES.format(where=where), args):
+                    notices.setdefault(tid, []).append((first, last))
+                status = dict(conn.execute(
+                    schema.LATEST_STATUS.format(body="body::text", where=where), args))
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop()
+            raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
+        return [GapInput(t, tuple(islands.get(t, ())), tuple(notices.get(t, ())),
+                         TruckCounters.from_status_body(status.get(t)))
+                for t in sorted(islands)]
+
+    def count_events(self, truck_id: str | None = None) -> int:
+        """Rows in ``events`` (of one truck)."""
+        conn = self._connection()
+        with conn.transaction():
+            if truck_id is None:
+                row = conn.execute("SELECT count(*) FROM events").fetchone()
+            else:
+                row = conn.execute("SELECT count(*) FROM events WHERE truck_id = %s",
+                                   (truck_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._drop()

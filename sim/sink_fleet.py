@@ -25,11 +25,12 @@ from gateway import wire
 PUBLISH_TIMEOUT_S = 30.0
 
 
-def fleet_events(first_seq: int, count: int, ts0_ms: int) -> list[StoredEvent]:
-    """``count`` events from ``first_seq``: gps and engine alternating, 100 ms apart."""
+def fleet_events(first_seq: int, count: int, ts0_ms: int, *,
+                 spacing_ms: int = 100) -> list[StoredEvent]:
+    """``count`` events from ``first_seq``: gps and engine alternating, ``spacing_ms`` apart."""
     out = []
     for i in range(count):
-        seq, ts = first_seq + i, ts0_ms + 100 * i
+        seq, ts = first_seq + i, ts0_ms + spacing_ms * i
         if i % 2 == 0:
             ev = Event("gps", ts, {"lat": 48.1 + i * 1e-5, "lon": 11.5 + i * 1e-5,
                                    "alt_m": 519.4, "speed_kmh": 72.5, "heading_deg": 181.3,

@@ -18,6 +18,7 @@ acked: its packet id may belong to another message now, and the broker redeliver
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import enum
 import logging
@@ -53,6 +54,8 @@ SESSION_EXPIRY_S: Final = 3600
 KEEPALIVE_S: Final = 15
 #: Database retries: quick first, capped, so an outage costs little after it ends.
 STORE_RETRY: Final = RetryPolicy(min_s=0.2, max_s=5.0, stable_s=30.0)
+#: New events whose lag the counters keep (a sliding window for p50/p99).
+MAX_LAGS: Final = 100_000
 
 
 class SinkState(enum.Enum):
@@ -110,6 +113,10 @@ class SinkCounters:
     store_failures: int = 0
     stale_acks_skipped: int = 0
     connects: int = 0
+    #: end-to-end lag, event ``ts`` to the commit that stored it, over the last
+    #: :data:`MAX_LAGS` new events (None before the first)
+    lag_p50_ms: int | None = None
+    lag_p99_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +130,24 @@ class _Received:
     received_ms: int
 
 
+_COUNTS: Final = tuple(f for f in SinkCounters.__dataclass_fields__ if not f.startswith("lag_"))
+
+
 @dataclass(slots=True)
 class _Tally:
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        SinkCounters.__dataclass_fields__, 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))
+    lags_ms: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_LAGS))
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] += n
+
+    def snapshot(self) -> SinkCounters:
+        lags = sorted(self.lags_ms)
+        if not lags:
+            return SinkCounters(**self.counts)
+        return SinkCounters(**self.counts, lag_p50_ms=lags[len(lags) // 2],
+                            lag_p99_ms=lags[min(len(lags) - 1, len(lags) * 99 // 100)])
 
 
 class FleetSink:
@@ -160,7 +178,7 @@ class FleetSink:
     def counters(self) -> SinkCounters:
         """What the sink did so far."""
         with self._lock:
-            return SinkCounters(**self._tally.counts)
+            return self._tally.snapshot()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,12 +238,15 @@ class FleetSink:
             self._head = None
 
     def _after_commit(self, msg: _Received, outcome: object, new: int) -> None:
+        committed_ms = self._clock_ms()
         with self._lock:
             current = msg.connection == self._connection
             self._tally.add("messages")
             if isinstance(outcome, EventBatch):
                 self._tally.add("new_events", new)
                 self._tally.add("duplicate_events", len(outcome.rows) - new)
+                if new:  # a redelivery's lag says nothing about the pipeline
+                    self._tally.lags_ms.extend(committed_ms - r.ts for r in outcome.rows)
             elif isinstance(outcome, Quarantined):
                 self._tally.add("quarantined")
                 key = outcome.truck_id or "?"

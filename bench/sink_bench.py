@@ -120,13 +120,15 @@ def count(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def start_sinks(broker: Mosquitto, url: str, n: int, workdir: Path) -> list[tuple[
+def start_sinks(broker: Mosquitto, url: str, n: int, workdir: Path, run: int) -> list[tuple[
         subprocess.Popen[bytes], Path]]:
     out = []
     for i in range(n):
         log = workdir / f"sink{i}.out"
-        argv = [sys.executable, "-m", "gateway.cli", "sink", "run", "--db", url, "--host",
-                broker.host, "--port", str(broker.port), "--client-id", f"bench-sink-{i}"]
+        argv = [sys.executable, "-m", "gateway.cli", "sink", "run", "-v", "--db", url, "--host",
+                broker.host, "--port", str(broker.port), "--client-id", f"bench{run}-sink-{i}",
+                # a fresh session per run: an earlier run's subscriptions must not linger
+                "--session-expiry", "0"]
         if n > 1:
             argv += ["--group", "bench"]
         with log.open("wb") as f:
@@ -145,15 +147,20 @@ def stop_sinks(sinks: list[tuple[subprocess.Popen[bytes], Path]]) -> list[dict[s
     for proc, _log in sinks:
         proc.send_signal(signal.SIGTERM)
     for proc, log in sinks:
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            raise SystemExit(f"sink did not stop on SIGTERM: {log.read_text()[-3000:]}") from None
         lines = [ln for ln in log.read_text().splitlines() if ln.startswith("sink: stopped ")]
         counters.append(json.loads(lines[-1][len("sink: stopped "):]))
     return counters
 
 
 def run_one(broker: Mosquitto, url: str, backend: str, sinks: int, mode: str,
-            args: argparse.Namespace, workdir: Path) -> Result:
-    procs = start_sinks(broker, url, sinks, workdir)
+            args: argparse.Namespace, workdir: Path, run: int) -> Result:
+    procs = start_sinks(broker, url, sinks, workdir, run)
     try:
         if mode == "throughput":
             argv = ["flat", str(args.trucks), str(args.events), str(args.batch)]
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in ("throughput", "lag"):
                     k += 1
                     url = fresh_db(backend, pg, workdir, k)
-                    r = run_one(broker, url, backend, sinks, mode, args, workdir)
+                    r = run_one(broker, url, backend, sinks, mode, args, workdir, k)
                     print(r.line(), flush=True)
                     results.append(r)
     print("\nsummary")

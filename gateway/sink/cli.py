@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 
 from gateway.sink.base import SinkError
-from gateway.sink.consumer import FleetSink, SinkOptions
+from gateway.sink.consumer import SESSION_EXPIRY_S, FleetSink, SinkOptions
 from gateway.sink.gaps import GapState, account
 from gateway.sink.rows import DEFAULT_MAX_PAYLOAD_BYTES
 from gateway.sink.store import open_store
@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "(default truckgw-sink[-GROUP]-HOSTNAME)")
     r.add_argument("--max-payload-bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
                    help="quarantine batches larger than this after decompression")
+    r.add_argument("--session-expiry", type=int, default=SESSION_EXPIRY_S, metavar="S",
+                   help="seconds the broker keeps this sink's session (and what is queued for "
+                   f"it) after it left (default {SESSION_EXPIRY_S}; 0 to leave a group for good)")
     r.add_argument("--duration", type=float, default=None, metavar="S",
                    help="exit after S seconds (default: until Ctrl-C/SIGTERM)")
     r.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
@@ -69,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         options = SinkOptions(host=args.host, port=args.port, prefix=args.topic_prefix,
                               group=args.group, client_id=client_id,
-                              max_payload_bytes=args.max_payload_bytes)
+                              max_payload_bytes=args.max_payload_bytes,
+                              session_expiry_s=args.session_expiry)
         store = open_store(args.db)
     except (ValueError, SinkError) as exc:
         print(f"truckgw sink: {exc}", file=sys.stderr)

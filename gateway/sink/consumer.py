@@ -87,6 +87,8 @@ class SinkOptions:
     retry: RetryPolicy = STORE_RETRY
 
     def __post_init__(self) -> None:
+        if self.session_expiry_s < 0:
+            raise ValueError(f"session_expiry_s must be >= 0, got {self.session_expiry_s}")
         if not 1 <= self.receive_maximum <= 65535:
             raise ValueError(f"receive_maximum must be in 1..65535, got {self.receive_maximum}")
         if self.group is not None and not self.group.replace("-", "").replace("_", "").isalnum():

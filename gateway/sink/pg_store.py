@@ -1,9 +1,11 @@
 """The production backend: PostgreSQL through psycopg 3 (the ``postgres`` extra).
 
-Events go in by ``COPY`` into a session-local staging table, then one ``INSERT ... SELECT
-... ON CONFLICT (truck_id, seq) DO NOTHING`` (measured: 3.8 ms for a 200-event batch, against
-13 ms for one ``INSERT ... unnest(...)`` and 6.6 ms for ``executemany``); bodies are
-``jsonb``. A partial index on ``(truck_id, ts DESC, seq DESC) WHERE type = 'gps'`` serves
+Small batches go in as one multi-row ``INSERT ... VALUES``, larger ones by ``COPY`` into a
+session-local staging table and one ``INSERT ... SELECT`` (measured for a 200-event batch:
+3.5 ms, against 13 ms for one ``INSERT ... unnest(...)`` and 6.6 ms for ``executemany``),
+both ``ON CONFLICT (truck_id, seq) DO NOTHING``; bodies are ``jsonb``. The ``trucks`` row
+is inserted once per truck and connection. A partial index on
+``(truck_id, ts DESC, seq DESC) WHERE type = 'gps'`` serves
 "latest position per truck" (``latest_position`` walks ``trucks`` with ``LATERAL``), the
 primary key and ``(truck_id, ts)`` serve "events of a truck in a time range". A lost
 connection raises :class:`SinkStoreUnavailableError` and is reopened on the next call.
@@ -24,6 +26,10 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
     raise SinkStoreConfigError(
         "the PostgreSQL backend needs psycopg 3: pip install 'truckgw[postgres]'") from exc
 
+#: Batches up to this many events go in as one multi-row INSERT, larger ones by COPY.
+#: Measured per message: 5 events 0.6 ms by VALUES vs 1.2 ms by COPY; 200 events 6.7 ms
+#: vs 3.5 ms (the staging table costs a fixed amount per transaction, rows cost less).
+COPY_FROM_ROWS: Final = 32
 #: Seconds to wait for a connection before the write counts as an outage.
 CONNECT_TIMEOUT_S: Final = 5
 
@@ -32,7 +38,7 @@ DDL: Final = [
         truck_id text PRIMARY KEY, first_seen_ms bigint NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS events (
         truck_id text NOT NULL, seq bigint NOT NULL, ts bigint NOT NULL, type text NOT NULL,
-        body jsonb NOT NULL, received_ms bigint NOT NULL, PRIMARY KEY (truck_id, seq))""",
+        body jsonb NOT NULL, arrival_ms bigint NOT NULL, PRIMARY KEY (truck_id, seq))""",
     "CREATE INDEX IF NOT EXISTS events_truck_ts ON events (truck_id, ts)",
     """CREATE INDEX IF NOT EXISTS events_latest_gps ON events (truck_id, ts DESC, seq DESC)
        WHERE type = 'gps'""",
@@ -41,9 +47,9 @@ DDL: Final = [
        WHERE type IN ('dtc', 'seq_gap')""",
     """CREATE TABLE IF NOT EXISTS status_history (
         truck_id text NOT NULL, ts bigint NOT NULL, state text NOT NULL, body jsonb NOT NULL,
-        received_ms bigint NOT NULL, PRIMARY KEY (truck_id, ts, state))""",
+        arrival_ms bigint NOT NULL, PRIMARY KEY (truck_id, ts, state))""",
     """CREATE TABLE IF NOT EXISTS quarantine (
-        id bigserial PRIMARY KEY, received_ms bigint NOT NULL, topic text NOT NULL,
+        id bigserial PRIMARY KEY, arrival_ms bigint NOT NULL, topic text NOT NULL,
         truck_id text, reason text NOT NULL, detail text NOT NULL, payload bytea NOT NULL)""",
     """CREATE OR REPLACE VIEW positions AS
        SELECT truck_id, seq, ts, (body->>'lat')::float8 AS lat, (body->>'lon')::float8 AS lon,
@@ -87,8 +93,13 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     seq bigint, ts bigint, type text, body jsonb) ON COMMIT DELETE ROWS
 """
 _COPY: Final = "COPY events_staging (seq, ts, type, body) FROM STDIN"
+_ROW: Final = "(%s, %s, %s, %s, %s::jsonb, %s)"
+_INSERT_VALUES: Final = """
+INSERT INTO events (truck_id, seq, ts, type, body, arrival_ms) VALUES {rows}
+ON CONFLICT (truck_id, seq) DO NOTHING
+"""
 _INSERT_EVENTS: Final = """
-INSERT INTO events (truck_id, seq, ts, type, body, received_ms)
+INSERT INTO events (truck_id, seq, ts, type, body, arrival_ms)
 SELECT %s, seq, ts, type, body, %s FROM events_staging
 ON CONFLICT (truck_id, seq) DO NOTHING
 """
@@ -100,6 +111,8 @@ class PostgresSinkStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.Connection[Any] | None = None
+        #: trucks whose ``trucks`` row is committed (seen on this connection)
+        self._known: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PostgresSinkStore(connected={self._conn is not None})"
@@ -118,6 +131,7 @@ class PostgresSinkStore:
         except psycopg.OperationalError as exc:
             raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
         self._conn = conn
+        self._known = set()
         return conn
 
     def _drop(self) -> None:
@@ -132,23 +146,26 @@ class PostgresSinkStore:
         conn = self._connection()
         try:
             with conn.transaction():
-                return self._rows(conn, outcome)
+                new = self._rows(conn, outcome)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
             raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
+        if not isinstance(outcome, Quarantined):
+            self._known.add(outcome.truck_id)
+        return new
 
-    @staticmethod
-    def _rows(conn: psycopg.Connection[Any], outcome: EventBatch | StatusRow | Quarantined,
-              ) -> int:
+    def _rows(self, conn: psycopg.Connection[Any],
+              outcome: EventBatch | StatusRow | Quarantined) -> int:
         if isinstance(outcome, Quarantined):
             conn.execute(
-                "INSERT INTO quarantine (received_ms, topic, truck_id, reason, detail, payload)"
+                "INSERT INTO quarantine (arrival_ms, topic, truck_id, reason, detail, payload)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
                 (outcome.received_ms, outcome.topic, outcome.truck_id, str(outcome.reason),
                  outcome.detail, outcome.payload))
             return 0
-        conn.execute("INSERT INTO trucks VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                     (outcome.truck_id, outcome.received_ms))
+        if outcome.truck_id not in self._known:
+            conn.execute("INSERT INTO trucks VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                         (outcome.truck_id, outcome.received_ms))
         if isinstance(outcome, StatusRow):
             conn.execute(
                 "INSERT INTO status_history VALUES (%s, %s, %s, %s::jsonb, %s)"
@@ -159,10 +176,15 @@ class PostgresSinkStore:
         if not outcome.rows:
             return 0
         cur = conn.cursor()
-        with cur.copy(_COPY) as copy:
-            for r in outcome.rows:
-                copy.write_row((r.seq, r.ts, r.type, r.body))
-        cur.execute(_INSERT_EVENTS, (outcome.truck_id, outcome.received_ms))
+        if len(outcome.rows) <= COPY_FROM_ROWS:
+            args = [x for r in outcome.rows
+                    for x in (outcome.truck_id, r.seq, r.ts, r.type, r.body, outcome.received_ms)]
+            cur.execute(_INSERT_VALUES.format(rows=",".join([_ROW] * len(outcome.rows))), args)
+        else:
+            with cur.copy(_COPY) as copy:
+                for r in outcome.rows:
+                    copy.write_row((r.seq, r.ts, r.type, r.body))
+            cur.execute(_INSERT_EVENTS, (outcome.truck_id, outcome.received_ms))
         return max(cur.rowcount, 0)
 
     def gap_inputs(self, truck_id: str | None = None) -> list[GapInput]:

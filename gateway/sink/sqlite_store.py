@@ -26,16 +26,16 @@ DDL: Final = [
         truck_id TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS events (
         truck_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
-        type TEXT NOT NULL, body TEXT NOT NULL, received_ms INTEGER NOT NULL,
+        type TEXT NOT NULL, body TEXT NOT NULL, arrival_ms INTEGER NOT NULL,
         PRIMARY KEY (truck_id, seq)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS events_truck_ts ON events (truck_id, ts)",
     "CREATE INDEX IF NOT EXISTS events_truck_type_ts ON events (truck_id, type, ts, seq)",
     """CREATE TABLE IF NOT EXISTS status_history (
         truck_id TEXT NOT NULL, ts INTEGER NOT NULL, state TEXT NOT NULL,
-        body TEXT NOT NULL, received_ms INTEGER NOT NULL,
+        body TEXT NOT NULL, arrival_ms INTEGER NOT NULL,
         PRIMARY KEY (truck_id, ts, state)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS quarantine (
-        id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, topic TEXT NOT NULL,
+        id INTEGER PRIMARY KEY, arrival_ms INTEGER NOT NULL, topic TEXT NOT NULL,
         truck_id TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL)""",
     """CREATE VIEW IF NOT EXISTS positions AS
        SELECT truck_id, seq, ts, json_extract(body, '$.lat') AS lat,
@@ -75,7 +75,7 @@ DDL: Final = [
 ]
 
 _INSERT_EVENT: Final = (
-    "INSERT INTO events (truck_id, seq, ts, type, body, received_ms) VALUES (?,?,?,?,?,?)"
+    "INSERT INTO events (truck_id, seq, ts, type, body, arrival_ms) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT (truck_id, seq) DO NOTHING")
 
 
@@ -88,6 +88,10 @@ class SqliteSinkStore:
 
     def __repr__(self) -> str:
         return f"SqliteSinkStore({str(self.path)!r}, open={self._db is not None})"
+
+    def open(self) -> None:
+        """Open the file and create the schema now rather than at the first write."""
+        self._conn()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is not None:
@@ -129,7 +133,7 @@ class SqliteSinkStore:
     def _rows(db: sqlite3.Connection, outcome: EventBatch | StatusRow | Quarantined) -> int:
         if isinstance(outcome, Quarantined):
             db.execute(
-                "INSERT INTO quarantine (received_ms, topic, truck_id, reason, detail, payload)"
+                "INSERT INTO quarantine (arrival_ms, topic, truck_id, reason, detail, payload)"
                 " VALUES (?,?,?,?,?,?)",
                 (outcome.received_ms, outcome.topic, outcome.truck_id, str(outcome.reason),
                  outcome.detail, outcome.payload))

@@ -24,6 +24,11 @@ class SinkStoreUnavailableError(SinkError):
     """The database cannot be reached or refused a write; retry later (nothing was acked)."""
 
 
+class SinkStoreRejectedError(SinkError):
+    """The database refused the rows of one message (a data error, not an outage): the
+    consumer quarantines that message instead, so it cannot block the subscription."""
+
+
 class SinkStoreConfigError(SinkError):
     """The database URL is invalid or names an unknown backend."""
 

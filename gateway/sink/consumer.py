@@ -35,12 +35,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from config.retry import RetryPolicy, retry_forever
-from gateway.sink.base import SinkStore, SinkStoreUnavailableError
+from gateway.sink.base import SinkStore, SinkStoreRejectedError, SinkStoreUnavailableError
 from gateway.sink.rows import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     EventBatch,
     LogThrottle,
     Quarantined,
+    QuarantineReason,
     classify,
 )
 
@@ -232,7 +233,13 @@ class FleetSink:
             outcome = classify(msg.topic, msg.payload, msg.content_type, msg.received_ms,
                                prefix=self.options.prefix,
                                max_payload_bytes=self.options.max_payload_bytes)
-            new = await loop.run_in_executor(db, self.store.write, outcome)
+            try:
+                new = await loop.run_in_executor(db, self.store.write, outcome)
+            except SinkStoreRejectedError as exc:
+                outcome = Quarantined(msg.topic, getattr(outcome, "truck_id", None),
+                                      QuarantineReason.REJECTED, str(exc)[:300], msg.payload,
+                                      msg.received_ms)
+                new = await loop.run_in_executor(db, self.store.write, outcome)
             if self.state is SinkState.STORE_DOWN:
                 log.info("sink: database back")
                 self.state = SinkState.SUBSCRIBED

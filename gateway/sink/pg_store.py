@@ -16,7 +16,11 @@ from __future__ import annotations
 from typing import Any, Final
 
 from gateway.sink import schema
-from gateway.sink.base import SinkStoreConfigError, SinkStoreUnavailableError
+from gateway.sink.base import (
+    SinkStoreConfigError,
+    SinkStoreRejectedError,
+    SinkStoreUnavailableError,
+)
 from gateway.sink.gaps import GapInput, TruckCounters
 from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
 
@@ -150,6 +154,8 @@ class PostgresSinkStore:
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
             raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise SinkStoreRejectedError(f"postgresql: {exc}") from exc
         if not isinstance(outcome, Quarantined):
             self._known.add(outcome.truck_id)
         return new

@@ -49,6 +49,8 @@ class QuarantineReason(enum.StrEnum):
     TOO_BIG = "too_big"
     SCHEMA = "schema"
     TRUCK_MISMATCH = "truck_mismatch"
+    #: the database refused the rows of this message (and only this one)
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,8 @@ Outcome = EventBatch | StatusRow | Quarantined | Ignored
 
 _TRUCK_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "_-")
 _MAX_DETAIL: Final = 300
+#: Integers the tables hold (SQLite INTEGER, PostgreSQL bigint).
+_INT64_MAX: Final = 2**63 - 1
 
 
 def parse_topic(prefix: str, topic: str) -> Topic | None:
@@ -184,8 +188,12 @@ def _events(topic: str, truck_id: str, payload: bytes, content_type: str | None,
         if problem is not None:
             return _quarantine(topic, truck_id, QuarantineReason.SCHEMA,
                                f"events[{i}]: {problem}", payload=payload, received_ms=received_ms)
-        rows.append(EventRow(truck_id, ev["seq"], ev["ts"], ev["type"],
-                             json.dumps(ev, separators=(",", ":"), ensure_ascii=False)))
+        body, problem = _encode_body(ev)
+        if problem is not None:
+            return _quarantine(topic, truck_id, QuarantineReason.SCHEMA,
+                               f"events[{i}]: {problem}", payload=payload,
+                               received_ms=received_ms)
+        rows.append(EventRow(truck_id, ev["seq"], ev["ts"], ev["type"], body))
     return EventBatch(truck_id, tuple(rows), received_ms)
 
 
@@ -211,14 +219,30 @@ def _reason_of(exc: WireError) -> QuarantineReason:
 
 
 def _event_problem(ev: dict[str, Any]) -> str | None:
-    """What the contract requires beyond the decoder's envelope check."""
-    if ev["seq"] < 1:
-        return f"seq {ev['seq']} is below 1"
+    """What the contract requires beyond the decoder's envelope check, and what the
+    databases can hold (64-bit integers)."""
+    if not 1 <= ev["seq"] <= _INT64_MAX:
+        return f"seq {ev['seq']} is not in 1..2**63-1"
+    if not -_INT64_MAX <= ev["ts"] <= _INT64_MAX:
+        return f"ts {ev['ts']} does not fit 64 bits"
     if ev["type"] == "seq_gap":
         first, last = ev.get("first"), ev.get("last")
-        if not (isinstance(first, int) and isinstance(last, int)) or not 1 <= first <= last:
+        if (not (isinstance(first, int) and isinstance(last, int))
+                or not 1 <= first <= last <= _INT64_MAX):
             return f"seq_gap needs integers 1 <= first <= last, got {first!r}..{last!r}"
     return None
+
+
+def _encode_body(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """The object as stored JSON text, and what no backend could store in it."""
+    try:
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or Infinity: Python's parser takes them, JSON has none
+        return "", "a number is NaN or infinite"
+    # PostgreSQL's jsonb has no NUL character; one in any string would fail the transaction
+    if "\\u0000" in body:
+        return body, "a string holds a NUL character (\\u0000)"
+    return body, None
 
 
 def _status(topic: str, truck_id: str, payload: bytes, received_ms: int) -> Outcome:
@@ -233,7 +257,8 @@ def _status(topic: str, truck_id: str, payload: bytes, received_ms: int) -> Outc
         return _quarantine(topic, truck_id, QuarantineReason.SCHEMA,
                            "status is not an object", payload=payload, received_ms=received_ms)
     ts, state, claimed = obj.get("ts"), obj.get("state"), obj.get("truck_id", truck_id)
-    if not isinstance(ts, int) or isinstance(ts, bool) or not isinstance(state, str):
+    if (not isinstance(ts, int) or isinstance(ts, bool) or not isinstance(state, str)
+            or not -_INT64_MAX <= ts <= _INT64_MAX):
         return _quarantine(topic, truck_id, QuarantineReason.SCHEMA,
                            "status needs an integer ts and a string state",
                            payload=payload, received_ms=received_ms)
@@ -241,7 +266,11 @@ def _status(topic: str, truck_id: str, payload: bytes, received_ms: int) -> Outc
         return _quarantine(topic, truck_id, QuarantineReason.TRUCK_MISMATCH,
                            f"status claims truck {claimed!r}", payload=payload,
                            received_ms=received_ms)
-    return StatusRow(truck_id, ts, state, json.dumps(obj, separators=(",", ":")), received_ms)
+    body, problem = _encode_body(obj)
+    if problem is not None:
+        return _quarantine(topic, truck_id, QuarantineReason.SCHEMA, f"status: {problem}",
+                           payload=payload, received_ms=received_ms)
+    return StatusRow(truck_id, ts, state, body, received_ms)
 
 
 class LogThrottle:

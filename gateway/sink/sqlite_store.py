@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from gateway.sink import schema
-from gateway.sink.base import SinkStoreUnavailableError
+from gateway.sink.base import SinkStoreRejectedError, SinkStoreUnavailableError
 from gateway.sink.gaps import GapInput, TruckCounters
 from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
 
@@ -127,6 +127,8 @@ class SqliteSinkStore:
                 raise
         except sqlite3.OperationalError as exc:
             raise SinkStoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
+        except (sqlite3.DataError, sqlite3.IntegrityError, OverflowError) as exc:
+            raise SinkStoreRejectedError(f"sqlite {self.path}: {exc}") from exc
         return inserted
 
     @staticmethod

@@ -10,9 +10,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.sink.base import SinkStore, SinkStoreConfigError, SinkStoreUnavailableError
+from gateway.sink.base import (
+    SinkStore,
+    SinkStoreConfigError,
+    SinkStoreRejectedError,
+    SinkStoreUnavailableError,
+)
 from gateway.sink.gaps import GapState, account
-from gateway.sink.rows import EventBatch, Outcome, Quarantined, classify
+from gateway.sink.rows import EventBatch, EventRow, Outcome, Quarantined, classify
 from gateway.sink.store import open_store
 from sim.sink_postgres import PostgresServer
 
@@ -110,6 +115,17 @@ def test_postgres_outage_raises_unavailable_then_recovers(
         postgres_server.start()
         assert store.write(msg("T1", gps(2, 200, 48.0))) == 1
         assert store.count_events() == 2
+    finally:
+        store.close()
+
+
+def test_postgres_refusing_one_message_is_a_rejection_not_an_outage(pg_url: str) -> None:
+    store = open_store(pg_url)
+    try:
+        bad = EventBatch("T1", (EventRow("T1", 1, 1, "gps", "{not json"),), 1)
+        with pytest.raises(SinkStoreRejectedError):
+            store.write(bad)
+        assert store.write(msg("T1", gps(1, 100, 48.0))) == 1  # the connection is fine
     finally:
         store.close()
 

@@ -217,7 +217,8 @@ class FleetSink:
 
     def _store_failed(self, exc: BaseException, attempt: int, delay: float) -> None:
         self.state = SinkState.STORE_DOWN
-        self._tally.add("store_failures")
+        with self._lock:
+            self._tally.add("store_failures")
         log.warning("sink: database unavailable (attempt %d, retry in %.1f s): %s",
                     attempt, delay, exc)
 

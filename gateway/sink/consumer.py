@@ -1,11 +1,12 @@
 """The MQTT shell of the sink: receive, store in one transaction, then PUBACK.
 
 paho's network thread (``loop_start``) receives; ``manual_ack=True`` keeps it from
-acking. Each message goes, in arrival order, to one writer coroutine, which classifies it
-(:func:`gateway.sink.rows.classify`), writes it in one transaction on a dedicated database
-thread and only then calls ``client.ack(mid, qos)``; acks therefore leave in the order the
-messages came (as MQTT 5 requires for QoS 1). While the database is down the writer keeps
-the message it could not store and retries it with the project's backoff
+acking. Messages go, in arrival order, to one writer coroutine, which hands what has
+arrived to a dedicated database thread; that thread classifies each message
+(:func:`gateway.sink.rows.classify`), writes it in one transaction and only then calls
+``client.ack(mid, qos)``; acks therefore leave in the order the messages came (as MQTT 5
+requires for QoS 1). While the database is down the writer keeps the messages it could not
+store and retries them with the project's backoff
 (:func:`config.retry.retry_forever`): nothing more is acked, the broker stops sending once
 :data:`RECEIVE_MAXIMUM` messages are unacknowledged and keeps the rest.
 
@@ -55,6 +56,8 @@ SESSION_EXPIRY_S: Final = 3600
 KEEPALIVE_S: Final = 15
 #: Database retries: quick first, capped, so an outage costs little after it ends.
 STORE_RETRY: Final = RetryPolicy(min_s=0.2, max_s=5.0, stable_s=30.0)
+#: Most messages handed to the database thread at once.
+HANDOFF_MAX: Final = 64
 #: New events whose lag the counters keep (a sliding window for p50/p99).
 MAX_LAGS: Final = 100_000
 
@@ -169,7 +172,10 @@ class FleetSink:
         self._connection = 0
         self._suback_pending: set[int] = set()
         self._throttle = LogThrottle()
-        self._head: _Received | None = None
+        #: taken from the queue, not committed yet; only one thread at a time touches it
+        #: (the loop fills it while the database thread is idle, which then empties it)
+        self._pending: collections.deque[_Received] = collections.deque()
+        self._stop_seen = False
         self._queue: asyncio.Queue[_Received | None] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = self._make_client()
@@ -223,29 +229,45 @@ class FleetSink:
                     attempt, delay, exc)
 
     async def _drain(self, db: concurrent.futures.Executor) -> None:
-        """Write and ack messages in order until stopped; raises on a database outage."""
+        """Hand received messages to the database thread in arrival order until stopped;
+        raises on a database outage (what was not committed stays pending)."""
         loop = asyncio.get_running_loop()
         while True:
-            if self._head is None:
-                self._head = await self._queue.get()
-                if self._head is None:
+            if not self._pending:
+                if self._stop_seen:
                     return
-            msg = self._head
+                self._take(await self._queue.get())
+                # whatever else arrived goes in the same hand-off: one thread switch for
+                # many messages, still one transaction and one ack per message
+                while not self._queue.empty() and len(self._pending) < HANDOFF_MAX:
+                    self._take(self._queue.get_nowait())
+            await loop.run_in_executor(db, self._commit_pending)
+
+    def _take(self, item: _Received | None) -> None:
+        if item is None:
+            self._stop_seen = True
+        elif not self._stop_seen:
+            self._pending.append(item)
+
+    def _commit_pending(self) -> None:
+        """On the database thread: store, then ack, each pending message in order."""
+        while self._pending:
+            msg = self._pending[0]
             outcome = classify(msg.topic, msg.payload, msg.content_type, msg.received_ms,
                                prefix=self.options.prefix,
                                max_payload_bytes=self.options.max_payload_bytes)
             try:
-                new = await loop.run_in_executor(db, self.store.write, outcome)
+                new = self.store.write(outcome)
             except SinkStoreRejectedError as exc:
                 outcome = Quarantined(msg.topic, getattr(outcome, "truck_id", None),
                                       QuarantineReason.REJECTED, str(exc)[:300], msg.payload,
                                       msg.received_ms)
-                new = await loop.run_in_executor(db, self.store.write, outcome)
+                new = self.store.write(outcome)
             if self.state is SinkState.STORE_DOWN:
                 log.info("sink: database back")
                 self.state = SinkState.SUBSCRIBED
+            self._pending.popleft()
             self._after_commit(msg, outcome, new)
-            self._head = None
 
     def _after_commit(self, msg: _Received, outcome: object, new: int) -> None:
         committed_ms = self._clock_ms()

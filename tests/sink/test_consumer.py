@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from gateway.sink.consumer import SinkOptions, SinkState
 from sim.broker import Mosquitto
+from sim.sink import session_store_conf
 from sim.sink_fleet import FleetPublisher, fleet_events, truck_messages
 from sim.sink_postgres import PostgresServer
 from tests.sink.helpers import BROKER_CONF, count, query, running_sink, wait_until
@@ -109,3 +111,28 @@ async def test_postgres_outage_stops_acking_and_loses_nothing(
     rows = query(pg_url, "SELECT truck_id, count(*), count(DISTINCT seq), min(seq), max(seq) "
                  "FROM events GROUP BY truck_id ORDER BY truck_id")
     assert rows == [("T1", 300, 300, 1, 300), ("T2", 300, 300, 1, 300)]
+
+
+async def test_broker_restart_mid_stream_loses_nothing(
+        mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path) -> None:
+    broker = mosquitto_factory([*BROKER_CONF, *session_store_conf(tmp_path / "store")])
+    url = f"sqlite:///{tmp_path / 'sink.db'}"
+    msgs = truck_messages("fleet", "T1", fleet_events(1, 200, 1_760_000_000_000), batch=10)
+    async with running_sink(opts(broker), url) as sink:
+        with FleetPublisher(broker.host, broker.port) as pub:
+            for m in msgs[:10]:
+                pub.publish(m)
+            pub.wait_all()
+        await wait_until(lambda: count(url) == 100)
+        broker.stop()
+        await wait_until(lambda: sink.state is SinkState.CONNECTING)
+        broker.start()
+        await wait_until(lambda: sink.state is SinkState.SUBSCRIBED)
+        with FleetPublisher(broker.host, broker.port) as pub:
+            for m in msgs[10:]:
+                pub.publish(m)
+            pub.wait_all()
+        await wait_until(lambda: count(url) == 200)
+        assert sink.counters().connects == 2
+    assert query(url, "SELECT count(DISTINCT seq), min(seq), max(seq) FROM events") == [
+        (200, 1, 200)]

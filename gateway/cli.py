@@ -25,6 +25,7 @@ from config.loader import check_config
 from gateway import __version__
 from gateway.diagnose import DEFAULT_TIMEOUT_S, Diagnosis, diagnose
 from gateway.logsetup import set_journal_identity, setup_logging
+from gateway.sink.cli import add_parser as add_sink_parser
 
 EX_OK = 0
 #: ``diagnose``: the port answers but contradicts the configuration, or speaks nothing known
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_status)
 
+    add_sink_parser(sub)
     _register_optional(sub)
     return parser
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -33,6 +32,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from config.errors import SimError, WireError
 from gateway import wire
+from gateway.sink.rows import classify
+from gateway.sink.sqlite_store import SqliteSinkStore
 from sim.sink_stats import FleetStats
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,11 @@ class Sink:
         self._suback_pending: set[int] = set()
         self._lock = threading.Lock()
         self._jsonl: IO[str] | None = jsonl.open("a", encoding="utf-8") if jsonl else None
-        self._db: sqlite3.Connection | None = None
+        # the fleet sink's schema (docs/sink.md), so `truckgw sink gaps` reads the file too
+        self._db: SqliteSinkStore | None = None
         if sqlite is not None:
-            self._db = sqlite3.connect(sqlite, check_same_thread=False)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS events (truck_id TEXT, seq INTEGER, ts INTEGER,"
-                " type TEXT, arrival_ms INTEGER, duplicate INTEGER, body TEXT)")
+            self._db = SqliteSinkStore(sqlite)
+            self._db.open()  # readers may query the file before the first event
         v5 = protocol == "5"
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -118,7 +118,6 @@ class Sink:
                 self._jsonl.close()
                 self._jsonl = None
             if self._db is not None:
-                self._db.commit()
                 self._db.close()
                 self._db = None
 
@@ -193,6 +192,10 @@ class Sink:
 
     def _events(self, truck_id: str, topic: str, payload: bytes, ctype: str | None,
                 arrival_ms: int) -> None:
+        if self._db is not None:
+            # stored (once per seq) or quarantined exactly as `truckgw sink run` would; this
+            # in-memory sink acks on receipt, so only `truckgw sink run` is at-least-once
+            self._db.write(classify(topic, payload, ctype, arrival_ms, prefix=self.prefix))
         try:
             batch = wire.decode_payload(payload, compact=wire.is_compact(topic, ctype))
         except WireError as exc:
@@ -217,12 +220,6 @@ class Sink:
                         "duplicate": id(ev) not in fresh_ids, **ev}
                 self._jsonl.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._jsonl.flush()
-        if self._db is not None:
-            self._db.executemany(
-                "INSERT INTO events VALUES (?,?,?,?,?,?,?)",
-                [(tid, ev["seq"], ev["ts"], ev["type"], arrival_ms, int(id(ev) not in fresh_ids),
-                  json.dumps(ev, separators=(",", ":"))) for ev in batch["events"]])
-            self._db.commit()
 
     # ------------------------------------------------------------------ figures
 

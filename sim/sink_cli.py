@@ -38,7 +38,9 @@ def add_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="exit 1 if any truck has a gap in its seq numbers that no "
                    "seq_gap notice announced")
     p.add_argument("--jsonl", type=Path, help="append every received event to this JSON-lines file")
-    p.add_argument("--sqlite", type=Path, help="store every received event in this SQLite file")
+    p.add_argument("--sqlite", type=Path,
+                   help="store every event once in this SQLite file, in the schema of "
+                   "`truckgw sink` (docs/sink.md)")
     p.add_argument("--report", type=Path, help="write a trip report (HTML with SVG plots)")
     p.add_argument("--summary-json", type=Path, help="write the final figures as JSON")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between live lines")

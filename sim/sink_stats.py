@@ -14,6 +14,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.sink.gaps import merge, overlap
+
 MAX_TRACK = 20_000
 MAX_LAGS = 10_000
 RATE_WINDOW_MS = 5_000
@@ -97,25 +99,11 @@ class TruckStats:
     def missing_in(self, lo: int | None = None, hi: int | None = None) -> tuple[int, int]:
         """``(missing, announced)``: seqs missing between the first and last seen (within
         ``[lo, hi]`` when given), and how many of them a ``seq_gap`` notice explains."""
-        # the union of the notices, so overlapping ones count once
-        merged: list[tuple[int, int]] = []
-        for first, last in sorted(self.never_sent):
-            if merged and first <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-            else:
-                merged.append((first, last))
-        missing = announced = 0
-        for g_lo, g_hi in self.seqs.gaps():
-            a = g_lo if lo is None else max(lo, g_lo)
-            b = g_hi if hi is None else min(hi, g_hi)
-            if a > b:
-                continue
-            missing += b - a + 1
-            for first, last in merged:
-                c, d = max(a, first), min(b, last)
-                if c <= d:
-                    announced += d - c + 1
-        return missing, announced
+        # clipped to [lo, hi]; the fleet sink's accounting counts overlapping notices once
+        gaps = [(g_lo if lo is None else max(lo, g_lo), g_hi if hi is None else min(hi, g_hi))
+                for g_lo, g_hi in self.seqs.gaps()]
+        gaps = [(a, b) for a, b in gaps if a <= b]
+        return sum(b - a + 1 for a, b in gaps), overlap(gaps, merge(self.never_sent))
 
     def rate(self, now_ms: int) -> float:
         """Events per second over the last few seconds of arrivals."""

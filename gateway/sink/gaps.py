@@ -1,0 +1,144 @@
+"""Gap accounting per truck, as docs/wire-format.md ("Gaps") defines it (pure).
+
+From what the database holds about one truck: the islands of stored seqs, the
+``seq_gap`` notices and the latest status, compute
+
+- ``missing``: seqs between the lowest and the highest stored one that are not stored;
+- ``announced``: those inside a ``seq_gap`` range (never sent: not a loss);
+- ``by_counters``: once the truck reported ``pending == 0``, the rest up to the number the
+  status counts as ``evicted`` + ``expired`` (dropped on the truck, counted not listed);
+- ``unexplained``: the remainder. While the truck still has pending events (or sent no
+  status yet) the remainder may still arrive: the report's state is ``DRAINING``, and
+  only a ``FINAL`` report's ``unexplained`` is a loss.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+Range = tuple[int, int]
+
+
+class GapState(enum.Enum):
+    """Whether a truck's gaps can still close."""
+
+    #: no status yet, or ``pending > 0``: missing seqs may still arrive
+    DRAINING = "draining"
+    #: the latest status said ``pending == 0``: gaps are final
+    FINAL = "final"
+
+    def __repr__(self) -> str:
+        return f"GapState.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class TruckCounters:
+    """What gap accounting reads from a truck's latest status."""
+
+    pending: int | None
+    dropped: int
+
+    @classmethod
+    def from_status_body(cls, body: str | None) -> TruckCounters | None:
+        """Parse a stored status body (None when there is none)."""
+        if body is None:
+            return None
+        obj: Any = json.loads(body)
+        pending = obj.get("pending")
+        return cls(pending if isinstance(pending, int) else None,
+                   _count(obj.get("evicted")) + _count(obj.get("expired")))
+
+
+def _count(section: Any) -> int:
+    if not isinstance(section, dict):
+        return 0
+    return sum(v for v in section.values() if isinstance(v, int) and not isinstance(v, bool))
+
+
+@dataclass(frozen=True, slots=True)
+class GapInput:
+    """What a store returns per truck for accounting."""
+
+    truck_id: str
+    islands: tuple[Range, ...]
+    notices: tuple[Range, ...]
+    counters: TruckCounters | None
+
+
+@dataclass(frozen=True, slots=True)
+class GapReport:
+    """The gap accounting of one truck."""
+
+    truck_id: str
+    state: GapState
+    first: int | None
+    last: int | None
+    stored: int
+    missing: int
+    announced: int
+    by_counters: int
+    unexplained: int
+    gaps: tuple[Range, ...]
+
+    def line(self) -> str:
+        """One human-readable line."""
+        head = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in self.gaps[:10])
+        more = f" (+{len(self.gaps) - 10} more)" if len(self.gaps) > 10 else ""
+        return (f"{self.truck_id}: {self.state.value} seq {self.first}..{self.last} "
+                f"stored={self.stored} missing={self.missing} announced={self.announced} "
+                f"by_counters={self.by_counters} unexplained={self.unexplained}"
+                + (f" gaps: {head}{more}" if self.gaps else ""))
+
+
+def merge(ranges: Iterable[Range]) -> list[Range]:
+    """The union of inclusive ranges, sorted and disjoint (adjacent ones joined)."""
+    out: list[Range] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def overlap(ranges: list[Range], others: list[Range]) -> int:
+    """How many integers lie in both unions (each list sorted and disjoint)."""
+    total = i = j = 0
+    while i < len(ranges) and j < len(others):
+        lo = max(ranges[i][0], others[j][0])
+        hi = min(ranges[i][1], others[j][1])
+        if lo <= hi:
+            total += hi - lo + 1
+        if ranges[i][1] < others[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def account(inp: GapInput) -> GapReport:
+    """The :class:`GapReport` of one truck."""
+    islands = merge(inp.islands)
+    gaps = [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(islands)]
+    missing = sum(hi - lo + 1 for lo, hi in gaps)
+    announced = overlap(gaps, merge(inp.notices))
+    final = inp.counters is not None and inp.counters.pending == 0
+    rest = missing - announced
+    by_counters = min(rest, inp.counters.dropped) if final and inp.counters else 0
+    return GapReport(
+        truck_id=inp.truck_id,
+        state=GapState.FINAL if final else GapState.DRAINING,
+        first=islands[0][0] if islands else None,
+        last=islands[-1][1] if islands else None,
+        stored=sum(hi - lo + 1 for lo, hi in islands),
+        missing=missing,
+        announced=announced,
+        by_counters=by_counters,
+        unexplained=rest - by_counters,
+        gaps=tuple(gaps),
+    )

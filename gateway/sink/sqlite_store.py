@@ -1,0 +1,188 @@
+"""The embedded default backend: one SQLite file (stdlib :mod:`sqlite3`), WAL mode.
+
+Several sink processes may share one file: each write is a ``BEGIN IMMEDIATE``
+transaction (the writer lock up front, so two writers never deadlock on an upgrade) and
+waits up to :data:`BUSY_TIMEOUT_MS` for the other writer. A lock that outlasts it, a full
+disk or an unreachable file raise :class:`SinkStoreUnavailableError`: the consumer does not
+ack and retries.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+from gateway.sink import schema
+from gateway.sink.base import SinkStoreRejectedError, SinkStoreUnavailableError
+from gateway.sink.gaps import GapInput, TruckCounters
+from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
+
+#: How long a write waits for another process's write transaction on the same file.
+BUSY_TIMEOUT_MS: Final = 10_000
+
+DDL: Final = [
+    """CREATE TABLE IF NOT EXISTS trucks (
+        truck_id TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS events (
+        truck_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+        type TEXT NOT NULL, body TEXT NOT NULL, arrival_ms INTEGER NOT NULL,
+        PRIMARY KEY (truck_id, seq)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS events_truck_ts ON events (truck_id, ts)",
+    "CREATE INDEX IF NOT EXISTS events_truck_type_ts ON events (truck_id, type, ts, seq)",
+    """CREATE TABLE IF NOT EXISTS status_history (
+        truck_id TEXT NOT NULL, ts INTEGER NOT NULL, state TEXT NOT NULL,
+        body TEXT NOT NULL, arrival_ms INTEGER NOT NULL,
+        PRIMARY KEY (truck_id, ts, state)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY, arrival_ms INTEGER NOT NULL, topic TEXT NOT NULL,
+        truck_id TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL)""",
+    """CREATE VIEW IF NOT EXISTS positions AS
+       SELECT truck_id, seq, ts, json_extract(body, '$.lat') AS lat,
+              json_extract(body, '$.lon') AS lon, json_extract(body, '$.alt_m') AS alt_m,
+              json_extract(body, '$.speed_kmh') AS speed_kmh,
+              json_extract(body, '$.heading_deg') AS heading_deg,
+              json_extract(body, '$.fix') AS fix,
+              coalesce(json_extract(body, '$.provisional'), 0) AS provisional
+       FROM events WHERE type = 'gps'""",
+    """CREATE VIEW IF NOT EXISTS latest_position AS
+       SELECT p.* FROM trucks t JOIN positions p ON p.truck_id = t.truck_id AND p.seq = (
+         SELECT seq FROM events x WHERE x.truck_id = t.truck_id AND x.type = 'gps'
+         ORDER BY x.ts DESC, x.seq DESC LIMIT 1)""",
+    """CREATE VIEW IF NOT EXISTS latest_status AS
+       SELECT s.* FROM trucks t JOIN status_history s ON s.truck_id = t.truck_id
+         AND s.ts = (SELECT max(ts) FROM status_history x WHERE x.truck_id = t.truck_id)""",
+    """CREATE VIEW IF NOT EXISTS latest_state AS
+       SELECT t.truck_id, p.ts AS position_ts, p.lat, p.lon, p.speed_kmh,
+              (SELECT body FROM events e WHERE e.truck_id = t.truck_id AND e.type = 'engine'
+               ORDER BY e.ts DESC, e.seq DESC LIMIT 1) AS engine,
+              s.state, s.ts AS status_ts, json_extract(s.body, '$.pending') AS pending
+       FROM trucks t LEFT JOIN latest_position p ON p.truck_id = t.truck_id
+       LEFT JOIN latest_status s ON s.truck_id = t.truck_id""",
+    """CREATE VIEW IF NOT EXISTS active_faults AS
+       SELECT d.truck_id, json_extract(d.body, '$.src') AS src, d.ts, d.seq,
+              json_extract(f.value, '$.spn') AS spn, json_extract(f.value, '$.fmi') AS fmi,
+              json_extract(f.value, '$.oc') AS oc
+       FROM events d, json_each(json_extract(d.body, '$.active')) AS f
+       WHERE d.type = 'dtc' AND d.seq = (
+         SELECT x.seq FROM events x WHERE x.truck_id = d.truck_id AND x.type = 'dtc'
+           AND json_extract(x.body, '$.src') IS json_extract(d.body, '$.src')
+         ORDER BY x.ts DESC, x.seq DESC LIMIT 1)""",
+    """CREATE VIEW IF NOT EXISTS gap_notices AS
+       SELECT truck_id, seq, json_extract(body, '$.first') AS first,
+              json_extract(body, '$.last') AS last, json_extract(body, '$.reason') AS reason
+       FROM events WHERE type = 'seq_gap'""",
+]
+
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (truck_id, seq, ts, type, body, arrival_ms) VALUES (?,?,?,?,?,?)"
+    " ON CONFLICT (truck_id, seq) DO NOTHING")
+
+
+class SqliteSinkStore:
+    """A :class:`~gateway.sink.base.SinkStore` in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteSinkStore({str(self.path)!r}, open={self._db is not None})"
+
+    def open(self) -> None:
+        """Open the file and create the schema now rather than at the first write."""
+        self._conn()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                 timeout=BUSY_TIMEOUT_MS / 1000)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never torn
+            db.execute("BEGIN IMMEDIATE")
+            for stmt in DDL:
+                db.execute(stmt)
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'seq_gaps'").fetchone():
+                db.execute(schema.SEQ_GAPS_VIEW)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SinkStoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
+        self._db = db
+        return db
+
+    def write(self, outcome: Outcome) -> int:
+        """Store one message in one transaction; the number of new event rows."""
+        if isinstance(outcome, Ignored):
+            return 0
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = self._rows(db, outcome)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise SinkStoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
+        except (sqlite3.DataError, sqlite3.IntegrityError, OverflowError) as exc:
+            raise SinkStoreRejectedError(f"sqlite {self.path}: {exc}") from exc
+        return inserted
+
+    @staticmethod
+    def _rows(db: sqlite3.Connection, outcome: EventBatch | StatusRow | Quarantined) -> int:
+        if isinstance(outcome, Quarantined):
+            db.execute(
+                "INSERT INTO quarantine (arrival_ms, topic, truck_id, reason, detail, payload)"
+                " VALUES (?,?,?,?,?,?)",
+                (outcome.received_ms, outcome.topic, outcome.truck_id, str(outcome.reason),
+                 outcome.detail, outcome.payload))
+            return 0
+        db.execute("INSERT INTO trucks VALUES (?, ?) ON CONFLICT DO NOTHING",
+                   (outcome.truck_id, outcome.received_ms))
+        if isinstance(outcome, StatusRow):
+            db.execute("INSERT INTO status_history VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                       (outcome.truck_id, outcome.ts, outcome.state, outcome.body,
+                        outcome.received_ms))
+            return 0
+        before = db.total_changes
+        db.executemany(_INSERT_EVENT, [(r.truck_id, r.seq, r.ts, r.type, r.body,
+                                        outcome.received_ms) for r in outcome.rows])
+        return db.total_changes - before
+
+    def gap_inputs(self, truck_id: str | None = None) -> list[GapInput]:
+        """Islands, notices and latest status counters per truck."""
+        db = self._conn()
+        where, args = ("WHERE truck_id = ?", (truck_id,)) if truck_id else ("", ())
+        try:
+            trucks = [r[0] for r in db.execute(schema.TRUCKS.format(where=where), args)]
+            islands: dict[str, list[tuple[int, int]]] = {t: [] for t in trucks}
+            for tid, lo, hi in db.execute(schema.ISLANDS.format(where=where), args):
+                islands.setdefault(tid, []).append((lo, hi))
+            notices: dict[str, list[tuple[int, int]]] = {}
+            for tid, first, last in db.execute(
+                    schema.NOTICES.format(where=where), args):
+                notices.setdefault(tid, []).append((first, last))
+            status = dict(db.execute(schema.LATEST_STATUS.format(body="body", where=where),
+                                     args).fetchall())
+        except sqlite3.OperationalError as exc:
+            raise SinkStoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
+        return [GapInput(t, tuple(islands.get(t, ())), tuple(notices.get(t, ())),
+                         TruckCounters.from_status_body(status.get(t)))
+                for t in sorted(islands)]
+
+    def count_events(self, truck_id: str | None = None) -> int:
+        """Rows in ``events`` (of one truck)."""
+        db = self._conn()
+        if truck_id is None:
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(db.execute("SELECT count(*) FROM events WHERE truck_id = ?",
+                              (truck_id,)).fetchone()[0])
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None

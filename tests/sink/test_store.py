@@ -1,0 +1,137 @@
+"""Both backends, real SQLite files and a real PostgreSQL: idempotent writes, the views."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.sink.base import (
+    SinkStore,
+    SinkStoreConfigError,
+    SinkStoreRejectedError,
+    SinkStoreUnavailableError,
+)
+from gateway.sink.gaps import GapState, account
+from gateway.sink.rows import EventBatch, EventRow, Outcome, Quarantined, classify
+from gateway.sink.store import open_store
+from sim.sink_postgres import PostgresServer
+
+
+def msg(truck: str, *events: dict[str, Any]) -> Outcome:
+    payload = json.dumps({"truck_id": truck, "events": list(events)}).encode()
+    return classify(f"fleet/{truck}/events", payload, None, 1_000)
+
+
+def status(truck: str, **fields: Any) -> Outcome:
+    return classify(f"fleet/{truck}/status", json.dumps(fields).encode(), None, 1_000)
+
+
+def gps(seq: int, ts: int, lat: float, **extra: Any) -> dict[str, Any]:
+    return {"seq": seq, "ts": ts, "type": "gps", "lat": lat, "lon": 11.0, "speed_kmh": 50.0,
+            "fix": 3, **extra}
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SinkStore]:
+    s = open_store(db_url)
+    yield s
+    s.close()
+
+
+def query(db_url: str, sql: str) -> list[tuple[Any, ...]]:
+    if db_url.startswith("sqlite:///"):
+        with sqlite3.connect(db_url[len("sqlite:///"):]) as db:
+            return [tuple(r) for r in db.execute(sql)]
+    with psycopg.connect(db_url) as conn:
+        return [tuple(r) for r in conn.execute(sql)]
+
+
+def test_same_batch_twice_is_stored_once(store: SinkStore) -> None:
+    first = msg("T1", gps(1, 100, 48.0), gps(2, 200, 48.1))
+    assert store.write(first) == 2
+    assert store.write(first) == 0
+    assert store.write(msg("T1", gps(2, 200, 48.1), gps(3, 300, 48.2))) == 1
+    assert store.write(msg("T2", gps(2, 200, 48.1))) == 1
+    assert (store.count_events(), store.count_events("T1")) == (4, 3)
+
+
+def test_views_latest_state_faults_status_and_gaps(store: SinkStore, db_url: str) -> None:
+    store.write(msg("T1", gps(1, 100, 48.0), gps(2, 300, 48.2),
+                    {"seq": 3, "ts": 250, "type": "engine", "src": 0, "engine_speed_rpm": 900},
+                    gps(5, 200, 48.1),
+                    {"seq": 6, "ts": 260, "type": "dtc", "src": 0, "active": [
+                        {"spn": 110, "fmi": 0, "oc": 3}, {"spn": 100, "fmi": 1, "oc": 1}]},
+                    {"seq": 9, "ts": 270, "type": "dtc", "src": 3, "active": []},
+                    {"seq": 12, "ts": 280, "type": "seq_gap", "first": 10, "last": 10,
+                     "reason": "unclean_start"}))
+    store.write(status("T1", state="online", ts=50, pending=7))
+    store.write(status("T1", state="online", ts=60, pending=0, evicted={"telemetry": 1}))
+    store.write(status("T1", state="online", ts=60, pending=0, evicted={"telemetry": 1}))
+    assert query(db_url, "SELECT truck_id, seq, lat FROM latest_position") == [("T1", 2, 48.2)]
+    assert query(db_url, "SELECT count(*) FROM positions") == [(3,)]
+    assert query(db_url, "SELECT truck_id, state, status_ts, pending FROM latest_state") == [
+        ("T1", "online", 60, 0)]
+    assert sorted(query(db_url, "SELECT truck_id, spn, fmi, oc FROM active_faults")) == [
+        ("T1", 100, 1, 1), ("T1", 110, 0, 3)]
+    assert query(db_url, "SELECT count(*) FROM status_history") == [(2,)]
+    assert query(db_url, "SELECT truck_id, first_missing, last_missing FROM seq_gaps "
+                 "ORDER BY 2") == [("T1", 4, 4), ("T1", 7, 8), ("T1", 10, 11)]
+    [inp] = store.gap_inputs("T1")
+    r = account(inp)
+    # missing 4, 7, 8, 10, 11: 10 announced, 1 evicted, 3 unexplained; final (pending 0)
+    assert (r.state, r.missing, r.announced, r.by_counters, r.unexplained) == (
+        GapState.FINAL, 5, 1, 1, 3)
+    assert store.gap_inputs("nobody") == []
+
+
+def test_quarantine_keeps_topic_reason_and_payload(store: SinkStore, db_url: str) -> None:
+    bad = classify("fleet/T1/events", b"\x00\x01", None, 5)
+    assert isinstance(bad, Quarantined)
+    store.write(bad)
+    assert query(db_url, "SELECT topic, truck_id, reason FROM quarantine") == [
+        ("fleet/T1/events", "T1", "undecodable")]
+    assert store.count_events() == 0
+
+
+def test_empty_batch_and_unknown_types(store: SinkStore) -> None:
+    empty = msg("T1")
+    assert isinstance(empty, EventBatch) and store.write(empty) == 0
+    assert store.write(msg("T1", {"seq": 1, "ts": 1, "type": "future", "x": [1]})) == 1
+
+
+def test_postgres_outage_raises_unavailable_then_recovers(
+        pg_url: str, postgres_server: PostgresServer) -> None:
+    store = open_store(pg_url)
+    try:
+        store.write(msg("T1", gps(1, 100, 48.0)))
+        postgres_server.stop()
+        with pytest.raises(SinkStoreUnavailableError):
+            store.write(msg("T1", gps(2, 200, 48.0)))
+        postgres_server.start()
+        assert store.write(msg("T1", gps(2, 200, 48.0))) == 1
+        assert store.count_events() == 2
+    finally:
+        store.close()
+
+
+def test_postgres_refusing_one_message_is_a_rejection_not_an_outage(pg_url: str) -> None:
+    store = open_store(pg_url)
+    try:
+        bad = EventBatch("T1", (EventRow("T1", 1, 1, "gps", "{not json"),), 1)
+        with pytest.raises(SinkStoreRejectedError):
+            store.write(bad)
+        assert store.write(msg("T1", gps(1, 100, 48.0))) == 1  # the connection is fine
+    finally:
+        store.close()
+
+
+def test_unknown_url_is_a_config_error() -> None:
+    with pytest.raises(SinkStoreConfigError):
+        open_store("mysql://x")
+    with pytest.raises(SinkStoreConfigError):
+        open_store("sqlite:///")

@@ -146,12 +146,12 @@ async def _driver_cpu(cfg: CanConfig, send: Callable[[can.Message], None],
     driver_cpu_s = (p1 - p0) - out["cpu"]
     return {
         "sent": out["sent"],
-        "received": float(stats["frames_total"] or 0),
+        "received": float(stats.frames_total or 0),
         "rate": out["sent"] / out["wall"],
         "cpu_pct": 100 * driver_cpu_s / (w1 - w0),
         "sender_cpu_pct": 100 * out["cpu"] / out["wall"],
         "engine_events": float(ingest.stats().engine_events),
-        "bus_load_pct": float(stats["bus_load_pct"] or 0),
+        "bus_load_pct": float(stats.bus_load_pct or 0),
     }
 
 

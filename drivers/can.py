@@ -19,8 +19,10 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from types import MappingProxyType
+from typing import Any
 
 import can
 
@@ -77,7 +79,8 @@ def decode_table(dbc_file: Path | None) -> Mapping[int, Spec]:
     return build_table(specs)
 
 
-class CanStats(TypedDict):
+@dataclass(frozen=True, slots=True)
+class CanStats:
     """What :meth:`CanDriver.stats` reports (the status file's ``can`` section)."""
 
     state: str
@@ -102,9 +105,9 @@ class CanStats(TypedDict):
     last_error: str | None
     address_claims: int
     address_moves: int
-    names: dict[str, dict[str, object]]
-    fms: dict[str, dict[str, object]]
-    drivers: dict[str, dict[str, str]]
+    names: Mapping[str, Mapping[str, object]]
+    fms: Mapping[str, Mapping[str, object]]
+    drivers: Mapping[str, Mapping[str, str]]
 
 
 class CanState(enum.Enum):
@@ -184,33 +187,33 @@ class CanDriver:
             counts["requests_sent"] += reader.sent
             counts["request_errors"] += reader.send_errors
         ident = self.decoder.identity
-        return {
-            "state": self._state.value,
-            "interface": self.cfg.interface,
-            "channel": self.cfg.channel,
-            "frames_total": dc["frames"],
-            "frames_per_s": round(self._frames_per_s, 1),
-            "bus_load_pct": round(self._bus_load, 1),
-            "decoded": dc["decoded"],
-            "ignored": dc["ignored"],
-            "decode_errors": dc["decode_errors"],
-            "dm1": dc["dm1"],
-            "tp_completed": tp.counters["completed"],
-            "tp_errors": tp.errors,
-            "tp_sessions": tp.active_sessions,
-            "error_frames": counts["error_frames"],
-            "dropped": counts["dropped"],
-            "reconnects": counts["reconnects"],
-            "sink_errors": counts["sink_errors"],
-            "requests_sent": counts["requests_sent"],
-            "request_errors": counts["request_errors"],
-            "last_error": self._last_error,
-            "address_claims": ident.claims,
-            "address_moves": ident.moves,
-            "names": ident.names_dict(),
-            "fms": ident.fms_dict(),
-            "drivers": ident.drivers_dict(),
-        }
+        return CanStats(
+            state=self._state.value,
+            interface=self.cfg.interface,
+            channel=self.cfg.channel,
+            frames_total=dc["frames"],
+            frames_per_s=round(self._frames_per_s, 1),
+            bus_load_pct=round(self._bus_load, 1),
+            decoded=dc["decoded"],
+            ignored=dc["ignored"],
+            decode_errors=dc["decode_errors"],
+            dm1=dc["dm1"],
+            tp_completed=tp.counters["completed"],
+            tp_errors=tp.errors,
+            tp_sessions=tp.active_sessions,
+            error_frames=counts["error_frames"],
+            dropped=counts["dropped"],
+            reconnects=counts["reconnects"],
+            sink_errors=counts["sink_errors"],
+            requests_sent=counts["requests_sent"],
+            request_errors=counts["request_errors"],
+            last_error=self._last_error,
+            address_claims=ident.claims,
+            address_moves=ident.moves,
+            names=MappingProxyType(ident.names_dict()),
+            fms=MappingProxyType(ident.fms_dict()),
+            drivers=MappingProxyType(ident.drivers_dict()),
+        )
 
     async def run(self) -> None:
         """Read the bus until cancelled; retries device failures with backoff."""

@@ -16,7 +16,7 @@ No I/O and no clock reads. The epoch merge that turns sentences into fixes, and 
   -400 degrees) is dropped from the record; the rest of the sentence is kept.
 
 Why not pynmea2: it accepts sentences without checksums, yields 0.0 latitude with no
-fix and misreads u-blox RMC status; see ``DOMAIN.md`` section 2.
+fix and misreads u-blox RMC status; see docs/gps.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Point recording policy for GPS fixes (``[gps.sampling]``); pure, time passed in.
 
-Fleet practice (DOMAIN.md section 3): while moving, record a point when any threshold
+Fleet practice (docs/gps.md, point recording): while moving, record a point when any threshold
 is crossed, and at least every ``max_interval_s``; while stopped, one point every
 ``stopped_interval_s``. In detail, for a fix offered at monotonic time ``t``:
 

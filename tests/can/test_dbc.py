@@ -168,7 +168,7 @@ async def test_driver_decodes_dbc_signals_from_the_bus() -> None:
         task = asyncio.create_task(driver.run(), name="can-driver")
         try:
             async with asyncio.timeout(5):
-                while driver.stats()["state"] != "active":  # noqa: ASYNC110 - no event to wait on
+                while driver.stats().state != "active":  # noqa: ASYNC110 - no event to wait on
                     await asyncio.sleep(0.01)
                 tx.send(can.Message(arbitration_id=0x18FF0E21, data=bytes.fromhex(GOOD),
                                     is_extended_id=True))

@@ -105,11 +105,11 @@ async def test_virtual_bus_end_to_end_listen_only() -> None:
     (dtc,) = [e for e in events if e["type"] == "dtc"]
     assert dtc["active"] == [{"spn": 110, "fmi": 4, "oc": 1}, {"spn": 190, "fmi": 15, "oc": 2}]
     assert dtc["lamps"] == {"mil": "on", "red_stop": "on", "amber_warning": "on", "protect": "off"}
-    assert stats["frames_total"] == 5
-    assert stats["tp_completed"] == 1
-    assert stats["tp_errors"] == 0
-    assert stats["requests_sent"] == 0
-    assert stats["state"] == "active"
+    assert stats.frames_total == 5
+    assert stats.tp_completed == 1
+    assert stats.tp_errors == 0
+    assert stats.requests_sent == 0
+    assert stats.state == "active"
 
 
 async def test_requests_when_not_listen_only() -> None:
@@ -150,8 +150,8 @@ async def test_absent_adapter_is_retried_with_backoff_and_logged_once(
     assert len(attempts) == 4
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(g >= 0.2 for g in gaps)  # never a tight retry loop
-    assert stats["reconnects"] == 3
-    assert "CanInitializationError: no such device" in str(stats["last_error"])
+    assert stats.reconnects == 3
+    assert "CanInitializationError: no such device" in str(stats.last_error)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # the same failure three times is logged once
     assert "no such device" in warnings[0].getMessage()
@@ -186,7 +186,7 @@ async def test_sink_failure_is_counted_not_fatal() -> None:
             await until(lambda: len(seen) >= 1)
             tx.send(frames()[1])
             await until(lambda: len(seen) >= 2)
-            assert driver.stats()["sink_errors"] == 1
+            assert driver.stats().sink_errors == 1
             assert driver.state is CanState.ACTIVE
 
 
@@ -207,7 +207,7 @@ async def test_submit_failure_is_counted_by_ingest_not_fatal() -> None:
                 tx.send(msg)
             await until(lambda: len(seen) >= 2)
             assert driver.ingest.stats().submit_errors == 1  # type: ignore[attr-defined]
-            assert driver.stats()["sink_errors"] == 0
+            assert driver.stats().sink_errors == 0
             assert driver.state is CanState.ACTIVE
 
 
@@ -271,10 +271,10 @@ async def test_slcan_over_pty_end_to_end_and_unplug() -> None:
             assert "S5" in adapter.commands  # 250 kbit/s
             assert "L" in adapter.commands and "O" not in adapter.commands  # listen-only
             assert events[0].fields["engine_speed_rpm"] == 651.75
-            assert driver.stats()["frames_total"] == 5
+            assert driver.stats().frames_total == 5
             adapter.unplug()
             await until(lambda: driver.state is CanState.BACKOFF, timeout=10)
-            assert "read failed" in str(driver.stats()["last_error"])
+            assert "read failed" in str(driver.stats().last_error)
     finally:
         adapter.unplug()
 
@@ -296,7 +296,7 @@ async def test_truck_log_over_virtual_bus_into_sqlite_buffer(tmp_path: Path) -> 
                     tx.send(msg)
                     if i % 500 == 0:
                         await asyncio.sleep(0.05)  # let the driver and the store keep up
-                await until(lambda: driver.stats()["frames_total"] == len(log_msgs))
+                await until(lambda: driver.stats().frames_total == len(log_msgs))
                 stats = driver.stats()
                 recorded = driver.ingest.stats()  # type: ignore[attr-defined]
         await store.flush()
@@ -311,9 +311,9 @@ async def test_truck_log_over_virtual_bus_into_sqlite_buffer(tmp_path: Path) -> 
     assert all(600 < e["engine_speed_rpm"] < 700 for e in engine if "engine_speed_rpm" in e)
     (dtc,) = [e for e in events if e["type"] == "dtc"]
     assert {"spn": 980, "fmi": 9, "oc": 126} in dtc["active"]
-    assert stats["decode_errors"] == 0
-    assert stats["tp_errors"] == 0
-    assert stats["dropped"] == 0
+    assert stats.decode_errors == 0
+    assert stats.tp_errors == 0
+    assert stats.dropped == 0
 
 
 def test_state_repr_and_str() -> None:
@@ -346,7 +346,7 @@ async def test_wheel_speed_for_the_moving_decision() -> None:
             await until(lambda: driver.state is CanState.ACTIVE)
             assert ingest.wheel_speed_kmh() is None  # nothing heard yet
             tx.send(frames()[1])  # CCVS with FF FF: not available
-            await until(lambda: driver.stats()["frames_total"] == 1)
+            await until(lambda: driver.stats().frames_total == 1)
             assert ingest.wheel_speed_kmh() is None
             # CCVS 42.5 km/h: bytes 2-3 = 42.5 * 256 = 0x2A80, little-endian
             tx.send(can.Message(arbitration_id=0x18FEF100,

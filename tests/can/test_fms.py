@@ -227,18 +227,18 @@ async def test_driver_stats_list_names_fms_and_drivers() -> None:
                     await asyncio.sleep(0.01)
                 for can_id, data in frames:
                     tx.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
-                while driver.stats()["frames_total"] < len(frames):  # noqa: ASYNC110
+                while driver.stats().frames_total < len(frames):  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     stats = driver.stats()
-    assert stats["names"] == {
+    assert stats.names == {
         "00": {"name": "800000000CA00001", "manufacturer": 101, "function": 0, "identity": 1}}
-    assert stats["fms"] == {"27": {"version": "0400", "diagnostics": True, "requests": False}}
-    assert stats["drivers"] == {"EE": {"driver1": "DF00000012345601"}}
-    assert (stats["address_claims"], stats["address_moves"]) == (1, 0)
+    assert stats.fms == {"27": {"version": "0400", "diagnostics": True, "requests": False}}
+    assert stats.drivers == {"EE": {"driver1": "DF00000012345601"}}
+    assert (stats.address_claims, stats.address_moves) == (1, 0)
 
 
 @settings(deadline=None)  # no per-example time limit on a busy CI machine

@@ -141,6 +141,30 @@ def _items(obj: Any) -> Iterable[tuple[str, Any]]:
     return obj.items() if isinstance(obj, Mapping) else ()
 
 
+#: (state-file key, metric name part, help) of the counters exported per section
+UPLINK_COUNTERS = (
+    ("published_bytes", "published_bytes", "Payload bytes published to the broker"),
+    ("published_events", "published_events", "Events published (acknowledged or not)"),
+    ("acked_events", "acked_events", "Events the broker acknowledged"),
+    ("reconnects", "reconnects", "Connections lost and tried again"),
+    ("connect_failures", "connect_failures", "Connection attempts that failed"),
+    ("publish_timeouts", "publish_timeouts", "Publishes without PUBACK in time"),
+    ("refused_publishes", "refused_publishes", "Publishes the broker refused"),
+)
+GPS_COUNTERS = (
+    ("sentences_ok", "sentences", "Valid NMEA sentences"),
+    ("checksum_errors", "checksum_errors", "NMEA sentences with a wrong checksum"),
+    ("parse_errors", "parse_errors", "NMEA sentences that did not parse"),
+    ("bytes_received", "received_bytes", "Bytes read from the receiver"),
+)
+CAN_COUNTERS = (
+    ("frames_total", "frames", "CAN frames received"),
+    ("decode_errors", "decode_errors", "Frames that did not decode"),
+    ("tp_errors", "tp_errors", "Transport-protocol sessions that failed"),
+    ("dropped", "dropped_frames", "Frames dropped by a full reader queue"),
+)
+
+
 def render_prometheus(state: Mapping[str, Any]) -> str:
     """A node_exporter textfile (text exposition format 0.0.4) for one snapshot."""
     m = _Metrics({"truck": str(state.get("truck_id", ""))})
@@ -160,6 +184,8 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
           str(up.get("state", "")).lower() == "connected")
     m.add("truckgw_uplink_last_publish_timestamp_seconds", "gauge",
           "When the broker last acknowledged a publish", up.get("last_publish_at"))
+    for key, name, help_ in UPLINK_COUNTERS:
+        m.add(f"truckgw_uplink_{name}_total", "counter", help_, up.get(key))
     buf = state.get("buffer") or {}
     m.add("truckgw_buffer_pending_events", "gauge", "Events waiting for upload",
           buf.get("pending"))
@@ -183,6 +209,8 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
     gps = state.get("gps")
     if isinstance(gps, Mapping):
         m.add("truckgw_gps_fix", "gauge", "1 while the GPS has a valid fix", gps.get("fix"))
+        for key, name, help_ in GPS_COUNTERS:
+            m.add(f"truckgw_gps_{name}_total", "counter", help_, gps.get(key))
         m.add("truckgw_gps_last_fix_age_seconds", "gauge", "Seconds since the last valid fix",
               gps.get("last_fix_age_s"))
         # a timestamp stays right however old the textfile is (an age does not)
@@ -196,6 +224,16 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
               can.get("frames_per_s"))
         m.add("truckgw_can_errors_total", "counter", "CAN bus and adapter errors",
               can.get("errors"))
+        for key, name, help_ in CAN_COUNTERS:
+            m.add(f"truckgw_can_{name}_total", "counter", help_, can.get(key))
+    clock = state.get("clock")
+    if isinstance(clock, Mapping):
+        m.add("truckgw_clock_gps_synced", "gauge", "1 once GPS time drives the clock",
+              clock.get("synced"))
+        m.add("truckgw_clock_verified", "gauge",
+              "1 while event times are confirmed by GPS or NTP", clock.get("verified"))
+        m.add("truckgw_clock_steps_total", "counter", "Steps of the clock to follow GPS time",
+              clock.get("steps"))
     for name, task in _items(state.get("tasks")):
         if isinstance(task, Mapping):
             m.add("truckgw_task_restarts_total", "counter", "Restarts of a pipeline task",

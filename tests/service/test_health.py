@@ -127,6 +127,28 @@ def test_prometheus_textfile_is_well_formed() -> None:
     assert 'truckgw_can_errors_total{truck="TRK-1"} 3' in text
     assert 'truckgw_task_restarts_total{truck="TRK-1",task="gps"} 3' in text
     assert 'truckgw_buffer_oldest_pending_timestamp_seconds{truck="TRK-1"} 1700000000' in text
+    # counters, not rates: a scraper computes rates itself
+    assert 'truckgw_can_frames_total{truck="TRK-1"} 1000' in text
+    assert 'truckgw_can_decode_errors_total{truck="TRK-1"} 1' in text
+
+
+def test_prometheus_exports_the_operators_counters() -> None:
+    snap = _snapshot(
+        uplink=Driver("CONNECTED", {"state": "CONNECTED", "published_bytes": 123456,
+                                    "reconnects": 4, "publish_timeouts": 2}),
+        gps=Driver("fix", {"state": "fix", "checksum_errors": 5, "parse_errors": 1}),
+        clock={"synced": True, "verified": True, "steps": 1},
+    )
+    text = render_prometheus(snap)
+    for line in ('truckgw_uplink_published_bytes_total{truck="TRK-1"} 123456',
+                 'truckgw_uplink_reconnects_total{truck="TRK-1"} 4',
+                 'truckgw_uplink_publish_timeouts_total{truck="TRK-1"} 2',
+                 'truckgw_gps_checksum_errors_total{truck="TRK-1"} 5',
+                 'truckgw_gps_parse_errors_total{truck="TRK-1"} 1',
+                 'truckgw_clock_verified{truck="TRK-1"} 1',
+                 'truckgw_clock_steps_total{truck="TRK-1"} 1'):
+        assert line in text, line
+    assert "truckgw_uplink_acked_events_total{" not in text  # unknown: left out, not 0
 
 
 def test_prometheus_leaves_out_unknown_values_and_escapes_labels() -> None:

@@ -240,7 +240,7 @@ async def main() -> None:
 
 asyncio.run(main())
 now = time.time()
-HealthWriter(cfg.state_file).write({
+HealthWriter(cfg.state_file, cfg.metrics.textfile).write({
     "version": 1, "truck_id": cfg.truck_id, "pid": 2**22 + 1, "phase": "stopped",
     "started_at": now - 60, "updated_at": now - 28, "uptime_s": 32.0, "healthy": True,
     "uplink": {"state": "disconnected", "last_publish_at": now - 30},
@@ -260,14 +260,19 @@ def test_status_for_an_administrator_in_the_group(sandbox: Sandbox) -> None:
     uid, gid = _ids(root)
     conf = root / "etc/truckgw/truckgw.toml"
     state_dir = root / "var/lib/truckgw"
-    # the sandbox's buffer lives under the throwaway root (as root edits the config)
-    conf.write_text(conf.read_text().replace('"/var/lib/truckgw/', f'"{state_dir}/'))
+    run_dir = root / "run/truckgw"  # what the unit's RuntimeDirectory= makes
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(run_dir, uid, gid)
+    # the sandbox's buffer and state live under the throwaway root (as root edits the config)
+    conf.write_text(conf.read_text().replace('"/var/lib/truckgw/', f'"{state_dir}/')
+                    .replace('"/run/truckgw/', f'"{run_dir}/'))
     env = {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
     python = str(root / "opt/truckgw/current/bin/python")
     agent = _as(uid, gid, [], python, "-c", STOPPED_AGENT, str(conf), env=env)
     assert agent.returncode == 0, agent.stderr
-    state = state_dir / "buffer.db.state.json"
+    state = run_dir / "state.json"  # on the tmpfs, not the SD card
     assert state.stat().st_mode & 0o777 == 0o640
+    assert (run_dir / "truckgw.prom").stat().st_mode & 0o777 == 0o644  # node_exporter
     assert (state_dir / "buffer.db").stat().st_mode & 0o007 == 0  # nothing for others
 
     exe = str(root / "usr/local/bin/truckgw")  # the link on PATH (through ROOT here)

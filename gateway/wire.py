@@ -1,7 +1,8 @@
 """The public wire format: event batches and status messages (see docs/wire-format.md).
 
 Pure functions over bytes: no I/O, no clock reads. Two encodings of the same object
-``{"truck_id": "...", "events": [{"seq": .., "ts": .., "type": .., <fields>}, ...]}``:
+``{"schema": "truckgw.batch/2", "truck_id": "...", "events": [{"seq": .., "ts": .., "type":
+.., <fields>}, ...]}``:
 
 - ``json``: UTF-8 JSON. Built by byte concatenation from the stored bodies
   (``b'{"seq":N,' + body[1:]``), so an event is serialised to JSON once, at ingest.
@@ -31,12 +32,18 @@ CONTENT_TYPE_COMPACT: Final = "application/json+zstd"
 #: Topic level appended to the events topic for compact batches under MQTT 3.1.1.
 COMPACT_TOPIC_SUFFIX: Final = "json-zstd"
 ENCODINGS: Final = ("json", "compact")
+#: The ``schema`` of every batch and status: name and contract revision
+#: (docs/wire-format.md "Changes to this contract"; JSON Schemas in docs/schema/).
+#: Batches of older trucks (revision 1) have no ``schema``; decoders accept them.
+BATCH_SCHEMA: Final = "truckgw.batch/2"
+STATUS_SCHEMA: Final = "truckgw.status/2"
 #: zstd level: 3 is zstd's default; higher levels cost Pi CPU for a few % of bytes.
 ZSTD_LEVEL: Final = 3
 #: A decoder refuses to inflate a payload beyond this (decompression bombs).
 MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
 
 _ENC = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_BATCH_HEAD: Final = b'{"schema":"' + BATCH_SCHEMA.encode() + b'","truck_id":'
 _ZC = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
 
 
@@ -113,7 +120,9 @@ def wire_event_json(seq: int, body: bytes) -> bytes:
 
 
 def _json_head(truck_id: str) -> bytes:
-    return b'{"truck_id":' + _ENC.encode(truck_id).encode() + b',"events":['
+    # the same bytes in both encodings (compact is this JSON compressed): 27 bytes per
+    # batch, a handful after zstd, i.e. well below 0.1 byte per event at batch sizes
+    return _BATCH_HEAD + _ENC.encode(truck_id).encode() + b',"events":['
 
 
 def _encode_json(
@@ -154,8 +163,13 @@ def _encode_compact(
 
 
 def encode_status(truck_id: str, state: str, ts_ms: int, fields: Mapping[str, Any]) -> bytes:
-    """A status payload (always JSON): ``{"state":..,"truck_id":..,"ts":..,<fields>}``."""
-    obj: dict[str, Any] = {"state": state, "truck_id": truck_id, "ts": ts_ms}
+    """A status payload (always JSON).
+
+    ``{"schema":"truckgw.status/2","state":..,"truck_id":..,"ts":..,<fields>}``; a field
+    named like one of the fixed keys does not override it.
+    """
+    obj: dict[str, Any] = {"schema": STATUS_SCHEMA, "state": state, "truck_id": truck_id,
+                           "ts": ts_ms}
     for k, v in fields.items():
         obj.setdefault(k, v)
     return json.dumps(obj, separators=(",", ":"), default=str).encode()
@@ -169,8 +183,10 @@ def decode_payload(
 ) -> dict[str, Any]:
     """Decode and validate an events batch; raises :class:`WireError` on bad input.
 
-    Checks the envelope: ``truck_id`` a non-empty string, ``events`` a list of objects
-    each with an integer ``seq`` >= 0, an integer ``ts`` and a string ``type``.
+    Checks the envelope: ``schema`` a string if present (absent in batches of
+    revision-1 trucks; any revision is accepted, later ones are additive), ``truck_id``
+    a non-empty string, ``events`` a list of objects each with an integer ``seq`` >= 0,
+    an integer ``ts`` and a string ``type``.
     """
     if compact:
         obj = _loads_compact(payload, max_decoded_bytes)
@@ -214,6 +230,8 @@ def _is_int(v: Any) -> bool:
 def _validate_batch(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise WireError(f"batch is not an object but {type(obj).__name__}")
+    if "schema" in obj and not isinstance(obj["schema"], str):
+        raise WireError(f"batch schema is not a string: {obj['schema']!r}")
     tid = obj.get("truck_id")
     if not isinstance(tid, str) or not tid:
         raise WireError("batch has no string truck_id")

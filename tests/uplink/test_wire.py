@@ -44,7 +44,18 @@ def test_json_event_is_body_with_seq_in_front() -> None:
     ev = stored(42, Event("gps", 5, {"lat": 1.5}))
     assert wire.wire_event_json(42, ev.body) == b'{"seq":42,"ts":5,"type":"gps","lat":1.5}'
     payload, _ = wire.encode_batches("t", [ev], "json", 4096)[0]
-    assert payload == b'{"truck_id":"t","events":[{"seq":42,"ts":5,"type":"gps","lat":1.5}]}'
+    assert payload == (b'{"schema":"truckgw.batch/2","truck_id":"t","events":'
+                       b'[{"seq":42,"ts":5,"type":"gps","lat":1.5}]}')
+
+
+def test_decoder_accepts_batches_without_schema() -> None:
+    """Revision-1 trucks send no ``schema``; a later revision is accepted as well."""
+    old = wire.decode_payload(b'{"truck_id":"t","events":[{"seq":1,"ts":2,"type":"gps"}]}',
+                              compact=False)
+    assert "schema" not in old and old["events"][0]["seq"] == 1
+    new = wire.decode_payload(b'{"schema":"truckgw.batch/9","truck_id":"t","events":[]}',
+                              compact=False)
+    assert new["schema"] == "truckgw.batch/9"
 
 
 @pytest.mark.parametrize("encoding", ["json", "compact"])
@@ -84,6 +95,7 @@ def test_compact_is_the_json_batch_in_one_zstd_frame() -> None:
     assert raw == plain
     assert zstandard.frame_content_size(payload) == len(plain)
     obj = json.loads(raw)
+    assert obj["schema"] == wire.BATCH_SCHEMA
     assert obj["truck_id"] == "t"
     assert [e["seq"] for e in obj["events"]] == [1, 2, 3]
 
@@ -111,7 +123,8 @@ def test_topics_and_content_types() -> None:
 
 def test_status_payload() -> None:
     obj = json.loads(wire.encode_status("t1", "online", 123, {"pending": 4, "state": "x"}))
-    assert obj == {"state": "online", "truck_id": "t1", "ts": 123, "pending": 4}
+    assert obj == {"schema": "truckgw.status/2", "state": "online", "truck_id": "t1",
+                   "ts": 123, "pending": 4}
 
 
 @pytest.mark.parametrize(
@@ -121,6 +134,7 @@ def test_status_payload() -> None:
         (b"[]", False, "not an object"),
         (b'{"events":[]}', False, "truck_id"),
         (b'{"truck_id":"t"}', False, "events list"),
+        (b'{"schema":2,"truck_id":"t","events":[]}', False, "schema"),
         (b'{"truck_id":"t","events":[1]}', False, "not an object"),
         (b'{"truck_id":"t","events":[{"seq":true,"ts":1,"type":"x"}]}', False, "seq"),
         (b'{"truck_id":"t","events":[{"seq":-1,"ts":1,"type":"x"}]}', False, "seq"),

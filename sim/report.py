@@ -1,8 +1,10 @@
 """Trip report: one self-contained HTML page with inline SVG (no dependencies).
 
 For each truck: the route drawn from the ``gps`` events (equirectangular projection,
-start and end marked), then speed, engine speed and fuel level plotted over time
-from the ``engine`` (and ``gps``) events, and the sink's figures as a table.
+start and end marked), the trip summary (distance, duration, fuel used, idle time), then
+speed, engine speed and fuel level plotted over one time axis, and the sink's figures as
+a table. The figures and the aligned series are :mod:`gateway.sink.report`'s, the same
+as ``truckgw sink report`` prints from a database.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.sink.report import auto_step_s, build, from_dicts
+
+#: Ticks of the plots' time axis at most (about one per pixel column would be 680).
+PLOT_POINTS = 600
 W, H, PAD = 720, 200, 40
 
 
@@ -78,25 +84,42 @@ def series_svg(series: Sequence[tuple[int, float]], label: str, unit: str, color
             f'{_poly([(x(t), y(v)) for t, v in series], color)}</svg>')
 
 
-def _series(events: Sequence[Mapping[str, Any]], etype: str, key: str) -> list[tuple[int, float]]:
-    return [(int(e["ts"]), float(e[key])) for e in events
-            if e.get("type") == etype and isinstance(e.get(key), int | float)]
+def _plain(value: Any) -> str:
+    """A figure as plain text, never a Python repr."""
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        if len(value) == 2 and all(isinstance(v, int) for v in value):
+            return f"{value[0]}..{value[1]}"
+        return ", ".join(_plain(v) for v in value) or "-"
+    if value is None:
+        return "-"
+    return str(value)
 
 
 def truck_section(truck_id: str, events: Sequence[Mapping[str, Any]],
                   figures: Mapping[str, Any] | None = None) -> str:
-    """The HTML of one truck: map, plots and figures."""
-    gps = [e for e in events if e.get("type") == "gps"]
-    speed = _series(events, "engine", "vehicle_speed_kmh") or _series(events, "gps", "speed_kmh")
+    """The HTML of one truck: map, summary, plots and figures."""
+    inp = from_dicts(truck_id, events)
+    times = [e.ts for e in inp.events]
+    span = max(times) - min(times) if times else 0
+    report = build(inp, auto_step_s(span, PLOT_POINTS))
+    samples = report.samples
+
+    def series(attr: str) -> list[tuple[int, float]]:
+        return [(p.ts, v) for p in samples if (v := getattr(p, attr)) is not None]
+
+    gps = [e for e in events if e.get("type") == "gps" and not e.get("provisional")]
+    summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                      for k, v in report.summary_items())
     parts = [f"<h2>{html.escape(truck_id)}</h2>", route_svg(gps),
-             series_svg(speed, "speed", "km/h", "#1565c0"),
-             series_svg(_series(events, "engine", "engine_speed_rpm"), "engine speed", "rpm",
-                        "#6a1b9a"),
-             series_svg(_series(events, "engine", "fuel_level_pct"), "fuel level", "%",
-                        "#ef6c00")]
+             f"<table class='summary'>{summary}</table>",
+             series_svg(series("speed_kmh"), "speed", "km/h", "#1565c0"),
+             series_svg(series("rpm"), "engine speed", "rpm", "#6a1b9a"),
+             series_svg(series("fuel_level_pct"), "fuel level", "%", "#ef6c00")]
     if figures:
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in figures.items() if k not in ("ranges", "status"))
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_plain(v))}</td>"
+                       "</tr>" for k, v in figures.items() if k not in ("ranges", "status"))
         parts.append(f"<table>{rows}</table>")
     return "\n".join(parts)
 

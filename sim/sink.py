@@ -282,14 +282,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = []
     for tid, t in summary["trucks"].items():
         lag = t["lag_ms"]
+        types = " ".join(f"{k}={v}" for k, v in t["by_type"].items()) or "-"
         lines.append(
             f"{tid}: events={t['events']} unique={t['unique']} dup={t['duplicates']} "
             f"seq={t['first_seq']}..{t['last_seq']} missing={t['missing']} "
             f"(announced {t.get('missing_announced', 0)}) "
             f"bad={t['bad_payloads']} lag_ms p50={lag['p50']} p95={lag['p95']} max={lag['max']} "
-            f"types={t['by_type']} state={t['status'].get('state', '?')}")
+            f"types={types} state={t['status'].get('state', '?')}")
         if t["gaps"]:
-            lines.append(f"  gaps: {t['gaps']}")
+            lines.append("  gaps: " + ", ".join(
+                f"{lo}" if lo == hi else f"{lo}..{hi}" for lo, hi in t["gaps"]))
     if not lines:
         lines.append("no events received")
     return "\n".join(lines)

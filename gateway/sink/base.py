@@ -13,6 +13,7 @@ from typing import Protocol
 
 from config.errors import GatewayError
 from gateway.sink.gaps import GapInput
+from gateway.sink.report import ReportInput
 from gateway.sink.rows import Outcome
 
 
@@ -46,6 +47,12 @@ class SinkStore(Protocol):
 
     def gap_inputs(self, truck_id: str | None = None) -> list[GapInput]:
         """What gap accounting needs, per truck (all trucks when ``truck_id`` is None)."""
+
+    def report_input(self, truck_id: str, from_ms: int | None = None,
+                     to_ms: int | None = None) -> ReportInput:
+        """What a trip report needs: the ``gps``, ``engine`` and ``dtc`` events of one truck
+        with ``from_ms <= ts <= to_ms`` (None: open), ordered by ``ts``, and the newest
+        ``dtc`` per source before ``from_ms``; one consistent read."""
 
     def count_events(self, truck_id: str | None = None) -> int:
         """Rows in ``events`` (of one truck)."""

@@ -1,10 +1,12 @@
-"""``truckgw sink run`` (consume a fleet into a database) and ``truckgw sink gaps``."""
+"""``truckgw sink run`` (consume a fleet into a database), ``truckgw sink gaps`` and
+``truckgw sink report`` (a truck's trip report from the database)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import signal
@@ -15,10 +17,12 @@ from dataclasses import asdict
 from gateway.sink.base import SinkError
 from gateway.sink.consumer import SESSION_EXPIRY_S, FleetSink, SinkOptions
 from gateway.sink.gaps import GapState, account
+from gateway.sink.report import build
 from gateway.sink.rows import DEFAULT_MAX_PAYLOAD_BYTES
 from gateway.sink.store import open_store
 
 EX_OK, EX_GAPS, EX_USAGE = 0, 1, 2
+EX_NO_EVENTS = 1
 DEFAULT_DB = "sqlite:///truckgw-sink.db"
 
 
@@ -61,6 +65,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument("--expect-no-gaps", action="store_true",
                    help="exit 1 if any truck has missing seqs that nothing explains")
     g.set_defaults(func=cmd_gaps)
+
+    t = sinksub.add_parser("report", help="print a truck's trip report over a time range",
+                           description="Route, speed, engine speed, fuel level and faults on "
+                           "one time axis, and the trip's distance, duration, fuel used and "
+                           "idle time, from the stored events (docs/sink.md).")
+    t.add_argument("truck", help="truck id")
+    t.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB})")
+    t.add_argument("--from", dest="from_ts", type=parse_time, default=None, metavar="ISO",
+                   help="start, ISO 8601 (2026-12-02T08:00:00Z; no zone = UTC; default: "
+                   "the first event)")
+    t.add_argument("--to", dest="to_ts", type=parse_time, default=None, metavar="ISO",
+                   help="end, inclusive (default: the last event)")
+    t.add_argument("--step", type=int, default=None, metavar="S",
+                   help="seconds between the rows of the series (default: at most 120 rows)")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t.set_defaults(func=cmd_report)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -126,4 +146,41 @@ def cmd_gaps(args: argparse.Namespace) -> int:
         print(f"FAIL: {unexplained} seqs missing that no seq_gap notice or status counter "
               f"explains ({draining} trucks still draining)", file=sys.stderr)
         return EX_GAPS
+    return EX_OK
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 to milliseconds since the epoch; a time without zone is UTC."""
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (2026-12-02T08:00:00Z)") from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return round(t.timestamp() * 1000)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print one truck's trip report; exit 1 when the range holds no events."""
+    if args.step is not None and args.step < 1:
+        print("truckgw sink report: --step must be at least 1 s", file=sys.stderr)
+        return EX_USAGE
+    if args.from_ts is not None and args.to_ts is not None and args.from_ts > args.to_ts:
+        print("truckgw sink report: --from is after --to", file=sys.stderr)
+        return EX_USAGE
+    try:
+        store = open_store(args.db)
+        try:
+            inp = store.report_input(args.truck, args.from_ts, args.to_ts)
+        finally:
+            store.close()
+    except SinkError as exc:
+        print(f"truckgw sink report: {exc}", file=sys.stderr)
+        return EX_USAGE
+    report = build(inp, args.step)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.text())
+    if not report.samples:
+        print(f"truckgw sink report: no events of {args.truck} in the range", file=sys.stderr)
+        return EX_NO_EVENTS
     return EX_OK

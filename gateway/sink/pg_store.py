@@ -25,6 +25,7 @@ from gateway.sink.base import (
     SinkStoreUnavailableError,
 )
 from gateway.sink.gaps import GapInput, TruckCounters
+from gateway.sink.report import ReportInput, StoredEvent
 from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
 
 try:
@@ -232,6 +233,27 @@ class PostgresSinkStore:
         return [GapInput(t, tuple(islands.get(t, ())), tuple(notices.get(t, ())),
                          TruckCounters.from_status_body(status.get(t)))
                 for t in sorted(islands)]
+
+    def report_input(self, truck_id: str, from_ms: int | None = None,
+                     to_ms: int | None = None) -> ReportInput:
+        """The events of one truck's trip report (one read transaction)."""
+        lo = schema.TS_MIN if from_ms is None else from_ms
+        hi = schema.TS_MAX if to_ms is None else to_ms
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                events = conn.execute(schema.REPORT_EVENTS.format(body="body::text", p="%s"),
+                                      (truck_id, lo, hi)).fetchall()
+                before = [] if from_ms is None else conn.execute(
+                    schema.REPORT_FAULTS_BEFORE.format(body="body::text", src="body->'src'",
+                                                       p="%s"),
+                    (truck_id, from_ms)).fetchall()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop()
+            raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
+        return ReportInput(truck_id, from_ms, to_ms,
+                           tuple(StoredEvent(*r) for r in events),
+                           tuple(StoredEvent(*r) for r in before))
 
     def count_events(self, truck_id: str | None = None) -> int:
         """Rows in ``events`` (of one truck)."""

@@ -26,6 +26,29 @@ LATEST_STATUS: Final = "SELECT truck_id, {body} FROM latest_status {where}"
 #: Every truck the sink has stored anything for.
 TRUCKS: Final = "SELECT truck_id FROM trucks {where} ORDER BY truck_id"
 
+#: The events of a trip report, one truck and a closed ``ts`` range: ``(seq, ts, type, body)``
+#: (served by the ``(truck_id, ts)`` index).
+REPORT_EVENTS: Final = """
+SELECT seq, ts, type, {body} FROM events
+WHERE truck_id = {p} AND ts >= {p} AND ts <= {p} AND type IN ('gps', 'engine', 'dtc')
+ORDER BY ts, seq
+"""
+
+#: Per J1939 source, the newest ``dtc`` event of a truck before a time (the faults active
+#: when a report starts): ``(seq, ts, type, body)``.
+REPORT_FAULTS_BEFORE: Final = """
+SELECT seq, ts, type, body FROM (
+  SELECT seq, ts, type, {body} AS body,
+         row_number() OVER (PARTITION BY {src} ORDER BY ts DESC, seq DESC) AS newest
+  FROM events WHERE truck_id = {p} AND type = 'dtc' AND ts < {p}
+) AS per_source
+WHERE newest = 1 ORDER BY ts, seq
+"""
+
+#: Open ends of a report range.
+TS_MIN: Final = -(2**63)
+TS_MAX: Final = 2**63 - 1
+
 #: The view of missing ranges between stored seqs (same text in both dialects).
 SEQ_GAPS_VIEW: Final = """
 CREATE VIEW seq_gaps AS

@@ -16,6 +16,7 @@ from typing import Final
 from gateway.sink import schema
 from gateway.sink.base import SinkStoreRejectedError, SinkStoreUnavailableError
 from gateway.sink.gaps import GapInput, TruckCounters
+from gateway.sink.report import ReportInput, StoredEvent
 from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
 
 #: How long a write waits for another process's write transaction on the same file.
@@ -172,6 +173,29 @@ class SqliteSinkStore:
         return [GapInput(t, tuple(islands.get(t, ())), tuple(notices.get(t, ())),
                          TruckCounters.from_status_body(status.get(t)))
                 for t in sorted(islands)]
+
+    def report_input(self, truck_id: str, from_ms: int | None = None,
+                     to_ms: int | None = None) -> ReportInput:
+        """The events of one truck's trip report (one read transaction)."""
+        db = self._conn()
+        lo = schema.TS_MIN if from_ms is None else from_ms
+        hi = schema.TS_MAX if to_ms is None else to_ms
+        try:
+            db.execute("BEGIN")
+            try:
+                events = db.execute(schema.REPORT_EVENTS.format(body="body", p="?"),
+                                    (truck_id, lo, hi)).fetchall()
+                before = [] if from_ms is None else db.execute(
+                    schema.REPORT_FAULTS_BEFORE.format(
+                        body="body", src="json_extract(body, '$.src')", p="?"),
+                    (truck_id, from_ms)).fetchall()
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise SinkStoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
+        return ReportInput(truck_id, from_ms, to_ms,
+                           tuple(StoredEvent(*r) for r in events),
+                           tuple(StoredEvent(*r) for r in before))
 
     def count_events(self, truck_id: str | None = None) -> int:
         """Rows in ``events`` (of one truck)."""

@@ -25,7 +25,7 @@ from tests.sink.helpers import BROKER_CONF, count, query, wait_until_sync
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-TRUCKS, EVENTS, BATCH = 5, 1200, 20
+TRUCKS, EVENTS, BATCH = 20, 300, 20  # a fleet of 20 trucks, as the issue asks
 PUBLISH_PAUSE_S = 0.01
 
 

@@ -157,7 +157,7 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
             ctx.err("can.dbc_file", problem)
     for key, target in (("metrics.textfile", cfg.metrics.textfile),
                         ("metrics.state_file", cfg.metrics.state_file)):
-        if target is not None and not target.parent.is_dir():
+        if target is not None and not target.parent.is_dir() and not _runtime_dir(target):
             ctx.warn(key, f"folder {target.parent} does not exist (the agent cannot write "
                           "there; the unit can write under /var/lib/truckgw and /run/truckgw)")
     if cfg.gps is None and cfg.can is None:
@@ -176,6 +176,12 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
         if not 0 < value <= MAX_DEADBAND:
             ctx.err(f"can.sampling.curve_errors.{key}",
                     f"expected a number 0 < x <= {MAX_DEADBAND:g}, got {value!r}")
+
+
+def _runtime_dir(target: Path) -> bool:
+    """A file in a folder under /run: the service manager makes it at start
+    (``RuntimeDirectory=`` of the unit), so it need not exist when the file is checked."""
+    return len(target.parts) >= 3 and target.parts[:2] == ("/", "run")
 
 
 def _mqtt_security(cfg: TruckConfig, ctx: _Ctx) -> None:

@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 AUTO_BAUDRATES = (4800, 9600, 38400, 115200)
 #: Consecutive checksum-valid sentences that lock an autodetected rate.
 LOCK_SENTENCES = 3
-#: pyserial read timeout in the reader thread: bounds how long stopping it takes.
-READ_TIMEOUT_S = 0.05
+#: pyserial read timeout in the reader thread: bounds how long stopping it takes, and
+#: how often an idle reader wakes (docs/performance.md: idle agent CPU).
+READ_TIMEOUT_S = 0.25
 
 
 class GpsState(enum.Enum):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,21 @@ class GapReason(Enum):
     def __repr__(self) -> str:
         return f"GapReason.{self.name}"
 
+
+
+@contextlib.asynccontextmanager
+async def write_transaction(conn: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; if the body (or the commit) raises, the
+    transaction is rolled back (a failing rollback is not allowed to hide the error)."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+        raise
 
 @dataclass(frozen=True, slots=True)
 class Start:

@@ -18,7 +18,7 @@ import aiosqlite
 
 from buffer import schema
 from buffer.api import Batch, Lane, StoredEvent
-from buffer.db import Db
+from buffer.db import Db, write_transaction
 from buffer.leases import LeaseBook
 from buffer.tally import Tally
 from config.errors import StoreError
@@ -153,15 +153,11 @@ class Lanes:
                 return
             deleted = 0
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-                for p, r in rows.items():
-                    cur = await conn.executemany(schema.delete_sql(p), [(s,) for s, _ in r])
-                    deleted += max(0, cur.rowcount)
-                await conn.execute("COMMIT")
+                async with write_transaction(conn):
+                    for p, r in rows.items():
+                        cur = await conn.executemany(schema.delete_sql(p), [(s,) for s, _ in r])
+                        deleted += max(0, cur.rowcount)
             except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.execute("ROLLBACK")
                 self._tally.extra["ack_failures"] += 1
                 self._pending_evt.set()
                 if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import aiosqlite
 
 from buffer import policy, schema
+from buffer.db import write_transaction
 from buffer.leases import LeaseBook
 from buffer.tally import Tally
 from config.events import Priority
@@ -40,16 +41,10 @@ async def delete_rows(
     counter_key: str | None,
 ) -> None:
     """Delete ``(seq, size)`` rows of class ``p`` in one transaction, bumping a counter."""
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with write_transaction(conn):
         await conn.executemany(schema.delete_sql(p), [(s,) for s, _ in rows])
         if counter_key is not None:
             await conn.execute(UPSERT_COUNTER_SQL, (counter_key, len(rows)))
-        await conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            await conn.execute("ROLLBACK")
-        raise
 
 
 async def _oldest(

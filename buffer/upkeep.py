@@ -19,7 +19,7 @@ from collections.abc import Callable
 import aiosqlite
 
 from buffer import policy, schema
-from buffer.db import Db
+from buffer.db import UPSERT_META_SQL, Db, write_transaction
 from buffer.disk import DiskGuard
 from buffer.leases import LeaseBook
 from buffer.maint import evict_to, expire
@@ -140,22 +140,12 @@ class Upkeep:
     async def mark_age(self) -> None:
         """Record that every seq committed so far is at most this old, and the clock."""
         age = self.age_ms()
-        async with self._db.locked() as conn:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                await conn.execute(schema.MARK_SQL, (self._top(), age))
-                await conn.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                    (schema.META_AGE, age))
-                ((oldest,),) = await conn.execute_fetchall(schema.oldest_seq_sql())
-                if oldest is not None:
-                    await conn.execute(schema.PRUNE_MARKS_SQL, (int(oldest),))
-                await conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.execute("ROLLBACK")
-                raise
+        async with self._db.locked() as conn, write_transaction(conn):
+            await conn.execute(schema.MARK_SQL, (self._top(), age))
+            await conn.execute(UPSERT_META_SQL, (schema.META_AGE, age))
+            ((oldest,),) = await conn.execute_fetchall(schema.oldest_seq_sql())
+            if oldest is not None:
+                await conn.execute(schema.PRUNE_MARKS_SQL, (int(oldest),))
 
     async def expire_now(self) -> int:
         """Drop events that spent more than their class TTL in the buffer; how many."""

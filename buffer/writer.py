@@ -21,7 +21,7 @@ from typing import NamedTuple
 import aiosqlite
 
 from buffer import policy, recovery, schema
-from buffer.db import UPSERT_META_SQL, Db
+from buffer.db import UPSERT_META_SQL, Db, write_transaction
 from buffer.lanes import Lanes
 from buffer.tally import Tally
 from buffer.upkeep import Upkeep, is_full
@@ -305,8 +305,7 @@ async def _insert(conn: aiosqlite.Connection, batch: list[Pending]) -> None:
     rows: dict[Priority, list[tuple[int, int, str, bytes]]] = {}
     for i in batch:
         rows.setdefault(i.prio, []).append((i.seq, i.ts_ms, i.type, i.body))
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with write_transaction(conn):
         for p, r in rows.items():
             await conn.executemany(schema.insert_sql(p), r)
         # In every mode: after a crash the file then knows its own last commit, so
@@ -314,9 +313,3 @@ async def _insert(conn: aiosqlite.Connection, batch: list[Pending]) -> None:
         # (normal mode still jumps over the reservation: a power cut may take back
         # commits that were already delivered, and their seqs must not be reused).
         await conn.execute(UPSERT_META_SQL, (schema.META_LAST_SEQ, batch[-1].seq))
-        await conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                await conn.execute("ROLLBACK")
-        raise

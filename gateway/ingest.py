@@ -29,7 +29,7 @@ from typing import Any
 
 from config import CanSampling, GpsSampling
 from config.events import TS_UNVERIFIED, Event
-from drivers.j1939 import Decoded, DtcUpdate, SignalUpdate
+from drivers.j1939 import Decoded, SignalUpdate
 from drivers.nmea_epoch import Fix
 from gateway.clock import Clock
 from gateway.recording.can import CanRecorder, record_decoded
@@ -128,17 +128,24 @@ class Ingest:
             return
         self._can_messages += len(batch)
         ts = self.clock.now_ms()
-        rec = self.engine
+        curve: CurveCanRecorder | None = None
+        plain: CanRecorder  # DM1 always, signals unless the curve window takes them
+        if isinstance(self.engine, CurveCanRecorder):
+            curve, plain = self.engine, self.engine.inner
+        else:
+            plain = self.engine
         for out in batch:
-            if type(out) is SignalUpdate and WHEEL_SPEED_SIGNAL in out.values:
-                self._wheel = (float(out.values[WHEEL_SPEED_SIGNAL]), self._mono())
-            if isinstance(rec, CurveCanRecorder):
-                events = _curve_record(rec, ts, out)
-            else:
-                ev = record_decoded(rec, ts, out)
-                events = [] if ev is None else [ev]
-            for ev in events:
-                self._emit(self._stamped(ev))
+            if type(out) is SignalUpdate:
+                if WHEEL_SPEED_SIGNAL in out.values:
+                    self._wheel = (float(out.values[WHEEL_SPEED_SIGNAL]), self._mono())
+                if curve is not None:
+                    for kept in curve.on_signals(ts, out.sa, out.values, pgn=out.pgn,
+                                                 missing=out.missing):
+                        self._emit(self._stamped(kept))
+                    continue
+            recorded = record_decoded(plain, ts, out)
+            if recorded is not None:
+                self._emit(self._stamped(recorded))
 
     def wheel_speed_kmh(self) -> float | None:
         """The latest CCVS wheel-based speed if it is fresh, else None (unknown)."""
@@ -199,12 +206,3 @@ def _can_recorder(cfg: CanSampling) -> CanRecorder | CurveCanRecorder:
         return CurveCanRecorder(cfg, cfg.curve_errors or DEFAULT_CURVE_ERRORS)
     return CanRecorder(cfg)
 
-
-def _curve_record(rec: CurveCanRecorder, ts_ms: int, out: Decoded) -> list[Event]:
-    if type(out) is SignalUpdate:
-        return rec.on_signals(ts_ms, out.sa, out.values, pgn=out.pgn, missing=out.missing)
-    if isinstance(out, DtcUpdate):
-        dm1 = out.dm1
-        ev = rec.on_dtc(ts_ms, out.sa, dm1.lamps_dict(), [d.as_dict() for d in dm1.active])
-        return [] if ev is None else [ev]
-    return []  # pragma: no cover - Decoded has two members

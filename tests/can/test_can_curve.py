@@ -126,3 +126,36 @@ def test_every_message_within_the_bound(
     rec = CurveCanRecorder(CanSampling(min_interval_s=min_interval, max_interval_s=max_interval),
                            errors={RPM: bound})
     assert worst(feed(rec, series), series) <= bound + 1e-6
+
+
+def test_ingest_selects_the_curve_window_by_mode_and_keeps_dm1() -> None:
+    """Through gateway.ingest as the agent runs it: with [can.sampling] mode = "curve"
+    an rpm peak between two heartbeats is recorded; DM1 still becomes a dtc event."""
+    from drivers.dm1 import decode_dm1  # noqa: PLC0415
+    from drivers.j1939 import DtcUpdate, SignalUpdate  # noqa: PLC0415
+    from gateway.clock import Clock  # noqa: PLC0415
+    from gateway.ingest import Ingest  # noqa: PLC0415
+
+    rpm = [800.0 + 40 * i for i in range(10)] + [1160.0 - 40 * i for i in range(10)]
+    recorded: dict[str, list[Event]] = {}
+    for mode in ("deadbands", "curve"):
+        out: list[Event] = []
+        ms = [1_000_000.0]
+        def now_s(ms: list[float] = ms) -> float:
+            return ms[0] / 1000
+
+        ingest = Ingest(out.append, Clock(wall=now_s), can=CanSampling(mode=mode), mono=now_s)
+        for value in rpm:
+            ingest.on_can([SignalUpdate(0, 0xF004, {"engine_speed_rpm": value})])
+            ms[0] += 50.0  # a 1-s rise and fall: within min_interval_s of the first event
+        ingest.on_can([DtcUpdate(0, decode_dm1(bytes.fromhex("0400D3031F01FFFF")))])
+        recorded[mode] = out
+    peak = max(rpm)
+
+    def rpms(events: list[Event]) -> list[float]:
+        return [float(e.fields["engine_speed_rpm"]) for e in events if e.type == "engine"]
+
+    assert peak not in rpms(recorded["deadbands"])  # min_interval_s hides the peak
+    assert peak in rpms(recorded["curve"])
+    for events in recorded.values():
+        assert [e.type for e in events].count("dtc") == 1

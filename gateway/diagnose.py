@@ -58,17 +58,24 @@ class Diagnosis:
     message: str
 
 
+def _connect(host: str, port: int, timeout_s: float) -> socket.socket | PortKind:
+    """A TCP connection to the port, or why there is none (``CLOSED``, ``UNREACHABLE``)."""
+    try:
+        return socket.create_connection((host, port), timeout=timeout_s)
+    except ConnectionRefusedError:
+        return PortKind.CLOSED
+    except OSError:
+        return PortKind.UNREACHABLE
+
+
 def _tls_probe(host: str, port: int, timeout_s: float) -> PortKind | None:
     """``TLS`` if TLS answers, ``None`` if the port is open but not TLS, else the failure."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # a probe: whether TLS answers, not whom to trust
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-    except ConnectionRefusedError:
-        return PortKind.CLOSED
-    except OSError:
-        return PortKind.UNREACHABLE
+    sock = _connect(host, port, timeout_s)
+    if isinstance(sock, PortKind):
+        return sock
     try:
         with ctx.wrap_socket(sock, server_hostname=host):
             return PortKind.TLS
@@ -86,12 +93,9 @@ def _tls_probe(host: str, port: int, timeout_s: float) -> PortKind | None:
 
 
 def _mqtt_probe(host: str, port: int, timeout_s: float) -> PortKind:
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-    except ConnectionRefusedError:
-        return PortKind.CLOSED
-    except OSError:
-        return PortKind.UNREACHABLE
+    sock = _connect(host, port, timeout_s)
+    if isinstance(sock, PortKind):
+        return sock
     try:
         sock.sendall(MQTT_CONNECT)
         reply = sock.recv(4)

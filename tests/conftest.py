@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sim.broker import BrokerUnavailableError, Mosquitto
+from tests.service.install_env import Sandbox, sandbox_root
 
 LEAK_GRACE_S = 3.0
 #: user property under which the chaos suite reports its one-line summary
@@ -111,3 +112,9 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
     for t in leaked:
         t.cancel()
     pytest.fail(f"test leaked asyncio tasks: {names}", pytrace=False)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """A throwaway root for systemd/install.sh (tests/service/install_env.py)."""
+    yield from sandbox_root()

@@ -11,121 +11,25 @@ sandbox lives in a folder every user can traverse, removed at the end.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from config import load_config
-
-REPO = Path(__file__).resolve().parents[2]
-PARTS = ("pyproject.toml", "README.md", "LICENSE", "gateway", "drivers", "buffer", "sim",
-         "config", "docs", "systemd", "deploy")
-#: An administrator who is not root: no passwd entry needed, only the service's group.
-ADMIN_UID = 61_234
-CURRENT_EXE = "/opt/truckgw/current/bin/truckgw"
-
-Sandbox = dict[str, Path]
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    if os.geteuid() != 0:
-        pytest.fail("the install test needs root (useradd --prefix, chown, setpriv)",
-                    pytrace=False)
-    top = Path(tempfile.mkdtemp(prefix="truckgw-install-", dir="/tmp"))
-    top.chmod(0o755)  # the service user must reach the config, as on a real system
-    try:
-        yield _make_sandbox(top)
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
-
-
-def _make_sandbox(top: Path) -> Sandbox:
-    root = top / "root"
-    (root / "etc").mkdir(parents=True)
-    for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
-        if Path("/etc", name).exists():
-            shutil.copy2(Path("/etc", name), root / "etc" / name)
-    bindir = top / "bin"
-    bindir.mkdir()
-    log = top / "systemctl.log"
-    fail = top / "fail-is-active"
-    fake = bindir / "systemctl"
-    # a unit that "does not come up" when the marker file exists
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n'
-                    f'case "$*" in *is-active*) [ ! -e {fail} ] ;; esac\n')
-    fake.chmod(0o755)
-    src = top / "src"
-    src.mkdir()
-    for part in PARTS:  # a copy: pip builds in-tree and must not litter the checkout
-        p = REPO / part
-        if p.is_dir():
-            shutil.copytree(p, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-        elif p.exists():
-            shutil.copy2(p, src / part)
-    pki = top / "pki"
-    pki.mkdir()
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(pki / "ca.pem"))
-    client = ca.issue_cert("TRK-0042")
-    client.cert_chain_pems[0].write_to_path(str(pki / "client.pem"))
-    client.private_key_pem.write_to_path(str(pki / "client.key"))
-    return {"top": top, "root": root, "bin": bindir, "log": log, "fail": fail, "src": src,
-            "pki": pki}
-
-
-def _run(sb: Sandbox, *args: str, deps_from_here: bool = True,
-         **env: str) -> subprocess.CompletedProcess[str]:
-    full = {
-        **os.environ,
-        "PATH": f"{sb['bin']}:{os.environ['PATH']}",
-        "PYTHON": sys.executable,
-        "ROOT": str(sb["root"]),
-        **env,
-    }
-    if deps_from_here:
-        full["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
-        full.setdefault("PIP_ARGS", "--no-deps")
-    return subprocess.run(["sh", str(sb["src"] / "systemd" / "install.sh"), *args],
-                          env=full, check=False, capture_output=True, text=True, timeout=600)
-
-
-def _first_install(sb: Sandbox) -> subprocess.CompletedProcess[str]:
-    pki = sb["pki"]
-    return _run(sb, START="1", MQTT_HOST="broker.example.net", TRUCK_ID="TRK-0042",
-                MQTT_CA=str(pki / "ca.pem"), MQTT_CERT=str(pki / "client.pem"),
-                MQTT_KEY=str(pki / "client.key"))
-
-
-def _ids(root: Path) -> tuple[int, int]:
-    line = next(ln for ln in (root / "etc/passwd").read_text().splitlines()
-                if ln.startswith("truckgw:"))
-    fields = line.split(":")
-    return int(fields[2]), int(fields[3])
-
-
-def _current(root: Path) -> str:
-    return os.readlink(root / "opt/truckgw/current")
-
-
-def _venvs(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "opt/truckgw/venvs").iterdir())
-
-
-def _as(uid: int, gid: int, groups: list[int], *cmd: str,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` with these ids (setpriv: a real privilege drop, no passwd entry)."""
-    grp = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
-    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", *grp, "--", *cmd],
-                          env={**os.environ, **(env or {})}, check=False, capture_output=True,
-                          text=True, timeout=120)
+from tests.service.install_env import (
+    ADMIN_UID,
+    CURRENT_EXE,
+    Sandbox,
+    current_venv,
+    first_install,
+    run_as,
+    run_install,
+    service_ids,
+    venvs,
+)
 
 
 @pytest.mark.slow
@@ -133,7 +37,7 @@ def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
     root, log = sandbox["root"], sandbox["log"]
     old_layout = root / "opt/truckgw/venv/bin"  # an install from before venvs/
     old_layout.mkdir(parents=True)
-    res = _first_install(sandbox)
+    res = first_install(sandbox)
     assert res.returncode == 0, res.stdout + res.stderr
     assert not old_layout.parent.exists() and "removed the old /opt/truckgw/venv" in res.stdout
     # the user, in the throwaway root only
@@ -141,9 +45,9 @@ def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
     line = next(ln for ln in passwd.splitlines() if ln.startswith("truckgw:"))
     assert line.endswith(":/var/lib/truckgw:/usr/sbin/nologin")
     assert "truckgw:" not in Path("/etc/passwd").read_text()
-    uid, gid = _ids(root)
+    uid, gid = service_ids(root)
     # a venv per version behind `current`, and the command on PATH through it
-    first = _current(root)
+    first = current_venv(root)
     assert first.startswith("venvs/0.1.0-"), first
     assert os.readlink(root / "usr/local/bin/truckgw") == CURRENT_EXE
     assert (root / CURRENT_EXE.lstrip("/")).exists()
@@ -179,42 +83,42 @@ def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
     buffer = root / "var/lib/truckgw/buffer.db"
     buffer.write_bytes(b"pending events")
     conf.write_text(conf.read_text().replace("TRK-0042", "TRK-0043"))
-    res = _run(sandbox, START="1")
+    res = run_install(sandbox, START="1")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "keeping existing /etc/truckgw/truckgw.toml" in res.stdout
-    second = _current(root)
-    assert second != first and _venvs(root) == sorted([first[6:], second[6:]])
+    second = current_venv(root)
+    assert second != first and venvs(root) == sorted([first[6:], second[6:]])
     assert buffer.read_bytes() == b"pending events"
     assert load_config(conf).truck_id == "TRK-0043"
     assert (root / "etc/passwd").read_text().count("\ntruckgw:") == 1
 
     # the new version does not come up: back to the previous one
     sandbox["fail"].touch()
-    res = _run(sandbox, START="1")
+    res = run_install(sandbox, START="1")
     assert res.returncode != 0
     assert f"rolled back to {second[6:]}" in res.stderr, res.stderr
-    assert _current(root) == second
+    assert current_venv(root) == second
     sandbox["fail"].unlink()
 
     # a key the service user cannot read (root-only 0600) is caught by check-config as
     # that user; the current version stays and no half-installed venv is left
     key = root / "etc/truckgw/client.key"
     key.chmod(0o600)
-    before = _venvs(root)
-    res = _run(sandbox, START="1")
+    before = venvs(root)
+    res = run_install(sandbox, START="1")
     assert res.returncode != 0
     assert "client.key" in res.stderr and "Permission denied" in res.stderr, res.stderr
     assert "unreadable by user truckgw" in res.stderr
-    assert _current(root) == second and _venvs(root) == before
+    assert current_venv(root) == second and venvs(root) == before
     key.chmod(0o640)
 
     # uninstall keeps config and the buffer; --purge removes them and the user
-    res = _run(sandbox, "--uninstall")
+    res = run_install(sandbox, "--uninstall")
     assert res.returncode == 0, res.stdout + res.stderr
     assert not unit.exists() and not (root / "opt/truckgw").exists()
     assert not (root / "usr/local/bin/truckgw").is_symlink()
     assert conf.exists() and buffer.read_bytes() == b"pending events"
-    res = _run(sandbox, "--uninstall", "--purge")
+    res = run_install(sandbox, "--uninstall", "--purge")
     assert res.returncode == 0, res.stdout + res.stderr
     assert not (root / "etc/truckgw").exists() and not buffer.exists()
     assert "\ntruckgw:" not in (root / "etc/passwd").read_text()
@@ -255,9 +159,9 @@ def test_status_for_an_administrator_in_the_group(sandbox: Sandbox) -> None:
     """`truckgw status -c CONF` as a non-root user in group truckgw, on the files the
     service itself wrote; a user outside the group cannot read the config."""
     root = sandbox["root"]
-    res = _first_install(sandbox)
+    res = first_install(sandbox)
     assert res.returncode == 0, res.stdout + res.stderr
-    uid, gid = _ids(root)
+    uid, gid = service_ids(root)
     conf = root / "etc/truckgw/truckgw.toml"
     state_dir = root / "var/lib/truckgw"
     run_dir = root / "run/truckgw"  # what the unit's RuntimeDirectory= makes
@@ -268,7 +172,7 @@ def test_status_for_an_administrator_in_the_group(sandbox: Sandbox) -> None:
                     .replace('"/run/truckgw/', f'"{run_dir}/'))
     env = {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
     python = str(root / "opt/truckgw/current/bin/python")
-    agent = _as(uid, gid, [], python, "-c", STOPPED_AGENT, str(conf), env=env)
+    agent = run_as(uid, gid, [], python, "-c", STOPPED_AGENT, str(conf), env=env)
     assert agent.returncode == 0, agent.stderr
     state = run_dir / "state.json"  # on the tmpfs, not the SD card
     assert state.stat().st_mode & 0o777 == 0o640
@@ -277,17 +181,17 @@ def test_status_for_an_administrator_in_the_group(sandbox: Sandbox) -> None:
 
     exe = str(root / "usr/local/bin/truckgw")  # the link on PATH (through ROOT here)
     exe = str(root / os.readlink(exe).lstrip("/"))
-    admin = _as(ADMIN_UID, ADMIN_UID, [gid], exe, "status", "-c", str(conf), env=env)
+    admin = run_as(ADMIN_UID, ADMIN_UID, [gid], exe, "status", "-c", str(conf), env=env)
     assert admin.returncode == 3, admin.stdout + admin.stderr  # LSB: not running
     assert admin.stdout.startswith("truck TRK-0042: stopped"), admin.stdout
     assert "7 pending" in admin.stdout
-    outsider = _as(ADMIN_UID, ADMIN_UID, [], exe, "status", "-c", str(conf), env=env)
+    outsider = run_as(ADMIN_UID, ADMIN_UID, [], exe, "status", "-c", str(conf), env=env)
     assert outsider.returncode == 78
     assert "Permission denied" in outsider.stderr
 
 
 def test_first_install_without_broker_is_refused(sandbox: Sandbox) -> None:
-    res = _run(sandbox)
+    res = run_install(sandbox)
     assert res.returncode != 0
     assert "set MQTT_HOST" in res.stderr
     root = sandbox["root"]
@@ -311,7 +215,7 @@ def test_offline_install_from_a_wheelhouse(sandbox: Sandbox) -> None:
     assert {"truckgw", "paho_mqtt", "python_can", "zstandard", "aiosqlite"} <= names, names
     assert not list(wheels.glob("*.tar.gz"))  # wheels only: no build on the truck
     # no index reachable for pip at all: a bogus one, and no config file of the host's
-    res = _run(sandbox, "--wheelhouse", str(wheels), deps_from_here=False, START="1",
+    res = run_install(sandbox, "--wheelhouse", str(wheels), deps_from_here=False, START="1",
                MQTT_HOST="broker.example.net", TRUCK_ID="TRK-0042",
                MQTT_CA=str(sandbox["pki"] / "ca.pem"), PIP_INDEX_URL="http://127.0.0.1:9/",
                PIP_CONFIG_FILE=os.devnull)

@@ -76,12 +76,15 @@ def make_sandbox(top: Path) -> Sandbox:
 
 
 def run_install(sb: Sandbox, *args: str, deps_from_here: bool = True,
-         **env: str) -> subprocess.CompletedProcess[str]:
+                settings: dict[str, str] | None = None,
+                **env: str) -> subprocess.CompletedProcess[str]:
+    """install.sh ARGS in the throwaway root with these environment settings."""
     full = {
         **os.environ,
         "PATH": f"{sb['bin']}:{os.environ['PATH']}",
         "PYTHON": sys.executable,
         "ROOT": str(sb["root"]),
+        **(settings or {}),
         **env,
     }
     if deps_from_here:

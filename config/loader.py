@@ -101,6 +101,7 @@ def check_parsed(
     ctx = _Ctx(name=name, base=source.parent if source else Path.cwd())
     cfg: TruckConfig | None = ctx.build(TruckConfig, data, "")
     if ctx.problems or cfg is None:
+        _cross_check_the_rest(data, ctx)
         raise ConfigError(ctx.problems)
     cfg = dataclasses.replace(cfg, source=source)
     _cross_checks(cfg, ctx)
@@ -108,6 +109,52 @@ def check_parsed(
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return cfg, tuple(ctx.warnings)
+
+
+#: Stand-ins for required values whose own problem is already reported, so the rules
+#: across keys can still look at the rest of the file in the same pass.
+_PLACEHOLDERS: Mapping[str, Any] = {"truck_id": "placeholder", "mqtt.host": "placeholder",
+                                    "gps.port": "/dev/null"}
+
+
+def _cross_check_the_rest(data: Mapping[str, Any], ctx: _Ctx) -> None:
+    """One pass finds everything: with the keys already reported left out (defaults or
+    stand-ins in their place), run the rules across keys on the rest, adding only
+    problems about other keys."""
+    reported = {key for _name, key, _reason in ctx.problems}
+    trimmed = _without(data, reported)
+    if trimmed is None:
+        return
+    again = _Ctx(name=ctx.name, base=ctx.base)
+    cfg = again.build(TruckConfig, trimmed, "")
+    if cfg is None or again.problems:
+        return  # still unbuildable: what was reported stands alone
+    _cross_checks(cfg, again)
+    ctx.problems.extend(pr for pr in again.problems
+                        if not any(pr[1] == k or pr[1].startswith(k + ".") for k in reported))
+
+
+def _without(data: Mapping[str, Any], keys: set[str]) -> dict[str, Any] | None:
+    """A deep copy of ``data`` without ``keys`` (dotted), stand-ins for required ones."""
+    out: dict[str, Any] = _copy_tables(data)
+    for key in sorted(keys):
+        if not key:
+            return None  # the whole document is wrong
+        *parents, leaf = key.split(".")
+        table: Any = out
+        for part in parents:
+            table = table.get(part) if isinstance(table, dict) else None
+        if isinstance(table, dict):
+            table.pop(leaf, None)
+            if key in _PLACEHOLDERS:
+                table[leaf] = _PLACEHOLDERS[key]
+        elif parents:
+            return None
+    return out
+
+
+def _copy_tables(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tables(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
 #: ``[gps.sampling]`` keys that only the threshold policy reads.

@@ -172,6 +172,19 @@ def test_all_errors_reported_at_once(tmp_path: Path) -> None:
     assert {"truck_id", "mqtt.port", "mqtt.foo", "mqtt.host"} <= keys
 
 
+def test_rules_across_keys_run_in_the_same_pass_as_the_key_errors(tmp_path: Path) -> None:
+    """A typo'd key and an empty host do not hide a bad CAN interface or reconnect
+    bounds: one check-config run lists them all."""
+    path = write(tmp_path, 'truck_id = "T 1"\n[gps]\nport = "/dev/null"\n'
+                 '[can]\ninterface = "socketcn"\n'
+                 '[mqtt]\nhost = ""\nprot = 1\nreconnect_min_s = 30\nreconnect_max_s = 5\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    keys = [key for _f, key, _r in info.value.problems]
+    assert sorted(keys) == ["can.interface", "mqtt.host", "mqtt.prot", "mqtt.reconnect_max_s",
+                            "truck_id"], info.value.problems
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_config(tmp_path / "nope.toml")

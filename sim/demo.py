@@ -107,8 +107,12 @@ class Demo:
             truck_id=TRUCK_ID, workdir=base / "gateway", mqtt_host=self.broker.host,
             mqtt_port=self.broker.port, gps_port=str(self.gps.link),
             can_channel=self.can.channel, encoding=args.encoding))
+        # the fleet side's embedded default: every event once in a SQLite database
+        # (docs/sink.md), which `truckgw sink gaps/report --db` read afterwards
+        self.fleet_db = base / "fleet.db"
         self.sink = Sink(self.broker.host, self.broker.port, "fleet",
-                         client_id=f"truckgw-demo-sink-{self.broker.port}")
+                         client_id=f"truckgw-demo-sink-{self.broker.port}",
+                         sqlite=self.fleet_db)
         self.t0 = time.monotonic()
         self.outage_until: float | None = None
 
@@ -127,6 +131,10 @@ class Demo:
             write_report(self.args.report, {TRUCK_ID: self.sink.track(TRUCK_ID)},
                          summary["trucks"])
             print(f"trip report: {self.args.report}", file=self.out)
+        if self.args.keep:
+            db = f"sqlite:///{self.fleet_db}"
+            print(f"fleet database: {self.fleet_db}\n  truckgw sink gaps --db {db}\n"
+                  f"  truckgw sink report {TRUCK_ID} --db {db}", file=self.out)
         print("demo stopped cleanly", file=self.out, flush=True)
         return EX_OK
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import math
 import os
 import signal
@@ -243,6 +244,20 @@ def test_demo_runs_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     assert "demo stopped cleanly" in text
     assert "DEMO-0001: events=" in text
     assert "missing=0" in text
+    # the fleet side's embedded default: the demo's events are in a SQLite database that
+    # the sink's own commands read
+    db = f"sqlite:///{tmp_path / 'demo' / 'fleet.db'}"
+    assert f"truckgw sink gaps --db {db}" in text
+    gaps = subprocess.run([sys.executable, "-m", "gateway.cli", "sink", "gaps", "--db", db,
+                           "--expect-no-gaps"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert gaps.returncode == 0, gaps.stdout + gaps.stderr
+    assert "DEMO-0001" in gaps.stdout
+    report = subprocess.run([sys.executable, "-m", "gateway.cli", "sink", "report",
+                             "DEMO-0001", "--db", db, "--json"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert json.loads(report.stdout)["truck_id"] == "DEMO-0001"
 
 
 # ------------------------------------------------------------------ the recorded path

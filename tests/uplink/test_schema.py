@@ -227,7 +227,8 @@ def test_samples_validate_and_match_the_encoder() -> None:
         ev = Event(e["type"], e["ts"],
                    {k: v for k, v in e.items() if k not in ("seq", "ts", "type")})
         evs.append(StoredEvent(e["seq"], ev.ts_ms, ev.type, ev.priority, encode_body(ev)))
-    ((again, _),) = wire.encode_batches(batch["truck_id"], evs, "json", 1 << 20)
+    ((again, _),) = wire.encode_batches(batch["truck_id"], evs, "json", 1 << 20,
+                                        wire.WireContext(batch["stream"]))
     assert again == plain
     assert {e["type"] for e in batch["events"]} == {"gps", "engine", "dtc", "seq_gap"}
     for name in ("status-online.json", "status-offline.json"):
@@ -260,6 +261,10 @@ def _gps(**kw: object) -> dict[str, Any]:
         (_gps(seq=0), "events/0/seq"),
         (_gps(ts=1.5), "events/0/ts"),
         (_gps(ts_unverified=False), "events/0/ts_unverified"),
+        (_gps(ts_corrected=False), "events/0/ts_corrected"),
+        (_gps(ts_corrected=True, ts_unverified=True), "events/0"),
+        ({"truck_id": "t1", "stream": "ABC", "events": []}, "stream"),
+        ({"truck_id": "t1", "stream": 7, "events": []}, "stream"),
         ({"truck_id": "t1", "events": [{"seq": 1, "ts": 1, "type": "engine", "src": 0,
                                         "engine_speed_rpm": None}]}, "events/0/engine_speed_rpm"),
         ({"truck_id": "t1", "events": [{"seq": 1, "ts": 1, "type": "engine", "src": 0,

@@ -16,6 +16,7 @@ from gateway.sink.base import SinkStore
 from gateway.sink.gaps import GapState, account
 from gateway.sink.rows import EventBatch, Outcome, classify
 from gateway.sink.store import open_store
+from sim.sink_stats import FleetStats
 
 A = "0123456789abcdef"  # the stream of the truck's first buffer
 B = "fedcba9876543210"  # after the buffer was purged: seq starts at 1 again
@@ -180,3 +181,19 @@ def test_a_database_before_stream_ids_is_migrated(db_url: str) -> None:
         assert again.count_events() == 5
     finally:
         again.close()
+
+
+def test_the_in_memory_test_sink_dedups_by_stream_too() -> None:
+    stats = FleetStats()
+    first = {"truck_id": "T1", "stream": A, "events": [gps(s, s) for s in (1, 2, 4)]}
+    assert len(stats.add_batch(first, 10)) == 3
+    assert stats.add_batch(first, 10) == []  # a resend
+    purged = {"truck_id": "T1", "stream": B, "events": [
+        gps(1, 50), gps(2, 51), {"seq": 3, "ts": 52, "type": "seq_gap", "first": 4,
+                                  "last": 4, "reason": "unclean_start"}]}
+    assert len(stats.add_batch(purged, 60)) == 3  # same seqs, another stream: all new
+    t = stats.truck("T1").summary()
+    assert (t["unique"], t["duplicates"], t["stream"], t["first_seq"]) == (6, 3, B, 1)
+    assert t["streams"][A] == {"first_seq": 1, "last_seq": 4, "unique": 3, "missing": 1}
+    # B's notice explains nothing in A: seq 3 of A is missing, not announced
+    assert (t["missing"], t["missing_announced"]) == (1, 0)

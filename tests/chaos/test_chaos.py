@@ -240,6 +240,38 @@ class Chaos:
             f.write(os.urandom(4096))
         self.restart()
 
+    async def clock_step_phase(self, sim: TruckSim) -> None:
+        """Issue #13 case 3: with a 7-day telemetry TTL, the receiver's time jumps 14 days
+        ahead mid-drive and later back, while the broker is down (so the buffer holds
+        events from both sides of each step). TTL runs on the buffer's age clock: nothing
+        expires, nothing stalls, and the final accounting still holds."""
+        ttl = "\n[buffer.ttl_s]\ntelemetry = 604800\n"
+        text = self.gateway.config_path.read_text()
+        assert self.gateway.stop() == 0, self.gateway.log_tail()
+        if "[buffer.ttl_s]" not in text:
+            self.gateway.config_path.write_text(text + ttl)
+        self.restart()
+        await asyncio.sleep(4)  # GPS-synced again
+        expired = int((self.gateway.state().get("buffer") or {}).get("expired") or 0)
+        self.broker.stop()
+        self.outages += 1
+        steps = 0
+        for offset_s in (14 * 86400.0, 0.0):  # forward 14 days, then back
+            sim.gps_time_offset_s = offset_s
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                now = int((self.gateway.state().get("clock") or {}).get("steps") or 0)
+                if now > steps:
+                    steps = now
+                    break
+            await asyncio.sleep(3)  # keep recording (and running expiry) on this side
+        assert steps >= 2, (steps, self.gateway.state().get("clock"), self.gateway.log_tail())
+        self.broker.start()
+        await self.wait_drained()
+        buf = self.gateway.state().get("buffer") or {}
+        assert int(buf.get("expired") or 0) == expired, buf  # no wall-clock step expired any
+
 
 def persistent_broker(factory: Callable[..., Mosquitto], tmp_path: Path) -> Mosquitto:
     """The sink keeps its session across broker restarts, as a cloud consumer does."""
@@ -269,6 +301,7 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
             await asyncio.sleep(3)
             await chaos.kill_phase()
             await chaos.outage(12.0)  # the long one
+            await chaos.clock_step_phase(sim)
             if tmpfs:
                 await chaos.disk_full_phase()
             await chaos.corrupt_phase()

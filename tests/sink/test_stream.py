@@ -197,3 +197,13 @@ def test_the_in_memory_test_sink_dedups_by_stream_too() -> None:
     assert t["streams"][A] == {"first_seq": 1, "last_seq": 4, "unique": 3, "missing": 1}
     # B's notice explains nothing in A: seq 3 of A is missing, not announced
     assert (t["missing"], t["missing_announced"]) == (1, 0)
+
+
+def test_large_batches_take_the_stream_too(store: SinkStore, db_url: str) -> None:
+    # more rows than PostgreSQL's multi-row INSERT takes: the COPY path
+    many = [gps(s, 1000 + s) for s in range(1, 81)]
+    assert store.write(msg("T1", A, *many)) == 80
+    assert store.write(msg("T1", B, *many)) == 80
+    assert store.write(msg("T1", B, *many)) == 0
+    assert sorted(query(db_url, "SELECT stream, count(*) FROM events GROUP BY stream")) == [
+        (A, 80), (B, 80)]

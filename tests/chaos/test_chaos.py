@@ -251,22 +251,32 @@ class Chaos:
         if "[buffer.ttl_s]" not in text:
             self.gateway.config_path.write_text(text + ttl)
         self.restart()
-        await asyncio.sleep(4)  # GPS-synced again
+
+        def clock() -> dict[str, Any]:
+            st, proc = self.gateway.state(), self.gateway.proc
+            return (st.get("clock") or {}) if proc and st.get("pid") == proc.pid else {}
+
+        async def until(what: str, done: Callable[[dict[str, Any]], bool]) -> None:
+            deadline = time.monotonic() + 40  # corrupt NMEA all along: confirming is slow
+            while not done(clock()):
+                assert time.monotonic() < deadline, (what, clock(), self.gateway.log_tail())
+                await asyncio.sleep(0.5)
+
+        def synced(c: dict[str, Any]) -> bool:
+            return c.get("synced") is True
+
+        await until("GPS sync after the restart", synced)
         expired = int((self.gateway.state().get("buffer") or {}).get("expired") or 0)
         self.broker.stop()
         self.outages += 1
-        steps = 0
-        for offset_s in (14 * 86400.0, 0.0):  # forward 14 days, then back
+        for n, offset_s in enumerate((14 * 86400.0, 0.0), 1):  # forward 14 days, then back
             sim.gps_time_offset_s = offset_s
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
-                now = int((self.gateway.state().get("clock") or {}).get("steps") or 0)
-                if now > steps:
-                    steps = now
-                    break
+
+            def stepped(c: dict[str, Any], n: int = n) -> bool:
+                return int(c.get("steps") or 0) >= n
+
+            await until(f"clock step {n}", stepped)
             await asyncio.sleep(3)  # keep recording (and running expiry) on this side
-        assert steps >= 2, (steps, self.gateway.state().get("clock"), self.gateway.log_tail())
         self.broker.start()
         await self.wait_drained()
         buf = self.gateway.state().get("buffer") or {}

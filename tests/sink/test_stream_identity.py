@@ -34,6 +34,17 @@ TRUCK = "PURGE-01"
 EVENTS_PER_RUN = 8
 DRIVE_S = 40.0
 DRAIN_S = 40.0
+#: every fix is a point: a run has its events within seconds
+EVERY_FIX = """
+[gps.sampling]
+mode = "thresholds"
+min_interval_s = 0
+max_interval_s = 0
+min_distance_m = 0
+min_heading_change_deg = 0
+min_speed_change_kmh = 0
+stopped_interval_s = 0
+"""
 
 
 async def drive_and_drain(tmp_path: Path, broker: Mosquitto, db_url: str, run: int,
@@ -43,7 +54,7 @@ async def drive_and_drain(tmp_path: Path, broker: Mosquitto, db_url: str, run: i
     gps = PtyPort(tmp_path / f"gps{run}")
     gw = GatewayProcess(tmp_path / "gw", truck_config(
         truck_id=TRUCK, workdir=tmp_path / "gw", mqtt_host=broker.host,
-        mqtt_port=broker.port, gps_port=str(gps.link), can_channel=None))
+        mqtt_port=broker.port, gps_port=str(gps.link), can_channel=None, extra=EVERY_FIX))
     gw.start()
     try:
         sim = TruckSim(Truck(load_route("hamburg-port-loop"), seed=run,

@@ -31,7 +31,8 @@ from config.events import TS_UNVERIFIED
 BOOT_KEY: Final = "_boot"
 #: Wire key: ``true`` when ``ts`` was corrected after the clock got verified.
 TS_CORRECTED: Final = "ts_corrected"
-_BOOT_MARK: Final = b'"' + BOOT_KEY.encode() + b'":'
+#: The bytes of a stored body that holds a boot stamp (callers may test for it first).
+BOOT_MARK: Final = b'"' + BOOT_KEY.encode() + b'":'
 _ENC = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -70,7 +71,7 @@ def wire_body(body: bytes, correction: Correction | None) -> bytes:
 
     A body that is not a JSON object is returned as is (the encoder refuses it).
     """
-    if _BOOT_MARK not in body:
+    if BOOT_MARK not in body:
         return body
     try:
         obj = json.loads(body)

@@ -27,7 +27,7 @@ import zstandard
 
 from buffer.api import StoredEvent
 from config.errors import WireError
-from gateway.ts_correct import Correction, wire_body
+from gateway.ts_correct import BOOT_MARK, Correction, wire_body
 
 CONTENT_TYPE_JSON: Final = "application/json"
 CONTENT_TYPE_COMPACT: Final = "application/json+zstd"
@@ -158,7 +158,10 @@ def _encode_json(
     seqs: list[int] = []
     size = len(head) + len(tail)
     for ev in events:
-        item = wire_event_json(ev.seq, wire_body(ev.body, fix))
+        body = ev.body
+        if BOOT_MARK in body:  # the rare unverified event: corrected, or the stamp removed
+            body = wire_body(body, fix)
+        item = wire_event_json(ev.seq, body)
         extra = len(item) + (1 if parts else 0)
         if parts and size + extra > limit:
             out.append((head + b",".join(parts) + tail, tuple(seqs)))

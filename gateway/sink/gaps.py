@@ -91,7 +91,8 @@ def gap_inputs_of(
     return [
         GapInput(tid, tuple(ranges), tuple(notes.get((tid, stream), ())),
                  TruckCounters.from_status_body(per_stream.get((tid, stream))),
-                 stream=stream, superseded=tid in current and current[tid] != stream)
+                 stream=stream, superseded=(tid, stream) in per_stream
+                 and current.get(tid, stream) != stream)
         for (tid, stream), ranges in sorted(by_stream.items())
     ]
 
@@ -111,7 +112,8 @@ class GapInput:
     notices: tuple[Range, ...]
     counters: TruckCounters | None
     stream: str = ""
-    #: the truck's latest status names another stream: this one will not grow
+    #: a status named this stream, and the truck's latest status names another one: this
+    #: stream will not grow (a stream no status named yet may be the newest)
     superseded: bool = False
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +63,17 @@ async def write_transaction(conn: aiosqlite.Connection) -> AsyncIterator[aiosqli
                 await conn.execute("ROLLBACK")
         raise
 
+def new_stream_id() -> int:
+    """A random, non-zero 63-bit stream id (fits SQLite's signed INTEGER)."""
+    return secrets.randbits(63) or 1
+
+
+def stream_name(stream: int) -> str:
+    """The stream id as it travels: 16 lowercase hex digits; ``""`` for 0 (the default
+    stream of buffers created before stream ids existed)."""
+    return f"{stream:016x}" if stream else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Start:
     """Where a freshly opened file continues, and what happened to it on the way."""
@@ -71,6 +84,9 @@ class Start:
     unclean: bool  # the seq mark was not written by a clean close
     quarantined: bool  # the old file was corrupt and moved aside
     gap: GapReason | None  # set when next_seq jumps above ``known + 1``
+    #: the stream id (``schema.META_STREAM``): kept from the file, a quarantined file or
+    #: the seq mark; new (random) only when none of them has any seq history
+    stream: int = 0
 
 
 class Db:
@@ -83,6 +99,8 @@ class Db:
         self._conn = conn
         self._lock = asyncio.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="truckgw-buffer-sync")
+        #: the stream id, written into every seq mark (set at open)
+        self.stream = 0
 
     def __repr__(self) -> str:
         return f"Db({str(self.path)!r}, locked={self._lock.locked()})"
@@ -104,6 +122,7 @@ class Db:
         db = cls(path, opened.conn, full=full)
         try:
             start = await db._start(opened, mark)
+            db.stream = start.stream
         except BaseException:
             await db.close()
             raise
@@ -132,6 +151,11 @@ class Db:
                 gap = GapReason.MISSING_FILE
             else:
                 gap = GapReason.UNCLEAN_START
+        stream = meta.get(schema.META_STREAM, 0) or (mark.stream if mark is not None else 0)
+        if not stream and known == 0 and mark is None:
+            # no seq history anywhere: seq starts at 1 again, so a consumer that has the
+            # truck's earlier seqs must be able to tell these apart (docs/wire-format.md)
+            stream = new_stream_id()
         return Start(
             next_seq=base + 1,
             known=known,
@@ -139,6 +163,7 @@ class Db:
             unclean=mark is not None and not mark.clean,
             quarantined=opened.quarantined is not None,
             gap=gap,
+            stream=stream,
         )
 
     @contextlib.asynccontextmanager
@@ -168,6 +193,7 @@ class Db:
     async def write_mark(self, mark: recovery.SeqMark) -> None:
         """Durably replace the seq mark; ``StoreError`` if the file system refuses."""
         target = recovery.mark_path(self.path)
+        mark = dataclasses.replace(mark, stream=self.stream)
         try:
             await self.run_sync(lambda: recovery.write_mark(target, mark))
         except OSError as exc:

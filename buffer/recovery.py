@@ -45,6 +45,8 @@ class SeqMark:
     reserved: int  # no seq above this has been handed out
     clean: bool  # written by a clean close: reserved == the last seq issued
     full: bool  # the writer ran with durability "full"
+    #: the buffer's stream id (docs/wire-format.md, "Stream"); 0 in marks of older agents
+    stream: int = 0
 
 
 def mark_path(db: Path) -> Path:
@@ -56,7 +58,8 @@ def read_mark(path: Path) -> SeqMark | None:
     """The seq mark, or None if absent or unreadable (logged)."""
     try:
         obj = json.loads(path.read_bytes())
-        return SeqMark(int(obj["reserved"]), bool(obj["clean"]), bool(obj["full"]))
+        return SeqMark(int(obj["reserved"]), bool(obj["clean"]), bool(obj["full"]),
+                       int(obj.get("stream", 0)))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -67,7 +70,8 @@ def read_mark(path: Path) -> SeqMark | None:
 def write_mark(path: Path, mark: SeqMark) -> None:
     """Durably replace the seq mark (blocking: call from a worker thread)."""
     tmp = path.with_name(path.name + ".tmp")
-    data = json.dumps({"reserved": mark.reserved, "clean": mark.clean, "full": mark.full})
+    data = json.dumps({"reserved": mark.reserved, "clean": mark.clean, "full": mark.full,
+                       "stream": mark.stream})
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data.encode())

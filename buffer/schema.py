@@ -42,6 +42,10 @@ EVICTION_ORDER: tuple[Priority, ...] = (Priority.TELEMETRY, Priority.POSITION, P
 # meta keys
 META_VERSION = "schema_version"
 META_LAST_SEQ = "last_seq"
+#: The buffer's stream id: a random 63-bit number drawn when a buffer starts with no seq
+#: history at all (no file, no seq mark), so that (stream, seq) stays unique per truck
+#: when seq restarts at 1; 0 (absent) for buffers created by older agents.
+META_STREAM = "stream_id"
 #: The buffer's age clock (ms the store has been open, summed over runs): TTLs run on it.
 META_AGE = "age_ms"
 

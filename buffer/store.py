@@ -25,7 +25,7 @@ from typing import Self
 
 from buffer import recovery, schema
 from buffer.api import Batch, Lane, StoreStats
-from buffer.db import Db, Start
+from buffer.db import Db, Start, stream_name
 from buffer.disk import budget_for
 from buffer.lanes import Lanes
 from buffer.tally import Tally
@@ -96,6 +96,12 @@ class SqliteStore:
         return self._state
 
     @property
+    def stream(self) -> str:
+        """The buffer's stream id as it travels in batches and status (docs/wire-format.md,
+        "Stream"): ``(truck_id, stream, seq)`` is unique even after the buffer was lost."""
+        return stream_name(self._db.stream)
+
+    @property
     def last_committed_seq(self) -> int:
         """The seq of the latest committed event."""
         return self._lanes.top
@@ -141,6 +147,8 @@ class SqliteStore:
     async def _load(self, start: Start) -> None:
         """Counters from the file, the first reservation, the ballast, a TTL pass."""
         self._tally.load_meta(start.meta)
+        if start.stream:  # in this file too (a new or replacing file has it nowhere else)
+            await self._db.put_meta([(schema.META_STREAM, start.stream)])
         for p, (n, nbytes) in (await self._db.class_totals()).items():
             self._tally.add(p, n, nbytes)
         if start.unclean:

@@ -44,6 +44,7 @@ from gateway.logsetup import RateLimitFilter, set_journal_identity, setup_loggin
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.snapshot import build_snapshot
 from gateway.supervisor import TaskInfo, supervise
+from gateway.wire import WireContext
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,11 @@ class Agent:
         snap = self._snapshot
         return {k: snap.get(k) for k in ("buffer", "gps", "can", "uptime_s", "healthy")}
 
+    def wire_context(self) -> WireContext:
+        """The buffer's stream id and the clock's ts correction, for the encoder."""
+        stream = self.store.stream if self.store is not None else ""
+        return WireContext(stream, self.clock.correction)
+
     # ------------------------------------------------------------------ run
 
     async def run(self) -> int:
@@ -207,7 +213,8 @@ class Agent:
         from gateway.uplink import Uplink  # noqa: PLC0415  # keeps paho out of `status`
 
         assert self.store is not None  # noqa: S101  # spawned after the store opened
-        self.uplink = Uplink(self.cfg, self.store, status_extra=self.status_extra)
+        self.uplink = Uplink(self.cfg, self.store, status_extra=self.status_extra,
+                             wire_context=self.wire_context)
         try:
             await self.uplink.run()
         except asyncio.CancelledError:

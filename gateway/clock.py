@@ -19,6 +19,10 @@ then the only good time source. :class:`Clock` keeps an estimate of
 - Untrusted GPS times (week rollover, before 2020) are counted and ignored.
 - ``now_ms`` never goes backwards by less than :data:`MAX_HOLD_MS` (window jitter is
   held flat); a larger correction is a real step and is applied.
+- Once verified (GPS-synced, or NTP per the kernel), :attr:`Clock.correction` holds
+  ``UTC - CLOCK_BOOTTIME`` of this boot (kernel boot id): the encoder corrects the ``ts``
+  of events stamped before verification in this boot with it
+  (:mod:`gateway.ts_correct`).
 
 See ``docs/time.md``.
 """
@@ -34,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.ts_correct import Correction
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +106,23 @@ def _adjtimex() -> Any:
         return None
 
 
+#: The kernel's id of the running boot (a random UUID, new at every boot).
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def read_boot_id(path: Path = BOOT_ID_FILE) -> str:
+    """This boot's id, ``""`` when it cannot be read (then no ts is ever corrected)."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def boottime_s() -> float:
+    """``CLOCK_BOOTTIME`` in seconds: monotonic, and counts time spent in suspend."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 @dataclass(frozen=True, slots=True)
 class ClockStats:
     """State and counters of the clock (the status ``clock`` section)."""
@@ -124,9 +147,16 @@ class Clock:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         system_synced: Callable[[], bool | None] = system_clock_synced,
+        boot: Callable[[], float] = boottime_s,
+        boot_id: str | None = None,
     ) -> None:
         self._wall = wall
         self._mono = mono
+        self._boot = boot
+        #: this boot's kernel id (``/proc/sys/kernel/random/boot_id``; tests pass theirs)
+        self.boot_id = read_boot_id() if boot_id is None else boot_id
+        #: UTC - boottime (ms) once verified; see :attr:`correction`
+        self._boot_offset_ms: int | None = None
         self._system_synced = system_synced
         self._system_checked: tuple[float, bool] | None = None  # (mono_s, answer)
         self._offset_ms: float | None = None  # UTC ms - monotonic ms, once synced
@@ -152,7 +182,21 @@ class Clock:
         now = self._mono()
         if self._system_checked is None or now - self._system_checked[0] > SYSTEM_SYNC_CACHE_S:
             self._system_checked = (now, self._system_synced() is True)
+        if self._system_checked[1] and self._boot_offset_ms is None:
+            self._boot_offset_ms = round(self._wall() * 1000 - self._boot() * 1000)
         return self._system_checked[1]
+
+    def boot_ms(self) -> int:
+        """``CLOCK_BOOTTIME`` now, in ms (what an unverified stamp records)."""
+        return round(self._boot() * 1000)
+
+    @property
+    def correction(self) -> Correction | None:
+        """``UTC - CLOCK_BOOTTIME`` of this boot, known once the clock was seen verified
+        (GPS: updated with every fix that moves the estimate); None before. Reads no clock."""
+        if self._boot_offset_ms is None or not self.boot_id:
+            return None
+        return Correction(self.boot_id, self._boot_offset_ms)
 
     def now_ms(self) -> int:
         """Best-estimate UTC milliseconds since the Unix epoch."""
@@ -201,6 +245,9 @@ class Clock:
         while self._window and self._window[0][0] < mono_s - WINDOW_S:
             self._window.popleft()
         self._offset_ms = max(c for _, c in self._window)
+        # UTC - boottime = (UTC - monotonic) - (boottime - monotonic), read back to back
+        boot_minus_mono_ms = (self._boot() - self._mono()) * 1000.0
+        self._boot_offset_ms = round(self._offset_ms - boot_minus_mono_ms)
 
     def wall_error_ms(self) -> int | None:
         """System clock minus GPS-corrected time (positive: system clock ahead)."""

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from buffer.api import Batch, Lane
 from config import MqttConfig
 from config.retry import Backoff, RetryPolicy
+from gateway import wire
 from gateway.delivery_actions import (
     Ack,
     Action,
@@ -116,6 +118,8 @@ class Delivery:
         self._last_ack_at: float | None = None
         self.last_error: str | None = None
         self._n = UplinkCounters()
+        #: the shell's stream id and ts correction for the encoder (state, no I/O)
+        self.wire_context: Callable[[], wire.WireContext] = lambda: wire.NO_CONTEXT
 
     # ---------------------------------------------------------------- views
 
@@ -350,7 +354,7 @@ class Delivery:
     def _encode(self, lane: Lane, batch: Batch) -> list[Action]:
         """Wire payloads into the outbox; unencodable events are acked (dropped)."""
         payloads, bad = encode_or_drop(self._truck_id, batch.events, self._encoding,
-                                       self.max_payload_bytes)
+                                       self.max_payload_bytes, self.wire_context())
         self._outbox.extend(Publish(p, s, lane) for p, s in payloads)
         if not bad:
             return []

@@ -12,7 +12,8 @@ buffer. Here, in this order, for every reading:
    ``[can.sampling] mode`` pick it, :mod:`gateway.recording`);
 4. the event is stamped: a GPS point with the receiver's own time when it is trusted,
    everything else with the corrected clock, marked ``ts_unverified`` while the clock
-   is not confirmed (docs/wire-format.md);
+   is not confirmed (docs/wire-format.md), together with its CLOCK_BOOTTIME and boot id
+   so that the encoder can correct it once the clock is (:mod:`gateway.ts_correct`);
 5. it goes to ``submit`` (the store's ``submit``): its commit future, if any, is
    handed to ``on_future`` (the agent's commit tracker, which counts failures and
    feeds the watchdog). Nobody awaits it here: a driver never blocks on the disk.
@@ -35,12 +36,16 @@ from gateway.clock import Clock
 from gateway.recording.can import CanRecorder, record_decoded
 from gateway.recording.can_curve import DEFAULT_CURVE_ERRORS, CurveCanRecorder
 from gateway.recording.gps_curve import CurvePoint, PointRecorder, point_recorder
+from gateway.ts_correct import BOOT_KEY, boot_stamp
 
 log = logging.getLogger(__name__)
 
 #: A wheel speed older than this says nothing about moving.
 WHEEL_SPEED_FRESH_S = 3.0
 WHEEL_SPEED_SIGNAL = "vehicle_speed_kmh"
+#: An unverified event handed out later than this after its ts: the wall clock stepped
+#: meanwhile, so its boottime is taken as now.
+MAX_STAMP_AGE_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +120,11 @@ class Ingest:
         if fix.time_trusted and fix.utc_ms is not None:
             ts = fix.utc_ms  # the receiver's own time of the measurement
         else:  # the corrected clock at the moment that fix's data arrived
-            ts = self.clock.now_ms() - round((self._mono() - point.t_s) * 1000)
+            ago_ms = round((self._mono() - point.t_s) * 1000)
+            ts = self.clock.now_ms() - ago_ms
             if not self.clock.verified:
                 fields[TS_UNVERIFIED] = True
+                self._boot_stamp(fields, ago_ms)
         self._emit(Event(type="gps", ts_ms=ts, fields=fields))
 
     # ------------------------------------------------------------------ CAN
@@ -162,7 +169,16 @@ class Ingest:
     def _stamped(self, ev: Event) -> Event:
         if self.clock.verified:
             return ev
-        return Event(ev.type, ev.ts_ms, {**ev.fields, TS_UNVERIFIED: True})
+        fields = {**ev.fields, TS_UNVERIFIED: True}
+        # a recorder may hand an event out a message late: its ts says how long ago
+        ago_ms = self.clock.now_ms() - ev.ts_ms
+        self._boot_stamp(fields, ago_ms if 0 <= ago_ms <= MAX_STAMP_AGE_MS else 0)
+        return Event(ev.type, ev.ts_ms, fields)
+
+    def _boot_stamp(self, fields: dict[str, Any], ago_ms: int) -> None:
+        """Where on this boot's CLOCK_BOOTTIME an unverified stamp was (internal key)."""
+        if self.clock.boot_id:
+            fields[BOOT_KEY] = boot_stamp(self.clock.boot_id, self.clock.boot_ms() - ago_ms)
 
     # ------------------------------------------------------------------ out
 

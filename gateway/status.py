@@ -84,6 +84,7 @@ def read_buffer_db(path: Path) -> dict[str, Any] | None:
         "evicted": evicted,
         "expired": expired,
         "committed_seq": last_seq,
+        "stream": f"{int(meta[schema.META_STREAM]):016x}" if meta.get(schema.META_STREAM) else "",
         "source": "database",
     }
 

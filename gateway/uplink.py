@@ -29,6 +29,7 @@ from buffer.api import EventStore
 from config import TruckConfig
 from config.errors import UplinkError
 from config.retry import sleep_unless
+from gateway import wire
 from gateway.delivery import BACKFILL_MAX_EVENTS, LIVE_MAX_EVENTS, Delivery
 from gateway.delivery_actions import Ack, Release, UplinkState, UplinkStats
 from gateway.uplink_link import CLOSE_GRACE_S, Link, LinkSetup
@@ -55,12 +56,15 @@ class Uplink:
         store: EventStore,
         *,
         status_extra: Callable[[], Mapping[str, Any]] | None = None,
+        wire_context: Callable[[], wire.WireContext] | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._core = Delivery(cfg.truck_id, cfg.mqtt, time.monotonic())
+        if wire_context is not None:  # the stream id and ts correction (docs/wire-format.md)
+            self._core.wire_context = wire_context
         self._settler = Settler(store)
-        self._status = StatusReport(cfg, store, self.stats, status_extra)
+        self._status = StatusReport(cfg, store, self.stats, status_extra, wire_context)
         self._setup = LinkSetup.from_config(cfg)
         self._link: Link | None = None
         self._closing = False

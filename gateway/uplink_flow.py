@@ -102,7 +102,8 @@ class LaneChooser:
 
 
 def encode_or_drop(
-    truck_id: str, events: Sequence[StoredEvent], encoding: str, limit: int
+    truck_id: str, events: Sequence[StoredEvent], encoding: str, limit: int,
+    ctx: wire.WireContext = wire.NO_CONTEXT,
 ) -> tuple[list[tuple[bytes, tuple[int, ...]]], tuple[int, ...]]:
     """Wire payloads for ``events`` and the seqs that can never be encoded.
 
@@ -111,18 +112,18 @@ def encode_or_drop(
     ``dropped_unencodable``) and the rest goes.
     """
     try:
-        return wire.encode_batches(truck_id, events, encoding, limit), ()
+        return wire.encode_batches(truck_id, events, encoding, limit, ctx), ()
     except WireError:
         good, bad = [], []
         for ev in events:
             try:
-                wire.encode_batches(truck_id, [ev], encoding, limit)
+                wire.encode_batches(truck_id, [ev], encoding, limit, ctx)
             except WireError as exc:
                 log.error("uplink: dropping event seq %d: %s", ev.seq, exc)  # noqa: TRY400  # the reason is the message; no traceback needed
                 bad.append(ev.seq)
             else:
                 good.append(ev)
-        return wire.encode_batches(truck_id, good, encoding, limit), tuple(bad)
+        return wire.encode_batches(truck_id, good, encoding, limit, ctx), tuple(bad)
 
 
 #: MQTT 5 PUBACK reason codes (OASIS MQTT 5.0, 3.4.2.1) as paho names them.

@@ -27,15 +27,19 @@ class StatusReport:
         store: EventStore,
         stats: Callable[[], UplinkStats],
         extra: Callable[[], Mapping[str, Any]] | None = None,
+        wire_context: Callable[[], wire.WireContext] | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._stats = stats
         self._extra = extra
+        self._wire_context = wire_context
 
     def payload(self, state: str, fields: Mapping[str, Any]) -> bytes:
         """A status message body with the extra fields of the embedding app."""
         out: dict[str, Any] = dict(fields)
+        if self._wire_context is not None:  # every status, the last will too
+            out.setdefault("stream", self._wire_context().stream)
         if self._extra is not None:
             try:
                 for k, v in self._extra().items():

@@ -1,8 +1,8 @@
 """The public wire format: event batches and status messages (see docs/wire-format.md).
 
 Pure functions over bytes: no I/O, no clock reads. Two encodings of the same object
-``{"schema": "truckgw.batch/2", "truck_id": "...", "events": [{"seq": .., "ts": .., "type":
-.., <fields>}, ...]}``:
+``{"schema": "truckgw.batch/3", "truck_id": "...", "stream": "...", "events": [{"seq": ..,
+"ts": .., "type": .., <fields>}, ...]}``:
 
 - ``json``: UTF-8 JSON. Built by byte concatenation from the stored bodies
   (``b'{"seq":N,' + body[1:]``), so an event is serialised to JSON once, at ingest.
@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import zstandard
 
 from buffer.api import StoredEvent
 from config.errors import WireError
+from gateway.ts_correct import BOOT_MARK, Correction, wire_body
 
 CONTENT_TYPE_JSON: Final = "application/json"
 CONTENT_TYPE_COMPACT: Final = "application/json+zstd"
@@ -35,8 +37,10 @@ ENCODINGS: Final = ("json", "compact")
 #: The ``schema`` of every batch and status: name and contract revision
 #: (docs/wire-format.md "Changes to this contract"; JSON Schemas in docs/schema/).
 #: Batches of older trucks (revision 1) have no ``schema``; decoders accept them.
-BATCH_SCHEMA: Final = "truckgw.batch/2"
-STATUS_SCHEMA: Final = "truckgw.status/2"
+BATCH_SCHEMA: Final = "truckgw.batch/3"
+STATUS_SCHEMA: Final = "truckgw.status/3"
+#: Longest ``stream`` a decoder accepts (the agent sends 16 hex digits or "").
+MAX_STREAM_CHARS: Final = 64
 #: zstd level: 3 is zstd's default; higher levels cost Pi CPU for a few % of bytes.
 ZSTD_LEVEL: Final = 3
 #: A decoder refuses to inflate a payload beyond this (decompression bombs).
@@ -44,6 +48,19 @@ MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
 
 _ENC = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _BATCH_HEAD: Final = b'{"schema":"' + BATCH_SCHEMA.encode() + b'","truck_id":'
+
+
+@dataclass(frozen=True, slots=True)
+class WireContext:
+    """What the encoder needs besides the events: the buffer's ``stream`` id (in every
+    batch and status) and, once the clock is verified, the ts :class:`Correction` of this
+    boot (None before: unverified events go out marked ``ts_unverified``)."""
+
+    stream: str = ""
+    correction: Correction | None = None
+
+
+NO_CONTEXT: Final = WireContext()
 _ZC = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
 
 
@@ -94,8 +111,12 @@ def encode_batches(
     events: Sequence[StoredEvent],
     encoding: str,
     max_payload_bytes: int,
+    ctx: WireContext = NO_CONTEXT,
 ) -> list[tuple[bytes, tuple[int, ...]]]:
     """Encode ``events`` into payloads no larger than ``max_payload_bytes`` each.
+
+    ``ctx`` gives the batch's ``stream`` and the ts correction of unverified events
+    (:mod:`gateway.ts_correct`); the internal boot stamp never reaches the wire.
 
     Returns ``(payload, seqs)`` pairs in the order of ``events``; every event lands in
     exactly one payload. An event that alone exceeds the limit travels alone (the
@@ -106,8 +127,8 @@ def encode_batches(
     if not events:
         return []
     if encoding == "json":
-        return _encode_json(truck_id, events, max_payload_bytes)
-    return _encode_compact(truck_id, events, max_payload_bytes)
+        return _encode_json(truck_id, events, max_payload_bytes, ctx)
+    return _encode_compact(truck_id, events, max_payload_bytes, ctx)
 
 
 def wire_event_json(seq: int, body: bytes) -> bytes:
@@ -119,23 +140,28 @@ def wire_event_json(seq: int, body: bytes) -> bytes:
     return b'{"seq":%d,' % seq + body[1:]
 
 
-def _json_head(truck_id: str) -> bytes:
-    # the same bytes in both encodings (compact is this JSON compressed): 27 bytes per
-    # batch, a handful after zstd, i.e. well below 0.1 byte per event at batch sizes
-    return _BATCH_HEAD + _ENC.encode(truck_id).encode() + b',"events":['
+def _json_head(truck_id: str, stream: str) -> bytes:
+    # the same bytes in both encodings (compact is this JSON compressed): 27 + 28 bytes
+    # per batch, a handful after zstd, i.e. well below 0.1 byte per event at batch sizes
+    return (_BATCH_HEAD + _ENC.encode(truck_id).encode() + b',"stream":'
+            + _ENC.encode(stream).encode() + b',"events":[')
 
 
 def _encode_json(
-    truck_id: str, events: Sequence[StoredEvent], limit: int
+    truck_id: str, events: Sequence[StoredEvent], limit: int, ctx: WireContext
 ) -> list[tuple[bytes, tuple[int, ...]]]:
-    head = _json_head(truck_id)
+    head = _json_head(truck_id, ctx.stream)
+    fix = ctx.correction
     tail = b"]}"
     out: list[tuple[bytes, tuple[int, ...]]] = []
     parts: list[bytes] = []
     seqs: list[int] = []
     size = len(head) + len(tail)
     for ev in events:
-        item = wire_event_json(ev.seq, ev.body)
+        body = ev.body
+        if BOOT_MARK in body:  # the rare unverified event: corrected, or the stamp removed
+            body = wire_body(body, fix)
+        item = wire_event_json(ev.seq, body)
         extra = len(item) + (1 if parts else 0)
         if parts and size + extra > limit:
             out.append((head + b",".join(parts) + tail, tuple(seqs)))
@@ -150,12 +176,12 @@ def _encode_json(
 
 
 def _encode_compact(
-    truck_id: str, events: Sequence[StoredEvent], limit: int
+    truck_id: str, events: Sequence[StoredEvent], limit: int, ctx: WireContext
 ) -> list[tuple[bytes, tuple[int, ...]]]:
     # Each JSON payload (already within the limit) compressed on its own: a compact
     # payload therefore never inflates beyond max_payload_bytes either, which bounds
     # what a consumer must accept, and every message decodes without the others.
-    groups = _encode_json(truck_id, events, limit)
+    groups = _encode_json(truck_id, events, limit, ctx)
     return [(_ZC.compress(payload), seqs) for payload, seqs in groups]
 
 
@@ -165,7 +191,7 @@ def _encode_compact(
 def encode_status(truck_id: str, state: str, ts_ms: int, fields: Mapping[str, Any]) -> bytes:
     """A status payload (always JSON).
 
-    ``{"schema":"truckgw.status/2","state":..,"truck_id":..,"ts":..,<fields>}``; a field
+    ``{"schema":"truckgw.status/3","state":..,"truck_id":..,"ts":..,<fields>}``; a field
     named like one of the fixed keys does not override it.
     """
     obj: dict[str, Any] = {"schema": STATUS_SCHEMA, "state": state, "truck_id": truck_id,
@@ -185,7 +211,9 @@ def decode_payload(
 
     Checks the envelope: ``schema`` a string if present (absent in batches of
     revision-1 trucks; any revision is accepted, later ones are additive), ``truck_id``
-    a non-empty string, ``events`` a list of objects each with an integer ``seq`` >= 0,
+    a non-empty string, ``stream`` a string of at most :data:`MAX_STREAM_CHARS` if
+    present (absent before revision 3: the default stream ``""``), ``events`` a list
+    of objects each with an integer ``seq`` >= 0,
     an integer ``ts`` and a string ``type``.
     """
     if compact:
@@ -223,6 +251,11 @@ def _loads_compact(payload: bytes, limit: int) -> Any:
         raise WireError(f"compact payload: not UTF-8 JSON inside the zstd frame: {exc}") from exc
 
 
+def batch_stream(batch: Mapping[str, Any]) -> str:
+    """The ``stream`` of a decoded batch; ``""`` (the default stream) when absent."""
+    return str(batch.get("stream", ""))
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -235,6 +268,10 @@ def _validate_batch(obj: Any) -> dict[str, Any]:
     tid = obj.get("truck_id")
     if not isinstance(tid, str) or not tid:
         raise WireError("batch has no string truck_id")
+    stream = obj.get("stream", "")
+    if not isinstance(stream, str) or len(stream) > MAX_STREAM_CHARS:
+        raise WireError(f"batch stream is not a string of at most {MAX_STREAM_CHARS} "
+                        f"characters: {stream!r:.80}")
     events = obj.get("events")
     if not isinstance(events, list):
         raise WireError("batch has no events list")

@@ -125,6 +125,9 @@ class TruckSim:
         #: compares the gateway's output with
         self.on_epoch: Callable[[dt.datetime, nmea_out.GpsFix | None], None] | None = None
         self.epochs = 0
+        #: seconds added to the UTC time the GPS sends (settable while driving): a receiver
+        #: whose clock is off (-1024 weeks: the week rollover, untrusted) or a time jump
+        self.gps_time_offset_s = 0.0
         self.frames = 0
         self.run_s = 0.0
         self._active: set[str] = set()
@@ -199,6 +202,8 @@ class TruckSim:
             self._sats = max(7, min(16, self._sats + self.rng.choice((-1, 1))))
             self._hdop = round(max(0.6, min(1.8, 2.0 - self._sats * 0.09)), 2)
         fix = None if "tunnel" in self._active else fix_of(state, self._sats, self._hdop)
+        if self.gps_time_offset_s:
+            utc += dt.timedelta(seconds=self.gps_time_offset_s)
         data = nmea_out.epoch(utc, fix)
         if "badsum" in self._active:
             data = corrupt_sentences(data, self.rng)

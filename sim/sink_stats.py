@@ -1,7 +1,9 @@
 """What a fleet consumer learns from a stream of batches (pure; arrival time passed in).
 
 :class:`SeqTracker` keeps the seen ``seq`` numbers as merged ranges, so duplicates
-and gaps are exact at any volume. :class:`FleetStats` folds decoded batches into
+and gaps are exact at any volume; one per ``stream`` of a truck, since an event's identity
+is ``(truck_id, stream, seq)`` (docs/wire-format.md: a truck whose buffer was lost numbers
+a new stream from 1). :class:`FleetStats` folds decoded batches into
 per-truck figures: events, duplicates, gaps, lag between ``ts`` and arrival, the
 range of every numeric field, the latest values (for the demo view) and a bounded
 track for the trip report.
@@ -75,7 +77,12 @@ class TruckStats:
     """Everything the sink knows about one truck."""
 
     truck_id: str
+    #: the seqs of the truck's current stream (the one seen last for the first time)
     seqs: SeqTracker = field(default_factory=SeqTracker)
+    #: every stream's seqs and ``seq_gap`` ranges (``seqs`` / ``never_sent`` among them)
+    streams: dict[str, SeqTracker] = field(default_factory=dict)
+    never_sent_by: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    stream: str = ""
     events: int = 0
     duplicates: int = 0
     batches: int = 0
@@ -92,6 +99,21 @@ class TruckStats:
     #: ``[first, last]`` ranges the truck announced it will never send (``seq_gap`` events)
     never_sent: list[tuple[int, int]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.streams.setdefault(self.stream, self.seqs)
+        self.never_sent_by.setdefault(self.stream, self.never_sent)
+
+    def of_stream(self, stream: str) -> tuple[SeqTracker, list[tuple[int, int]]]:
+        """The seqs and ``seq_gap`` ranges of ``stream``; a stream seen for the first time
+        becomes the current one (a truck that has not sent anything yet takes its first
+        stream as the current one instead of the default)."""
+        if stream not in self.streams:
+            if not self.seqs.unique() and not self.never_sent:
+                del self.streams[self.stream], self.never_sent_by[self.stream]
+            self.seqs, self.never_sent, self.stream = SeqTracker(), [], stream
+            self.streams[stream], self.never_sent_by[stream] = self.seqs, self.never_sent
+        return self.streams[stream], self.never_sent_by[stream]
+
     def announced_missing(self) -> int:
         """Missing seqs that a ``seq_gap`` notice explains (not losses)."""
         return self.missing_in()[1]
@@ -99,11 +121,17 @@ class TruckStats:
     def missing_in(self, lo: int | None = None, hi: int | None = None) -> tuple[int, int]:
         """``(missing, announced)``: seqs missing between the first and last seen (within
         ``[lo, hi]`` when given), and how many of them a ``seq_gap`` notice explains."""
-        # clipped to [lo, hi]; the fleet sink's accounting counts overlapping notices once
-        gaps = [(g_lo if lo is None else max(lo, g_lo), g_hi if hi is None else min(hi, g_hi))
-                for g_lo, g_hi in self.seqs.gaps()]
-        gaps = [(a, b) for a, b in gaps if a <= b]
-        return sum(b - a + 1 for a, b in gaps), overlap(gaps, merge(self.never_sent))
+        # clipped to [lo, hi]; the fleet sink's accounting counts overlapping notices once;
+        # every stream on its own (seq is numbered per stream)
+        missing = announced = 0
+        for key, seqs in self.streams.items():
+            never_sent = self.never_sent_by[key]
+            gaps = [(g_lo if lo is None else max(lo, g_lo),
+                     g_hi if hi is None else min(hi, g_hi)) for g_lo, g_hi in seqs.gaps()]
+            gaps = [(a, b) for a, b in gaps if a <= b]
+            missing += sum(b - a + 1 for a, b in gaps)
+            announced += overlap(gaps, merge(never_sent))
+        return missing, announced
 
     def rate(self, now_ms: int) -> float:
         """Events per second over the last few seconds of arrivals."""
@@ -117,12 +145,15 @@ class TruckStats:
         p95 = lags[min(len(lags) - 1, int(len(lags) * 0.95))] if lags else None
         return {
             "events": self.events,
-            "unique": self.seqs.unique(),
+            "unique": sum(t.unique() for t in self.streams.values()),
             "duplicates": self.duplicates,
             "first_seq": self.seqs.first,
             "last_seq": self.seqs.last,
-            "missing": self.seqs.missing(),
+            "missing": self.missing_in()[0],
             "missing_announced": self.announced_missing(),
+            "stream": self.stream,
+            "streams": {k: {"first_seq": t.first, "last_seq": t.last, "unique": t.unique(),
+                            "missing": t.missing()} for k, t in sorted(self.streams.items())},
             "gaps": self.seqs.gaps()[:20],
             "seq_gaps": [list(r) for r in self.never_sent[:20]],
             "batches": self.batches,
@@ -152,15 +183,16 @@ class FleetStats:
         """Fold one decoded batch in; returns its events that were new (not duplicates)."""
         st = self.truck(str(batch["truck_id"]))
         st.batches += 1
+        seqs, never_sent = st.of_stream(str(batch.get("stream", "")))
         fresh = []
         for ev in batch["events"]:
             st.events += 1
             st.arrivals.append(arrival_ms)
-            if st.seqs.add(int(ev["seq"])):
+            if seqs.add(int(ev["seq"])):
                 st.duplicates += 1
                 continue
             fresh.append(ev)
-            self._fold_event(st, ev, arrival_ms)
+            self._fold_event(st, ev, arrival_ms, never_sent)
         return fresh
 
     def add_bad(self, truck_id: str) -> None:
@@ -172,12 +204,13 @@ class FleetStats:
         self.truck(truck_id).status = status
 
     @staticmethod
-    def _fold_event(st: TruckStats, ev: dict[str, Any], arrival_ms: int) -> None:
+    def _fold_event(st: TruckStats, ev: dict[str, Any], arrival_ms: int,
+                    never_sent: list[tuple[int, int]]) -> None:
         etype = str(ev.get("type"))
         st.by_type[etype] += 1
         if etype == "seq_gap" and isinstance(ev.get("first"), int) and isinstance(
                 ev.get("last"), int):
-            st.never_sent.append((ev["first"], ev["last"]))
+            never_sent.append((ev["first"], ev["last"]))
         lag = arrival_ms - int(ev["ts"])
         st.lags_ms.append(lag)
         st.lag_max_ms = max(st.lag_max_ms, lag)

@@ -56,9 +56,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     r.set_defaults(func=cmd_run)
 
-    g = sinksub.add_parser("gaps", help="print the gap accounting per truck",
-                           description="Missing seqs per truck: announced by seq_gap, "
-                           "explained by the status counters, still unexplained.")
+    g = sinksub.add_parser("gaps", help="print the gap accounting per truck and stream",
+                           description="Missing seqs per truck and stream: announced by "
+                           "seq_gap, explained by the status counters, still unexplained.")
     g.add_argument("truck", nargs="?", default=None, help="one truck id (default: all)")
     g.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB})")
     g.add_argument("--json", action="store_true", help="print JSON")

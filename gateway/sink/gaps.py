@@ -1,7 +1,9 @@
-"""Gap accounting per truck, as docs/wire-format.md ("Gaps") defines it (pure).
+"""Gap accounting per truck and stream, as docs/wire-format.md ("Gaps") defines it (pure).
 
-From what the database holds about one truck: the islands of stored seqs, the
-``seq_gap`` notices and the latest status, compute
+Seqs are numbered per stream (a truck whose buffer was lost starts a new stream at seq 1),
+so every ``(truck_id, stream)`` is accounted on its own. From what the database holds
+about one stream: the islands of stored seqs, its ``seq_gap`` notices and the latest
+status that named it, compute
 
 - ``missing``: seqs between the lowest and the highest stored one that are not stored;
 - ``announced``: those inside a ``seq_gap`` range (never sent: not a loss);
@@ -9,7 +11,9 @@ From what the database holds about one truck: the islands of stored seqs, the
   status counts as ``evicted`` + ``expired`` (dropped on the truck, counted not listed);
 - ``unexplained``: the remainder. While the truck still has pending events (or sent no
   status yet) the remainder may still arrive: the report's state is ``DRAINING``, and
-  only a ``FINAL`` report's ``unexplained`` is a loss.
+  only a ``FINAL`` report's ``unexplained`` is a loss. A stream the truck has left (its
+  latest status names another one: the buffer was lost) is ``FINAL`` too: nothing more
+  can arrive for it, so what its last status does not explain was lost with the buffer.
 """
 
 from __future__ import annotations
@@ -54,6 +58,45 @@ class TruckCounters:
                    _count(obj.get("evicted")) + _count(obj.get("expired")))
 
 
+def status_stream(body: str | None) -> str:
+    """The ``stream`` a stored status body names (``""``: the default stream)."""
+    if body is None:
+        return ""
+    stream = json.loads(body).get("stream", "")
+    return stream if isinstance(stream, str) else ""
+
+
+def gap_inputs_of(
+    trucks: Iterable[str],
+    islands: Iterable[tuple[str, str, int, int]],
+    notices: Iterable[tuple[str, str, int, int]],
+    stream_status: Iterable[tuple[str, str, str]],
+    latest_status: Iterable[tuple[str, str]],
+) -> list[GapInput]:
+    """Per ``(truck, stream)`` inputs from what the backends' queries return: islands and
+    notices ``(truck, stream, lo, hi)``, the newest status per stream ``(truck, stream,
+    body)`` and per truck ``(truck, body)``. A truck without events gets one input for the
+    stream its latest status names."""
+    by_stream: dict[tuple[str, str], list[Range]] = {}
+    for tid, stream, lo, hi in islands:
+        by_stream.setdefault((tid, stream), []).append((lo, hi))
+    notes: dict[tuple[str, str], list[Range]] = {}
+    for tid, stream, first, last in notices:
+        notes.setdefault((tid, stream), []).append((first, last))
+    per_stream = {(tid, stream): body for tid, stream, body in stream_status}
+    current = {tid: status_stream(body) for tid, body in latest_status}
+    for tid in trucks:
+        if not any(k[0] == tid for k in by_stream):
+            by_stream[(tid, current.get(tid, ""))] = []
+    return [
+        GapInput(tid, tuple(ranges), tuple(notes.get((tid, stream), ())),
+                 TruckCounters.from_status_body(per_stream.get((tid, stream))),
+                 stream=stream, superseded=(tid, stream) in per_stream
+                 and current.get(tid, stream) != stream)
+        for (tid, stream), ranges in sorted(by_stream.items())
+    ]
+
+
 def _count(section: Any) -> int:
     if not isinstance(section, dict):
         return 0
@@ -68,6 +111,10 @@ class GapInput:
     islands: tuple[Range, ...]
     notices: tuple[Range, ...]
     counters: TruckCounters | None
+    stream: str = ""
+    #: a status named this stream, and the truck's latest status names another one: this
+    #: stream will not grow (a stream no status named yet may be the newest)
+    superseded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +131,14 @@ class GapReport:
     by_counters: int
     unexplained: int
     gaps: tuple[Range, ...]
+    stream: str = ""
 
     def line(self) -> str:
         """One human-readable line."""
         head = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in self.gaps[:10])
         more = f" (+{len(self.gaps) - 10} more)" if len(self.gaps) > 10 else ""
-        return (f"{self.truck_id}: {self.state.value} seq {self.first}..{self.last} "
+        name = f"{self.truck_id} stream {self.stream}" if self.stream else self.truck_id
+        return (f"{name}: {self.state.value} seq {self.first}..{self.last} "
                 f"stored={self.stored} missing={self.missing} announced={self.announced} "
                 f"by_counters={self.by_counters} unexplained={self.unexplained}"
                 + (f" gaps: {head}{more}" if self.gaps else ""))
@@ -122,12 +171,12 @@ def overlap(ranges: list[Range], others: list[Range]) -> int:
 
 
 def account(inp: GapInput) -> GapReport:
-    """The :class:`GapReport` of one truck."""
+    """The :class:`GapReport` of one truck's stream."""
     islands = merge(inp.islands)
     gaps = [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(islands)]
     missing = sum(hi - lo + 1 for lo, hi in gaps)
     announced = overlap(gaps, merge(inp.notices))
-    final = inp.counters is not None and inp.counters.pending == 0
+    final = inp.superseded or (inp.counters is not None and inp.counters.pending == 0)
     rest = missing - announced
     by_counters = min(rest, inp.counters.dropped) if final and inp.counters else 0
     return GapReport(
@@ -141,4 +190,5 @@ def account(inp: GapInput) -> GapReport:
         by_counters=by_counters,
         unexplained=rest - by_counters,
         gaps=tuple(gaps),
+        stream=inp.stream,
     )

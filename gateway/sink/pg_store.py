@@ -3,7 +3,7 @@
 Small batches go in as one multi-row ``INSERT ... VALUES``, larger ones by ``COPY`` into a
 session-local staging table and one ``INSERT ... SELECT`` (measured for a 200-event batch:
 3.5 ms, against 13 ms for one ``INSERT ... unnest(...)`` and 6.6 ms for ``executemany``),
-both ``ON CONFLICT (truck_id, seq) DO NOTHING``; bodies are ``jsonb``. The connection is in
+both ``ON CONFLICT (truck_id, stream, seq) DO NOTHING``; bodies are ``jsonb``. The connection is in
 autocommit mode and a message that fits one statement (small batches, status, quarantine;
 the ``trucks`` row rides along in a ``WITH`` the first time a connection sees a truck) is
 one implicit transaction in one round trip; the COPY path is an explicit transaction.
@@ -24,7 +24,7 @@ from gateway.sink.base import (
     SinkStoreRejectedError,
     SinkStoreUnavailableError,
 )
-from gateway.sink.gaps import GapInput, TruckCounters
+from gateway.sink.gaps import GapInput, gap_inputs_of
 from gateway.sink.report import ReportInput, StoredEvent
 from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
 
@@ -41,12 +41,29 @@ COPY_FROM_ROWS: Final = 32
 #: Seconds to wait for a connection before the write counts as an outage.
 CONNECT_TIMEOUT_S: Final = 5
 
+#: Sinks before stream ids keyed events by (truck_id, seq): their rows become the default
+#: stream '' and the key (truck_id, stream, seq). Idempotent; the views (columns appended
+#: at the end) are replaced by the statements after it.
+_MIGRATE_STREAM: Final = """
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                 AND table_name = 'events' AND column_name = 'stream') THEN
+    ALTER TABLE events ADD COLUMN stream text NOT NULL DEFAULT '';
+    ALTER TABLE events DROP CONSTRAINT events_pkey;
+    ALTER TABLE events ADD PRIMARY KEY (truck_id, stream, seq);
+  END IF;
+END $$
+"""
+
 DDL: Final = [
     """CREATE TABLE IF NOT EXISTS trucks (
         truck_id text PRIMARY KEY, first_seen_ms bigint NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS events (
         truck_id text NOT NULL, seq bigint NOT NULL, ts bigint NOT NULL, type text NOT NULL,
-        body jsonb NOT NULL, arrival_ms bigint NOT NULL, PRIMARY KEY (truck_id, seq))""",
+        body jsonb NOT NULL, arrival_ms bigint NOT NULL, stream text NOT NULL DEFAULT '',
+        PRIMARY KEY (truck_id, stream, seq))""",
+    _MIGRATE_STREAM,
     "CREATE INDEX IF NOT EXISTS events_truck_ts ON events (truck_id, ts)",
     """CREATE INDEX IF NOT EXISTS events_latest_gps ON events (truck_id, ts DESC, seq DESC)
        WHERE type = 'gps'""",
@@ -63,7 +80,7 @@ DDL: Final = [
        SELECT truck_id, seq, ts, (body->>'lat')::float8 AS lat, (body->>'lon')::float8 AS lon,
               (body->>'alt_m')::float8 AS alt_m, (body->>'speed_kmh')::float8 AS speed_kmh,
               (body->>'heading_deg')::float8 AS heading_deg, (body->>'fix')::int AS fix,
-              coalesce((body->>'provisional')::boolean, false) AS provisional
+              coalesce((body->>'provisional')::boolean, false) AS provisional, stream
        FROM events WHERE type = 'gps'""",
     """CREATE OR REPLACE VIEW latest_position AS
        SELECT p.* FROM trucks t CROSS JOIN LATERAL (
@@ -90,7 +107,7 @@ DDL: Final = [
        CROSS JOIN LATERAL jsonb_array_elements(d.active) AS f""",
     """CREATE OR REPLACE VIEW gap_notices AS
        SELECT truck_id, seq, (body->>'first')::bigint AS first, (body->>'last')::bigint AS last,
-              body->>'reason' AS reason
+              body->>'reason' AS reason, stream
        FROM events WHERE type = 'seq_gap'""",
     schema.SEQ_GAPS_VIEW.replace("CREATE VIEW", "CREATE OR REPLACE VIEW"),
 ]
@@ -101,21 +118,23 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     seq bigint, ts bigint, type text, body jsonb) ON COMMIT DELETE ROWS
 """
 _COPY: Final = "COPY events_staging (seq, ts, type, body) FROM STDIN"
-_ROW: Final = "(%s, %s, %s, %s, %s::jsonb, %s)"
+_ROW: Final = "(%s, %s, %s, %s, %s, %s::jsonb, %s)"
 #: Prefixed to a message's one statement the first time a connection sees its truck.
 _NEW_TRUCK: Final = (
     "WITH new_truck AS (INSERT INTO trucks VALUES (%s, %s) ON CONFLICT DO NOTHING) ")
 _INSERT_STATUS: Final = (
     "INSERT INTO status_history VALUES (%s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING")
 _INSERT_VALUES: Final = """
-INSERT INTO events (truck_id, seq, ts, type, body, arrival_ms) VALUES {rows}
-ON CONFLICT (truck_id, seq) DO NOTHING
+INSERT INTO events (truck_id, stream, seq, ts, type, body, arrival_ms) VALUES {rows}
+ON CONFLICT (truck_id, stream, seq) DO NOTHING
 """
 _INSERT_EVENTS: Final = """
-INSERT INTO events (truck_id, seq, ts, type, body, arrival_ms)
-SELECT %s, seq, ts, type, body, %s FROM events_staging
-ON CONFLICT (truck_id, seq) DO NOTHING
+INSERT INTO events (truck_id, stream, seq, ts, type, body, arrival_ms)
+SELECT %s, %s, seq, ts, type, body, %s FROM events_staging
+ON CONFLICT (truck_id, stream, seq) DO NOTHING
 """
+#: the status body's stream, '' when it names none (older trucks)
+_STATUS_STREAM: Final = "coalesce(body->>'stream', '')"
 
 
 class PostgresSinkStore:
@@ -199,7 +218,8 @@ class PostgresSinkStore:
         cur = conn.cursor()
         if len(outcome.rows) <= COPY_FROM_ROWS:
             args = [*head_args, *(x for r in outcome.rows for x in (
-                outcome.truck_id, r.seq, r.ts, r.type, r.body, outcome.received_ms))]
+                outcome.truck_id, outcome.stream, r.seq, r.ts, r.type, r.body,
+                outcome.received_ms))]
             cur.execute(head + _INSERT_VALUES.format(rows=",".join([_ROW] * len(outcome.rows))),
                         args)
         else:
@@ -208,7 +228,7 @@ class PostgresSinkStore:
                     for r in outcome.rows:
                         copy.write_row((r.seq, r.ts, r.type, r.body))
                 cur.execute(head + _INSERT_EVENTS, (*head_args, outcome.truck_id,
-                                                    outcome.received_ms))
+                                                    outcome.stream, outcome.received_ms))
         return max(cur.rowcount, 0)
 
     def gap_inputs(self, truck_id: str | None = None) -> list[GapInput]:
@@ -218,21 +238,16 @@ class PostgresSinkStore:
         try:
             with conn.transaction():
                 trucks = [r[0] for r in conn.execute(schema.TRUCKS.format(where=where), args)]
-                islands: dict[str, list[tuple[int, int]]] = {t: [] for t in trucks}
-                for tid, lo, hi in conn.execute(schema.ISLANDS.format(where=where), args):
-                    islands.setdefault(tid, []).append((lo, hi))
-                notices: dict[str, list[tuple[int, int]]] = {}
-                for tid, first, last in conn.execute(
-                        schema.NOTICES.format(where=where), args):
-                    notices.setdefault(tid, []).append((first, last))
-                status = dict(conn.execute(
-                    schema.LATEST_STATUS.format(body="body::text", where=where), args))
+                islands = conn.execute(schema.ISLANDS.format(where=where), args).fetchall()
+                notices = conn.execute(schema.NOTICES.format(where=where), args).fetchall()
+                per_stream = conn.execute(schema.STREAM_STATUS.format(
+                    stream=_STATUS_STREAM, body="body::text", where=where), args).fetchall()
+                latest = conn.execute(
+                    schema.LATEST_STATUS.format(body="body::text", where=where), args).fetchall()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
             raise SinkStoreUnavailableError(f"postgresql: {exc}") from exc
-        return [GapInput(t, tuple(islands.get(t, ())), tuple(notices.get(t, ())),
-                         TruckCounters.from_status_body(status.get(t)))
-                for t in sorted(islands)]
+        return gap_inputs_of(trucks, islands, notices, per_stream, latest)
 
     def report_input(self, truck_id: str, from_ms: int | None = None,
                      to_ms: int | None = None) -> ReportInput:

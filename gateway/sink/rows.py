@@ -74,11 +74,13 @@ class EventRow:
 
 @dataclass(frozen=True, slots=True)
 class EventBatch:
-    """The rows of one events message (possibly empty)."""
+    """The rows of one events message (possibly empty), all of the batch's ``stream``
+    (``""``, the default stream, for batches of trucks older than revision 3)."""
 
     truck_id: str
     rows: tuple[EventRow, ...]
     received_ms: int
+    stream: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +196,7 @@ def _events(topic: str, truck_id: str, payload: bytes, content_type: str | None,
                                f"events[{i}]: {problem}", payload=payload,
                                received_ms=received_ms)
         rows.append(EventRow(truck_id, ev["seq"], ev["ts"], ev["type"], body))
-    return EventBatch(truck_id, tuple(rows), received_ms)
+    return EventBatch(truck_id, tuple(rows), received_ms, wire.batch_stream(batch))
 
 
 def _decoded_size(payload: bytes, *, compact: bool) -> int | None:

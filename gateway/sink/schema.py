@@ -9,19 +9,29 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Islands of consecutive stored seqs per truck: ``(truck_id, lo, hi)``.
+#: Islands of consecutive stored seqs per truck and stream: ``(truck_id, stream, lo, hi)``
+#: (seq is numbered per stream; served by the primary key's order).
 ISLANDS: Final = """
-SELECT truck_id, min(seq) AS lo, max(seq) AS hi FROM (
-  SELECT truck_id, seq, seq - row_number() OVER (PARTITION BY truck_id ORDER BY seq) AS island
+SELECT truck_id, stream, min(seq) AS lo, max(seq) AS hi FROM (
+  SELECT truck_id, stream, seq,
+         seq - row_number() OVER (PARTITION BY truck_id, stream ORDER BY seq) AS island
   FROM events {where}
 ) AS numbered
-GROUP BY truck_id, island ORDER BY truck_id, lo
+GROUP BY truck_id, stream, island ORDER BY truck_id, stream, lo
 """
 
-#: ``seq_gap`` notices per truck: ``(truck_id, first, last)``.
-NOTICES: Final = "SELECT truck_id, first, last FROM gap_notices {where}"
+#: ``seq_gap`` notices per truck and stream: ``(truck_id, stream, first, last)``.
+NOTICES: Final = "SELECT truck_id, stream, first, last FROM gap_notices {where}"
 #: The latest status body per truck: ``(truck_id, body)``.
 LATEST_STATUS: Final = "SELECT truck_id, {body} FROM latest_status {where}"
+#: The newest status per truck and the stream it names: ``(truck_id, stream, body)``.
+STREAM_STATUS: Final = """
+SELECT truck_id, stream, body FROM (
+  SELECT truck_id, {stream} AS stream, {body} AS body,
+         row_number() OVER (PARTITION BY truck_id, {stream} ORDER BY ts DESC) AS newest
+  FROM status_history {where}
+) AS per_stream WHERE newest = 1
+"""
 
 #: Every truck the sink has stored anything for.
 TRUCKS: Final = "SELECT truck_id FROM trucks {where} ORDER BY truck_id"
@@ -49,15 +59,21 @@ WHERE newest = 1 ORDER BY ts, seq
 TS_MIN: Final = -(2**63)
 TS_MAX: Final = 2**63 - 1
 
-#: The view of missing ranges between stored seqs (same text in both dialects).
+#: The view of missing ranges between stored seqs of one stream (same text in both
+#: dialects; ``stream`` last, so that PostgreSQL can replace the view of older sinks).
 SEQ_GAPS_VIEW: Final = """
 CREATE VIEW seq_gaps AS
-SELECT truck_id, seq + 1 AS first_missing, next_seq - 1 AS last_missing FROM (
-  SELECT truck_id, seq, lead(seq) OVER (PARTITION BY truck_id ORDER BY seq) AS next_seq
+SELECT truck_id, seq + 1 AS first_missing, next_seq - 1 AS last_missing, stream FROM (
+  SELECT truck_id, stream, seq,
+         lead(seq) OVER (PARTITION BY truck_id, stream ORDER BY seq) AS next_seq
   FROM events
 ) AS neighbours
 WHERE next_seq > seq + 1
 """
+
+#: The views of both backends, dropped and made anew when ``events`` is migrated.
+VIEWS: Final = ("seq_gaps", "gap_notices", "active_faults", "latest_state",
+                "latest_position", "latest_status", "positions")
 
 #: Key of the PostgreSQL advisory lock that serialises schema creation between sinks.
 SCHEMA_LOCK_KEY: Final = 0x7472_7563_6B67_77  # "truckgw"

@@ -15,20 +15,33 @@ from typing import Final
 
 from gateway.sink import schema
 from gateway.sink.base import SinkStoreRejectedError, SinkStoreUnavailableError
-from gateway.sink.gaps import GapInput, TruckCounters
+from gateway.sink.gaps import GapInput, gap_inputs_of
 from gateway.sink.report import ReportInput, StoredEvent
 from gateway.sink.rows import EventBatch, Ignored, Outcome, Quarantined, StatusRow
 
 #: How long a write waits for another process's write transaction on the same file.
 BUSY_TIMEOUT_MS: Final = 10_000
 
+_EVENTS_TABLE: Final = """CREATE TABLE IF NOT EXISTS {name} (
+        truck_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+        type TEXT NOT NULL, body TEXT NOT NULL, arrival_ms INTEGER NOT NULL,
+        stream TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (truck_id, stream, seq)) WITHOUT ROWID"""
+
+#: Sinks before stream ids keyed events by (truck_id, seq): their rows are the default
+#: stream ''. SQLite cannot change a primary key in place: copy into the new table.
+MIGRATE_STREAM: Final = [
+    _EVENTS_TABLE.format(name="events_stream"),
+    """INSERT INTO events_stream (truck_id, seq, ts, type, body, arrival_ms, stream)
+       SELECT truck_id, seq, ts, type, body, arrival_ms, '' FROM events""",
+    "DROP TABLE events",
+    "ALTER TABLE events_stream RENAME TO events",
+]
+
 DDL: Final = [
     """CREATE TABLE IF NOT EXISTS trucks (
         truck_id TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS events (
-        truck_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
-        type TEXT NOT NULL, body TEXT NOT NULL, arrival_ms INTEGER NOT NULL,
-        PRIMARY KEY (truck_id, seq)) WITHOUT ROWID""",
+    _EVENTS_TABLE.format(name="events"),
     "CREATE INDEX IF NOT EXISTS events_truck_ts ON events (truck_id, ts)",
     "CREATE INDEX IF NOT EXISTS events_truck_type_ts ON events (truck_id, type, ts, seq)",
     """CREATE TABLE IF NOT EXISTS status_history (
@@ -44,11 +57,12 @@ DDL: Final = [
               json_extract(body, '$.speed_kmh') AS speed_kmh,
               json_extract(body, '$.heading_deg') AS heading_deg,
               json_extract(body, '$.fix') AS fix,
-              coalesce(json_extract(body, '$.provisional'), 0) AS provisional
+              coalesce(json_extract(body, '$.provisional'), 0) AS provisional, stream
        FROM events WHERE type = 'gps'""",
     """CREATE VIEW IF NOT EXISTS latest_position AS
-       SELECT p.* FROM trucks t JOIN positions p ON p.truck_id = t.truck_id AND p.seq = (
-         SELECT seq FROM events x WHERE x.truck_id = t.truck_id AND x.type = 'gps'
+       SELECT p.* FROM trucks t JOIN positions p ON p.truck_id = t.truck_id
+         AND (p.stream, p.seq) = (
+         SELECT x.stream, x.seq FROM events x WHERE x.truck_id = t.truck_id AND x.type = 'gps'
          ORDER BY x.ts DESC, x.seq DESC LIMIT 1)""",
     """CREATE VIEW IF NOT EXISTS latest_status AS
        SELECT s.* FROM trucks t JOIN status_history s ON s.truck_id = t.truck_id
@@ -65,19 +79,35 @@ DDL: Final = [
               json_extract(f.value, '$.spn') AS spn, json_extract(f.value, '$.fmi') AS fmi,
               json_extract(f.value, '$.oc') AS oc
        FROM events d, json_each(json_extract(d.body, '$.active')) AS f
-       WHERE d.type = 'dtc' AND d.seq = (
-         SELECT x.seq FROM events x WHERE x.truck_id = d.truck_id AND x.type = 'dtc'
+       WHERE d.type = 'dtc' AND (d.stream, d.seq) = (
+         SELECT x.stream, x.seq FROM events x WHERE x.truck_id = d.truck_id
+           AND x.type = 'dtc'
            AND json_extract(x.body, '$.src') IS json_extract(d.body, '$.src')
          ORDER BY x.ts DESC, x.seq DESC LIMIT 1)""",
     """CREATE VIEW IF NOT EXISTS gap_notices AS
        SELECT truck_id, seq, json_extract(body, '$.first') AS first,
-              json_extract(body, '$.last') AS last, json_extract(body, '$.reason') AS reason
+              json_extract(body, '$.last') AS last, json_extract(body, '$.reason') AS reason,
+              stream
        FROM events WHERE type = 'seq_gap'""",
 ]
 
 _INSERT_EVENT: Final = (
-    "INSERT INTO events (truck_id, seq, ts, type, body, arrival_ms) VALUES (?,?,?,?,?,?)"
-    " ON CONFLICT (truck_id, seq) DO NOTHING")
+    "INSERT INTO events (truck_id, stream, seq, ts, type, body, arrival_ms)"
+    " VALUES (?,?,?,?,?,?,?) ON CONFLICT (truck_id, stream, seq) DO NOTHING")
+#: the status body's stream, "" when it names none (older trucks)
+_STATUS_STREAM: Final = "coalesce(CAST(json_extract(body, '$.stream') AS TEXT), '')"
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an ``events`` table of a sink before stream ids to (truck_id, stream, seq);
+    inside the caller's transaction. Idempotent: a no-op on a new or migrated file."""
+    cols = [r[1] for r in db.execute("PRAGMA table_info(events)")]
+    if not cols or "stream" in cols:
+        return
+    for view in schema.VIEWS:  # they name the old table; DDL makes them anew
+        db.execute(f"DROP VIEW IF EXISTS {view}")
+    for stmt in MIGRATE_STREAM:
+        db.execute(stmt)
 
 
 class SqliteSinkStore:
@@ -103,6 +133,7 @@ class SqliteSinkStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never torn
             db.execute("BEGIN IMMEDIATE")
+            _migrate(db)
             for stmt in DDL:
                 db.execute(stmt)
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'seq_gaps'").fetchone():
@@ -149,8 +180,8 @@ class SqliteSinkStore:
                         outcome.received_ms))
             return 0
         before = db.total_changes
-        db.executemany(_INSERT_EVENT, [(r.truck_id, r.seq, r.ts, r.type, r.body,
-                                        outcome.received_ms) for r in outcome.rows])
+        db.executemany(_INSERT_EVENT, [(r.truck_id, outcome.stream, r.seq, r.ts, r.type,
+                                        r.body, outcome.received_ms) for r in outcome.rows])
         return db.total_changes - before
 
     def gap_inputs(self, truck_id: str | None = None) -> list[GapInput]:
@@ -158,21 +189,20 @@ class SqliteSinkStore:
         db = self._conn()
         where, args = ("WHERE truck_id = ?", (truck_id,)) if truck_id else ("", ())
         try:
-            trucks = [r[0] for r in db.execute(schema.TRUCKS.format(where=where), args)]
-            islands: dict[str, list[tuple[int, int]]] = {t: [] for t in trucks}
-            for tid, lo, hi in db.execute(schema.ISLANDS.format(where=where), args):
-                islands.setdefault(tid, []).append((lo, hi))
-            notices: dict[str, list[tuple[int, int]]] = {}
-            for tid, first, last in db.execute(
-                    schema.NOTICES.format(where=where), args):
-                notices.setdefault(tid, []).append((first, last))
-            status = dict(db.execute(schema.LATEST_STATUS.format(body="body", where=where),
-                                     args).fetchall())
+            db.execute("BEGIN")
+            try:
+                trucks = [r[0] for r in db.execute(schema.TRUCKS.format(where=where), args)]
+                islands = db.execute(schema.ISLANDS.format(where=where), args).fetchall()
+                notices = db.execute(schema.NOTICES.format(where=where), args).fetchall()
+                per_stream = db.execute(schema.STREAM_STATUS.format(
+                    stream=_STATUS_STREAM, body="body", where=where), args).fetchall()
+                latest = db.execute(schema.LATEST_STATUS.format(body="body", where=where),
+                                    args).fetchall()
+            finally:
+                db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             raise SinkStoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
-        return [GapInput(t, tuple(islands.get(t, ())), tuple(notices.get(t, ())),
-                         TruckCounters.from_status_body(status.get(t)))
-                for t in sorted(islands)]
+        return gap_inputs_of(trucks, islands, notices, per_stream, latest)
 
     def report_input(self, truck_id: str, from_ms: int | None = None,
                      to_ms: int | None = None) -> ReportInput:

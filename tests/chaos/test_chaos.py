@@ -240,6 +240,48 @@ class Chaos:
             f.write(os.urandom(4096))
         self.restart()
 
+    async def clock_step_phase(self, sim: TruckSim) -> None:
+        """Issue #13 case 3: with a 7-day telemetry TTL, the receiver's time jumps 14 days
+        ahead mid-drive and later back, while the broker is down (so the buffer holds
+        events from both sides of each step). TTL runs on the buffer's age clock: nothing
+        expires, nothing stalls, and the final accounting still holds."""
+        ttl = "\n[buffer.ttl_s]\ntelemetry = 604800\n"
+        text = self.gateway.config_path.read_text()
+        assert self.gateway.stop() == 0, self.gateway.log_tail()
+        if "[buffer.ttl_s]" not in text:
+            self.gateway.config_path.write_text(text + ttl)
+        self.restart()
+
+        def clock() -> dict[str, Any]:
+            st, proc = self.gateway.state(), self.gateway.proc
+            return (st.get("clock") or {}) if proc and st.get("pid") == proc.pid else {}
+
+        async def until(what: str, done: Callable[[dict[str, Any]], bool]) -> None:
+            deadline = time.monotonic() + 40  # corrupt NMEA all along: confirming is slow
+            while not done(clock()):
+                assert time.monotonic() < deadline, (what, clock(), self.gateway.log_tail())
+                await asyncio.sleep(0.5)
+
+        def synced(c: dict[str, Any]) -> bool:
+            return c.get("synced") is True
+
+        await until("GPS sync after the restart", synced)
+        expired = int((self.gateway.state().get("buffer") or {}).get("expired") or 0)
+        self.broker.stop()
+        self.outages += 1
+        for n, offset_s in enumerate((14 * 86400.0, 0.0), 1):  # forward 14 days, then back
+            sim.gps_time_offset_s = offset_s
+
+            def stepped(c: dict[str, Any], n: int = n) -> bool:
+                return int(c.get("steps") or 0) >= n
+
+            await until(f"clock step {n}", stepped)
+            await asyncio.sleep(3)  # keep recording (and running expiry) on this side
+        self.broker.start()
+        await self.wait_drained()
+        buf = self.gateway.state().get("buffer") or {}
+        assert int(buf.get("expired") or 0) == expired, buf  # no wall-clock step expired any
+
 
 def persistent_broker(factory: Callable[..., Mosquitto], tmp_path: Path) -> Mosquitto:
     """The sink keeps its session across broker restarts, as a cloud consumer does."""
@@ -269,6 +311,7 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
             await asyncio.sleep(3)
             await chaos.kill_phase()
             await chaos.outage(12.0)  # the long one
+            await chaos.clock_step_phase(sim)
             if tmpfs:
                 await chaos.disk_full_phase()
             await chaos.corrupt_phase()

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from gateway.clock import AGREE_MS, CONFIRM, Clock, system_clock_synced
+from gateway.clock import AGREE_MS, CONFIRM, Clock, read_boot_id, system_clock_synced
+from gateway.ts_correct import Correction
 
 TRUE_UTC_AT_MONO0 = 1_780_000_000_000  # ms: the real UTC when the monotonic clock read 0
 
@@ -134,3 +135,66 @@ def test_verified_needs_gps_or_an_ntp_synced_system_clock() -> None:
 def test_system_clock_synced_asks_the_kernel() -> None:
     # a real adjtimex(2) call; its answer depends on the machine, its type does not
     assert system_clock_synced() in (True, False, None)
+
+
+def correction(clock: Clock) -> Correction | None:
+    """``clock.correction`` (a call, so that asserts on it do not narrow the type)."""
+    return clock.correction
+
+
+class FakeBoot:
+    """CLOCK_BOOTTIME of a machine that booted ``up_s`` before the monotonic clock's 0
+    and was suspended for ``suspended_s`` since (BOOTTIME counts that, MONOTONIC not)."""
+
+    def __init__(self, fake: Fake, up_s: float = 7.0) -> None:
+        self.fake = fake
+        self.up_s = up_s
+        self.suspended_s = 0.0
+
+    def boot(self) -> float:
+        return self.fake.mono_s + self.up_s + self.suspended_s
+
+
+def test_correction_is_utc_minus_boottime_once_gps_verifies() -> None:
+    fake = Fake(wall_error_s=-14 * 86400)
+    boot = FakeBoot(fake)
+    clock = Clock(wall=fake.wall, mono=fake.mono, system_synced=lambda: False,
+                  boot=boot.boot, boot_id="b-1")
+    stamped_at = clock.boot_ms()  # an event stamped now, unverified
+    truth_then = fake.true_ms()
+    assert correction(clock) is None and not clock.verified
+    feed_fixes(clock, fake, CONFIRM, delay_s=0.05)
+    fix = correction(clock)
+    assert fix is not None and fix.boot_id == "b-1"
+    # the stamp, corrected, lands at the true time of the event (serial delay aside)
+    assert abs(stamped_at + fix.offset_ms - truth_then) <= 100
+    # a suspend afterwards: BOOTTIME ran on, the offset follows at the next fix
+    boot.suspended_s += 600
+    feed_fixes(clock, fake, 1, delay_s=0.05)
+    later = correction(clock)
+    assert later is not None
+    assert abs((clock.boot_ms() + later.offset_ms) - clock.now_ms()) <= 5
+
+
+def test_correction_from_ntp_and_none_without_a_boot_id() -> None:
+    fake = Fake(wall_error_s=0)
+    boot = FakeBoot(fake)
+    ntp = {"synced": False}
+    clock = Clock(wall=fake.wall, mono=fake.mono, system_synced=lambda: ntp["synced"],
+                  boot=boot.boot, boot_id="b-2")
+    assert not verified(clock) and correction(clock) is None
+    ntp["synced"] = True
+    fake.mono_s += 10  # past the cache of the kernel's answer
+    assert verified(clock)
+    fix = correction(clock)
+    assert fix is not None
+    assert fix.offset_ms == round(fake.wall() * 1000 - boot.boot() * 1000)
+    anonymous = Clock(wall=fake.wall, mono=fake.mono, system_synced=lambda: True,
+                      boot=boot.boot, boot_id="")
+    assert anonymous.verified and anonymous.correction is None  # cannot tell boots apart
+
+
+def test_boot_id_is_this_boots() -> None:
+    boot_id = read_boot_id()
+    assert len(boot_id) == 36 and boot_id.count("-") == 4, boot_id
+    assert Clock().boot_id == boot_id

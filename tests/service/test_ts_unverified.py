@@ -80,3 +80,29 @@ async def test_gps_point_stamped_by_an_unconfirmed_clock_is_marked(tmp_path: Pat
     fix = Fix(43_200_000, None, False, 3, lat=48.1, lon=11.5, received=time.monotonic())
     body = await gps_body(agent(tmp_path, ntp_synced=False), fix)
     assert body["ts_unverified"] is True
+
+
+async def test_unverified_stamps_keep_their_boottime_and_boot_for_a_later_correction(
+    tmp_path: Path,
+) -> None:
+    a = agent(tmp_path, ntp_synced=False)
+    before = a.clock.boot_ms()
+    body = await engine_body(a)
+    assert body["ts_unverified"] is True
+    stamp = body["_boot"]
+    assert isinstance(stamp, list)
+    boot_id, boottime_ms = stamp
+    assert boot_id == a.clock.boot_id and boot_id
+    assert before <= boottime_ms <= a.clock.boot_ms()
+    fix = Fix(43_200_000, None, False, 3, lat=48.1, lon=11.5, received=time.monotonic() - 2)
+    point = await gps_body(agent(tmp_path / "g", ntp_synced=False), fix)
+    point_stamp = point["_boot"]
+    assert isinstance(point_stamp, list)
+    point_boot_ms = point_stamp[1]
+    # the moment the fix's data arrived, 2 s ago, not the moment it was recorded
+    assert abs(a.clock.boot_ms() - 2000 - point_boot_ms) < 1000
+
+
+async def test_verified_stamps_carry_no_boot_stamp(tmp_path: Path) -> None:
+    body = await engine_body(agent(tmp_path, ntp_synced=True))
+    assert "_boot" not in body and "ts_unverified" not in body

@@ -32,9 +32,10 @@ from config.events import Event, encode_body, seq_gap_event
 from drivers.j1939 import J1939Decoder
 from drivers.nmea_epoch import NmeaDecoder
 from gateway import wire
-from gateway.clock import Clock
+from gateway.clock import Clock, read_boot_id
 from gateway.delivery_actions import UplinkStats
 from gateway.ingest import Ingest
+from gateway.ts_correct import Correction
 from gateway.uplink import UplinkState
 from gateway.uplink_status import StatusReport
 from sim import nmea_out
@@ -166,6 +167,27 @@ async def test_every_batch_of_a_simulated_truck_validates(
     assert "ts_unverified" in seen_fields  # an unsynced clock at start, then GPS time
 
 
+async def test_batches_with_stream_and_corrected_ts_validate(
+    store: SqliteStore, truck_events: list[Event]
+) -> None:
+    stored = await _stored(store, truck_events)
+    ctx = wire.WireContext("0123456789abcdef",
+                           Correction(read_boot_id(), 1_780_000_000_000))  # this boot's
+    seen: set[str] = set()
+    for encoding in wire.ENCODINGS:
+        for payload, _seqs in wire.encode_batches("truck-0042", stored, encoding, 16384, ctx):
+            raw = zstandard.ZstdDecompressor().decompress(payload) \
+                if encoding == "compact" else payload
+            batch = json.loads(raw)
+            assert batch["stream"] == "0123456789abcdef"
+            assert errors(BATCH, batch) == []
+            for ev in batch["events"]:
+                seen.update(ev)
+    # the unsynced start of the drive, corrected; the internal boot stamp never travels
+    assert "ts_corrected" in seen
+    assert "ts_unverified" not in seen and "_boot" not in seen
+
+
 async def test_status_of_the_status_builder_validates(
     tmp_path: Path, store: SqliteStore, truck_events: list[Event]
 ) -> None:
@@ -178,7 +200,7 @@ async def test_status_of_the_status_builder_validates(
         "gps": {"points_recorded": 3, "fix": True}, "can": {"sources": 4}, "buffer": None,
         "uptime_s": 12.5, "healthy": True}
     report = StatusReport(cfg, store, lambda: UplinkStats(UplinkState.CONNECTED, reconnects=2),
-                          extra)
+                          extra, lambda: wire.WireContext("0123456789abcdef"))
     online = json.loads(report.payload("online", await report.online_fields()))
     assert online["schema"] == wire.STATUS_SCHEMA
     assert online["pending"] == 51
@@ -188,6 +210,7 @@ async def test_status_of_the_status_builder_validates(
         json.loads(report.payload("offline", {"reason": "shutdown"})),
     ):
         assert errors(STATUS, payload) == [], payload
+        assert payload["stream"] == "0123456789abcdef"  # every status names the stream
     # an empty buffer: no oldest event
     async with _empty_store(tmp_path) as empty:
         idle = StatusReport(cfg, empty, lambda: UplinkStats(UplinkState.CONNECTED))
@@ -227,7 +250,8 @@ def test_samples_validate_and_match_the_encoder() -> None:
         ev = Event(e["type"], e["ts"],
                    {k: v for k, v in e.items() if k not in ("seq", "ts", "type")})
         evs.append(StoredEvent(e["seq"], ev.ts_ms, ev.type, ev.priority, encode_body(ev)))
-    ((again, _),) = wire.encode_batches(batch["truck_id"], evs, "json", 1 << 20)
+    ((again, _),) = wire.encode_batches(batch["truck_id"], evs, "json", 1 << 20,
+                                        wire.WireContext(batch["stream"]))
     assert again == plain
     assert {e["type"] for e in batch["events"]} == {"gps", "engine", "dtc", "seq_gap"}
     for name in ("status-online.json", "status-offline.json"):
@@ -260,6 +284,10 @@ def _gps(**kw: object) -> dict[str, Any]:
         (_gps(seq=0), "events/0/seq"),
         (_gps(ts=1.5), "events/0/ts"),
         (_gps(ts_unverified=False), "events/0/ts_unverified"),
+        (_gps(ts_corrected=False), "events/0/ts_corrected"),
+        (_gps(ts_corrected=True, ts_unverified=True), "events/0"),
+        ({"truck_id": "t1", "stream": "ABC", "events": []}, "stream"),
+        ({"truck_id": "t1", "stream": 7, "events": []}, "stream"),
         ({"truck_id": "t1", "events": [{"seq": 1, "ts": 1, "type": "engine", "src": 0,
                                         "engine_speed_rpm": None}]}, "events/0/engine_speed_rpm"),
         ({"truck_id": "t1", "events": [{"seq": 1, "ts": 1, "type": "engine", "src": 0,

@@ -14,6 +14,7 @@ from buffer.api import StoredEvent
 from config.errors import WireError
 from config.events import Event, encode_body
 from gateway import wire
+from gateway.ts_correct import Correction, corrected, wire_body
 from tests.uplink.helpers import mixed_event
 
 
@@ -44,7 +45,7 @@ def test_json_event_is_body_with_seq_in_front() -> None:
     ev = stored(42, Event("gps", 5, {"lat": 1.5}))
     assert wire.wire_event_json(42, ev.body) == b'{"seq":42,"ts":5,"type":"gps","lat":1.5}'
     payload, _ = wire.encode_batches("t", [ev], "json", 4096)[0]
-    assert payload == (b'{"schema":"truckgw.batch/2","truck_id":"t","events":'
+    assert payload == (b'{"schema":"truckgw.batch/3","truck_id":"t","stream":"","events":'
                        b'[{"seq":42,"ts":5,"type":"gps","lat":1.5}]}')
 
 
@@ -123,7 +124,7 @@ def test_topics_and_content_types() -> None:
 
 def test_status_payload() -> None:
     obj = json.loads(wire.encode_status("t1", "online", 123, {"pending": 4, "state": "x"}))
-    assert obj == {"schema": "truckgw.status/2", "state": "online", "truck_id": "t1",
+    assert obj == {"schema": "truckgw.status/3", "state": "online", "truck_id": "t1",
                    "ts": 123, "pending": 4}
 
 
@@ -250,3 +251,63 @@ def test_property_mutated_compact_payload_raises_only_wire_error(
     limit = 2 * len(zstandard.ZstdDecompressor().decompress(payload))
     with contextlib.suppress(WireError):
         wire.decode_payload(mutated, compact=True, max_decoded_bytes=limit)
+
+
+# --------------------------------------------------------------------------- stream, ts fix
+
+
+def test_every_batch_carries_the_stream_and_decoders_default_it() -> None:
+    ctx = wire.WireContext(stream="00112233aabbccdd")
+    for encoding in wire.ENCODINGS:
+        for payload, _ in wire.encode_batches("t", events(30), encoding, 2000, ctx):
+            batch = wire.decode_payload(payload, compact=encoding == "compact")
+            assert batch["stream"] == "00112233aabbccdd"
+            assert wire.batch_stream(batch) == "00112233aabbccdd"
+    older = {"schema": "truckgw.batch/2", "truck_id": "t", "events": []}
+    assert wire.batch_stream(wire.decode_payload(json.dumps(older).encode(),
+                                                 compact=False)) == ""
+    for bad in (7, "x" * 65, None):
+        doc = json.dumps({"truck_id": "t", "stream": bad, "events": []}).encode()
+        with pytest.raises(WireError, match="stream"):
+            wire.decode_payload(doc, compact=False)
+
+
+def _unverified(seq: int, ts: int, boot: str, boottime_ms: int) -> StoredEvent:
+    return stored(seq, Event("engine", ts, {"src": 0, "ts_unverified": True,
+                                            "_boot": [boot, boottime_ms]}))
+
+
+def test_unverified_event_of_this_boot_goes_out_with_the_corrected_ts() -> None:
+    fix = Correction("boot-a", 1_780_000_000_000)  # UTC - boottime of boot-a
+    evs = [_unverified(1, 5_000, "boot-a", 60_000),  # stamped 60 s after boot-a began
+           _unverified(2, 5_100, "boot-z", 60_100),  # an earlier boot: nothing to go by
+           stored(3, Event("engine", 1_780_000_061_000, {"src": 0}))]
+    ((payload, _),) = wire.encode_batches("t", evs, "json", 1 << 20,
+                                          wire.WireContext("s", fix))
+    got = wire.decode_payload(payload, compact=False)["events"]
+    assert got[0] == {"seq": 1, "ts": 1_780_000_060_000, "type": "engine", "src": 0,
+                      "ts_corrected": True}
+    assert got[1] == {"seq": 2, "ts": 5_100, "type": "engine", "src": 0,
+                      "ts_unverified": True}
+    assert got[2] == {"seq": 3, "ts": 1_780_000_061_000, "type": "engine", "src": 0}
+    # before the clock is verified: sent as stamped, marked; the boot stamp never travels
+    ((early, _),) = wire.encode_batches("t", evs[:1], "json", 1 << 20)
+    assert b"_boot" not in early
+    assert wire.decode_payload(early, compact=False)["events"][0]["ts_unverified"] is True
+
+
+def test_correction_is_pure_and_leaves_other_bodies_alone() -> None:
+    fix = Correction("b", 1000)
+    fields = {"ts": 5, "type": "gps", "ts_unverified": True, "_boot": ["b", 7]}
+    assert corrected(fields, fix) == {"ts": 1007, "type": "gps", "ts_corrected": True}
+    assert fields == {"ts": 5, "type": "gps", "ts_unverified": True, "_boot": ["b", 7]}
+    assert corrected(fields, None) == {"ts": 5, "type": "gps", "ts_unverified": True}
+    assert corrected(fields, Correction("", 1000)) == {"ts": 5, "type": "gps",
+                                                       "ts_unverified": True}
+    for stamp in (["b"], ["b", "7"], ["b", True], "b:7"):
+        assert corrected({**fields, "_boot": stamp}, fix)["ts"] == 5
+    plain = encode_body(Event("gps", 5, {"lat": 1.5}))
+    assert wire_body(plain, fix) is plain  # the common case: no parse, no copy
+    # a field that merely contains the text is not a stamp
+    text = encode_body(Event("gps", 5, {"note": '"_boot":'}))
+    assert wire_body(text, fix) == text

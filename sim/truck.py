@@ -39,6 +39,11 @@ AXLES_KG = (7_100.0, 11_400.0, 11_500.0)  # steer axle, drive axle, trailer axle
 BATTERY_OFF_V = 25.2  # a 24 V system at rest
 BATTERY_CHARGING_V = 27.6  # alternator charging, plus up to 0.4 V under load
 BRAKE_MS2 = 1.2
+#: The one emergency stop per route (a harsh braking for the fleet events): from at least
+#: HARSH_MIN_KMH down to HARSH_TO share of the speed at HARSH_BRAKE_MS2.
+HARSH_BRAKE_MS2 = 4.5
+HARSH_MIN_KMH = 30.0
+HARSH_TO = 0.1
 STEP_S = 0.1
 
 #: Realistic active DTCs: (SPN, FMI, description, lamp) -- lamp is mil/red_stop/amber_warning.
@@ -134,6 +139,9 @@ class TruckParams:
     odometer_km: float | None = None
     fuel_level_pct: float | None = None
     def_level_pct: float | None = None
+    #: where along each route (share of its length) the driver brakes hard once (an
+    #: obstacle), at the first point after it at HARSH_MIN_KMH or more; None: never
+    harsh_brake_at: float | None = 0.45
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -148,6 +156,9 @@ class Truck:
         self._v = 0.0  # m/s
         self._a = 0.0
         self._stops_done: set[int] = set()
+        self._harsh_to: float | None = None  # braking hard down to this speed (m/s)
+        self._harsh_done = False  # the emergency stop of this route happened
+        self.harsh_brakes = 0  # emergency stops so far (the truth for tests)
         self._phase = Phase.PARKED
         self._phase_left = self.params.start_parked_s
         self._cruise_jitter = 0.0
@@ -219,12 +230,27 @@ class Truck:
         grade = self._grade()
         a_max = max(0.1, 0.9 - 0.006 * v * 3.6 - G * grade)
         a = max(-BRAKE_MS2 * 1.5, min(a_max, (target - v) / 2.0))
+        a = self._harsh_brake(v, a)
         v = max(0.0, v + a * h)
         self._s = min(route.length_m, self._s + v * h)
         self._v, self._a = v, a
         stop = self._next_stop()
         if stop is not None and route.cum_m[stop.at] - self._s < 1.5 and v < 0.6:
             self._arrive(stop)
+
+    def _harsh_brake(self, v: float, a: float) -> float:
+        """The route's one emergency stop: overrides the driver's planned acceleration."""
+        at = self.params.harsh_brake_at
+        if (self._harsh_to is None and not self._harsh_done and at is not None
+                and self._s >= self.route.length_m * at and v * 3.6 >= HARSH_MIN_KMH):
+            self._harsh_to, self._harsh_done = v * HARSH_TO, True
+            self.harsh_brakes += 1
+        if self._harsh_to is None:
+            return a
+        if v <= self._harsh_to:
+            self._harsh_to = None
+            return a
+        return -HARSH_BRAKE_MS2
 
     def _arrive(self, stop: Stop) -> None:
         self._stops_done.add(stop.at)
@@ -238,6 +264,7 @@ class Truck:
             self.route = self.route.reversed()
             self._s = 0.0
             self._stops_done = set()
+            self._harsh_to, self._harsh_done = None, False
         else:
             self._phase, self._phase_left = Phase.DWELL, stop.dwell_s
 

@@ -47,6 +47,12 @@ FRESH_MS = 2_000  # a wheel speed older than this is not current: GPS decides
 WINDOW_MS = 1_000  # acceleration over this span
 MAX_GAP_MS = 5_000  # a longer gap between samples is not counted as driving/idling time
 CORNER_MIN_KMH = 20.0  # below this, heading changes are manoeuvring, not cornering
+#: the signals the trip, idle and harsh policies read; a message with none of them (most
+#: of the bus) only proves the ignition on (and may carry driver states)
+_TRIP_KEYS = frozenset({"engine_speed_rpm", "vehicle_speed_kmh", "total_distance_km",
+                        "total_fuel_used_l", "fuel_rate_lph"})
+_DRIVER_KEYS = frozenset({"driver1_card_present", "driver1_working_state",
+                          "driver2_card_present", "driver2_working_state"})
 
 
 @dataclass(slots=True)
@@ -97,18 +103,23 @@ class FleetEvents:
 
     def on_signals(self, ts_ms: int, sa: int, values: Mapping[str, Value]) -> list[Event]:
         """Signals of one message from source ``sa``."""
+        if _TRIP_KEYS.isdisjoint(values):  # most messages: a sign of ignition at most
+            self._ignition(ts_ms)
+            return [] if _DRIVER_KEYS.isdisjoint(values) else self._driver(ts_ms, sa, values)
         out: list[Event] = []
-        rpm = values.get("engine_speed_rpm")
+        get = values.get
+        rpm = get("engine_speed_rpm")
         if rpm is not None:
             self._rpm = float(rpm)
-        wheel = values.get("vehicle_speed_kmh")
+        wheel = get("vehicle_speed_kmh")
         if wheel is not None:
             self._wheel = (ts_ms, float(wheel))
-        for name, attr in (("total_distance_km", "_odo"), ("total_fuel_used_l", "_fuel"),
-                           ("fuel_rate_lph", "_fuel_rate")):
-            v = values.get(name)
-            if v is not None:
-                setattr(self, attr, float(v))
+        if (v := get("total_distance_km")) is not None:
+            self._odo = float(v)
+        if (v := get("total_fuel_used_l")) is not None:
+            self._fuel = float(v)
+        if (v := get("fuel_rate_lph")) is not None:
+            self._fuel_rate = float(v)
         self._ignition(ts_ms)
         trip = self._trip
         if trip is not None and not trip.moved:
@@ -125,7 +136,8 @@ class FleetEvents:
         out += self._account(ts_ms)
         if wheel is not None:
             out += self._speed_sample(ts_ms, float(wheel) / 3.6, "wheel")
-        out += self._driver(ts_ms, sa, values)
+        if not _DRIVER_KEYS.isdisjoint(values):
+            out += self._driver(ts_ms, sa, values)
         return out
 
     def on_position(self, ts_ms: int, lat: float, lon: float, speed_kmh: float | None,

@@ -47,6 +47,8 @@ FRESH_MS = 2_000  # a wheel speed older than this is not current: GPS decides
 WINDOW_MS = 1_000  # acceleration over this span
 MAX_GAP_MS = 5_000  # a longer gap between samples is not counted as driving/idling time
 CORNER_MIN_KMH = 20.0  # below this, heading changes are manoeuvring, not cornering
+ODO_SAME_KM = 0.125  # one step of the low-resolution VD: odometer readings this close at a
+#                      standstill before the truck moves are the same place
 #: the signals the trip, idle and harsh policies read; a message with none of them (most
 #: of the bus) only proves the ignition on (and may carry driver states)
 _TRIP_KEYS = frozenset({"engine_speed_rpm", "vehicle_speed_kmh", "total_distance_km",
@@ -129,8 +131,13 @@ class FleetEvents:
             speed = self._speed_kmh(ts_ms)
             if speed is not None and speed > self.cfg.standstill_kmh:
                 trip.moved = True
-            if self._odo is not None and (trip.odo0 is None or not trip.moved):
-                trip.odo0 = self._odo
+            if self._odo is not None:
+                if trip.odo0 is None:
+                    trip.odo0 = self._odo
+                elif not trip.moved and abs(self._odo - trip.odo0) <= ODO_SAME_KM:
+                    trip.odo0 = self._odo  # the same standstill, read more precisely
+                elif not trip.moved:
+                    trip.moved = True  # the odometer itself says the truck has moved
         if trip is not None and trip.fuel0 is None:  # fuel burns at a standstill too
             trip.fuel0 = self._fuel
         out += self._account(ts_ms)

@@ -8,20 +8,27 @@ process: tests/sim/test_e2e_fleet.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from buffer.api import Lane
 from buffer.schema import STATE_MAX_BYTES
 from buffer.store import SqliteStore
-from config import EX_CONFIG, BufferConfig, load_config
+from config import EX_CONFIG, BufferConfig, MetricsConfig, MqttConfig, TruckConfig, load_config
 from config.errors import ConfigError, StoreError
-from config.events import Event, Priority
+from config.events import Event, Priority, decode_body
 from config.loader import check_config
 from config.schema import EventsConfig
+from drivers.j1939 import J1939Decoder, make_id
+from gateway.app import FLEET_STATE_KEY, Agent, Phase
 from gateway.cli import main
+from gateway.sdnotify import Notifier
 from tests.can.fleet_drive import EVENTS, drive_in_process
 
 DERIVED = {"trip", "idle", "harsh", "driver"}
@@ -152,3 +159,96 @@ def test_the_example_config_documents_every_events_key() -> None:
     for name in EventsConfig.__dataclass_fields__:
         assert f"\n{name} = " in section, name
     assert EVENTS.trip_end_timeout_s < EventsConfig().trip_end_timeout_s
+
+
+# --------------------------------------------------------------------------- the agent
+
+EEC1_650RPM = (make_id(61444, 0), bytes.fromhex("FFFFFF5014FFFFFF"))  # 5200 * 0.125 rpm
+
+
+def vdhr(km: float) -> tuple[int, bytes]:
+    """VDHR from the cab (SA 0x17): total distance in 5 m steps, trip distance n/a."""
+    return make_id(65217, 0x17), round(km / 0.005).to_bytes(4, "little") + b"\xff" * 4
+
+
+def agent_cfg(tmp_path: Path) -> TruckConfig:
+    with socket.socket() as s:  # a loopback port nobody listens on: the uplink retries
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return TruckConfig(
+        truck_id="T-1", mqtt=MqttConfig(host="127.0.0.1", port=port),
+        buffer=BufferConfig(path=tmp_path / "buffer.db", commit_interval_ms=10),
+        events=EventsConfig(trip_end_timeout_s=2.0, state_interval_s=1.0),
+        metrics=MetricsConfig(state_file=tmp_path / "state.json", interval_s=1.0))
+
+
+async def until(cond: Callable[[], bool], what: str, limit_s: float = 15.0) -> None:
+    for _ in range(round(limit_s / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{what} not within {limit_s} s")
+
+
+def feed_frames(agent: Agent, *frames: tuple[int, bytes]) -> None:
+    dec = J1939Decoder()
+    agent.ingest.on_can([d for can_id, data in frames
+                         if (d := dec.feed(0, can_id, data)) is not None])
+
+
+async def started(cfg: TruckConfig) -> tuple[Agent, asyncio.Task[int]]:
+    agent = Agent(cfg, notifier=Notifier(None))
+    task = asyncio.create_task(agent.run(), name="agent")
+    await until(lambda: agent.phase is Phase.RUNNING or task.done(), "the agent running")
+    assert not task.done(), task
+    return agent, task
+
+
+async def stopped(agent: Agent, task: asyncio.Task[int]) -> None:
+    agent.request_stop()
+    assert await asyncio.wait_for(task, 15.0) == 0
+
+
+async def test_agent_keeps_the_open_trip_across_a_clean_restart(tmp_path: Path) -> None:
+    cfg = agent_cfg(tmp_path)
+    agent, task = await started(cfg)
+    feed_frames(agent, EEC1_650RPM, vdhr(1000.0))  # ignition on, odometer 1000 km
+    first = agent.ingest.fleet_state()
+    assert first is not None
+    await stopped(agent, task)  # SIGTERM's path: the open trip is saved before the close
+    async with await SqliteStore.open(cfg.buffer) as store:
+        blob = await store.get_state(FLEET_STATE_KEY)
+    assert blob is not None
+    saved = json.loads(blob)
+    assert (saved["start_ms"], saved["odo0"]) == (first["start_ms"], 1000.0)
+
+    agent, task = await started(cfg)  # the next run continues it
+    state = agent.ingest.fleet_state()
+    assert state is not None and state["start_ms"] == first["start_ms"]
+    feed_frames(agent, EEC1_650RPM, vdhr(1002.5))  # 2.5 km later; then the bus falls silent
+    await until(lambda: agent.ingest.fleet_state() is None, "the trip's end (2 s timeout)")
+    await until(lambda: agent._fleet_saved is None, "the end written to the state table")
+    await stopped(agent, task)
+    async with await SqliteStore.open(cfg.buffer) as store:
+        assert await store.get_state(FLEET_STATE_KEY) is None  # ended: nothing to continue
+        events = []
+        while (b := await store.lease(Lane.BACKFILL, 500, 1 << 20)) is not None:
+            events += [decode_body(e.body) for e in b.events]
+    (trip,) = [e for e in events if e["type"] == "trip"]
+    assert trip["start_ts"] == first["start_ms"]
+    assert trip["distance_km"] == pytest.approx(2.5)
+    assert trip["distance_source"] == "odometer"
+
+
+async def test_agent_starts_afresh_from_a_broken_saved_trip(tmp_path: Path) -> None:
+    cfg = agent_cfg(tmp_path)
+    async with await SqliteStore.open(cfg.buffer) as store:
+        await store.put_state(FLEET_STATE_KEY, b"{not json")
+    agent, task = await started(cfg)
+    assert agent.ingest.fleet_state() is None
+    feed_frames(agent, EEC1_650RPM)  # a new trip starts as usual
+    assert agent.ingest.fleet_state() is not None
+    await stopped(agent, task)
+    async with await SqliteStore.open(cfg.buffer) as store:
+        blob = await store.get_state(FLEET_STATE_KEY)
+    assert blob is not None and json.loads(blob)["odo0"] is None

@@ -221,9 +221,13 @@ class SqliteStore:
     # ------------------------------------------------------------------ agent state
 
     async def get_state(self, key: str) -> bytes | None:
-        """The agent's persistent blob ``key`` (see :meth:`put_state`), or None."""
+        """The agent's persistent blob ``key`` (see :meth:`put_state`), or None;
+        :class:`~config.errors.StoreError` when it cannot be read."""
         self._check_open()
-        return await self._db.get_state(key)
+        try:
+            return await self._db.get_state(key)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read state {key!r} from {self._path}: {exc}") from exc
 
     async def put_state(self, key: str, value: bytes | None) -> None:
         """Keep a small blob of the agent's own state across restarts (``None`` deletes it).

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -112,7 +113,8 @@ class Agent:
         self._snapshot: dict[str, Any] = {}
         self._last_hwm: int | None = None
         self._fleet_saved: bytes | None = None  # the blob the buffer holds now
-        self._fleet_saved_at = 0.0  # monotonic s of that write
+        self._fleet_saved_at = -math.inf  # monotonic s of that write
+        self._fleet_failed_at = -math.inf  # monotonic s of the last failed write
 
     # ------------------------------------------------------------------ control
 
@@ -312,12 +314,15 @@ class Agent:
             return
         boundary = (blob is None) != (self._fleet_saved is None)
         now = time.monotonic()
-        due = now - self._fleet_saved_at >= self.cfg.events.state_interval_s
-        if not (force or boundary or due):
+        interval = self.cfg.events.state_interval_s
+        due = now - self._fleet_saved_at >= interval
+        retry_ok = now - self._fleet_failed_at >= interval  # a failing disk: bounded retries
+        if not (force or ((boundary or due) and retry_ok)):
             return
         try:
             await self.store.put_state(FLEET_STATE_KEY, blob)
         except Exception as exc:  # noqa: BLE001  # the trip may be cut by a restart; the agent goes on
+            self._fleet_failed_at = now
             log.warning("cannot save the open trip: %s", exc)
             return
         self._fleet_saved, self._fleet_saved_at = blob, now

@@ -132,3 +132,15 @@ class EventStore(Protocol):
     async def stats(self) -> StoreStats:
         """Counters and sizes; cheap enough to call every few seconds."""
         ...
+
+
+class StateStore(Protocol):
+    """Small blobs of the agent's own state kept in the buffer file across restarts."""
+
+    async def get_state(self, key: str) -> bytes | None:
+        """The blob stored under ``key``, or None."""
+        ...
+
+    async def put_state(self, key: str, value: bytes | None) -> None:
+        """Replace the blob of ``key``; ``None`` deletes it."""
+        ...

@@ -186,6 +186,20 @@ class Db:
         async with self.locked() as conn:
             await conn.executemany(UPSERT_META_SQL, rows)
 
+    async def get_state(self, key: str) -> bytes | None:
+        """The ``state`` blob of ``key``, or None."""
+        async with self.locked() as conn:
+            rows = list(await conn.execute_fetchall(schema.STATE_GET_SQL, (key,)))
+        return bytes(rows[0][0]) if rows else None
+
+    async def put_state(self, key: str, value: bytes | None) -> None:
+        """Replace (``None``: delete) the ``state`` blob of ``key`` (autocommit)."""
+        async with self.locked() as conn:
+            if value is None:
+                await conn.execute(schema.STATE_DELETE_SQL, (key,))
+            else:
+                await conn.execute(schema.STATE_PUT_SQL, (key, value))
+
     async def run_sync(self, fn: Callable[[], object]) -> None:
         """Run blocking file work (fsync, ballast) on the store's own worker thread."""
         await asyncio.get_running_loop().run_in_executor(self._pool, fn)

@@ -8,7 +8,9 @@ reusable; a class never needs a secondary index (no extra write amplification).
 
 ``meta`` holds integers that must survive restarts: the seq high-water mark, the
 eviction / expiry counters per class and the age clock; ``age_marks`` maps seqs to the
-age clock at their commit (TTL expiry).
+age clock at their commit (TTL expiry). ``state`` holds small opaque blobs of the
+agent's own state that must survive a restart (the open trip of the fleet events), one
+row per key; the store does not look inside them.
 """
 
 # ruff: noqa: S608  -- the only names interpolated into SQL here are the constant table
@@ -59,6 +61,15 @@ PRUNE_MARKS_SQL = (
 )
 
 
+#: ``state(key, value)``: the agent's small persistent blobs (docs/buffer.md has none of
+#: their meaning; :meth:`buffer.store.SqliteStore.put_state`).
+STATE_GET_SQL = "SELECT value FROM state WHERE key = ?"
+STATE_PUT_SQL = "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)"
+STATE_DELETE_SQL = "DELETE FROM state WHERE key = ?"
+#: A state blob larger than this is refused (it is meant for a few hundred bytes).
+STATE_MAX_BYTES = 65536
+
+
 def meta_evicted(p: Priority) -> str:
     """Meta key of the evicted counter of class ``p``."""
     return f"evicted_{CLASS_NAMES[p]}"
@@ -74,7 +85,9 @@ def create_script() -> str:
     meta = "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
     parts = [meta + " WITHOUT ROWID;",
              ("CREATE TABLE IF NOT EXISTS age_marks("
-              "seq INTEGER PRIMARY KEY, age_ms INTEGER NOT NULL);")]
+              "seq INTEGER PRIMARY KEY, age_ms INTEGER NOT NULL);"),
+             ("CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+             " WITHOUT ROWID;")]
     parts.extend(
         f"CREATE TABLE IF NOT EXISTS {table}("
         "seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, type TEXT NOT NULL,"

@@ -226,6 +226,34 @@ class SqliteStore:
         """Wait until every append submitted so far is durable (or has failed)."""
         await self._writer.flush()
 
+    # ------------------------------------------------------------------ agent state
+
+    async def get_state(self, key: str) -> bytes | None:
+        """The agent's persistent blob ``key`` (see :meth:`put_state`), or None;
+        :class:`~config.errors.StoreError` when it cannot be read."""
+        self._check_open()
+        try:
+            return await self._db.get_state(key)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read state {key!r} from {self._path}: {exc}") from exc
+
+    async def put_state(self, key: str, value: bytes | None) -> None:
+        """Keep a small blob of the agent's own state across restarts (``None`` deletes it).
+
+        One autocommitted row of the ``state`` table, durable like a commit of events at
+        the configured durability. For a few hundred bytes written every few seconds, not
+        for events: raises :class:`~config.errors.StoreError` above
+        :data:`buffer.schema.STATE_MAX_BYTES` or when the store is not open.
+        """
+        self._check_open()
+        if value is not None and len(value) > schema.STATE_MAX_BYTES:
+            raise StoreError(f"state {key!r}: {len(value)} bytes, at most "
+                             f"{schema.STATE_MAX_BYTES}")
+        try:
+            await self._db.put_state(key, value)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write state {key!r} to {self._path}: {exc}") from exc
+
     # ------------------------------------------------------------------ uplink
 
     async def lease(self, lane: Lane, max_events: int, max_bytes: int) -> Batch | None:

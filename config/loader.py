@@ -207,6 +207,7 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
         if target is not None and not target.parent.is_dir() and not _runtime_dir(target):
             ctx.warn(key, f"folder {target.parent} does not exist (the agent cannot write "
                           "there; the unit can write under /var/lib/truckgw and /run/truckgw)")
+    _events_checks(cfg, ctx)
     if cfg.gps is None and cfg.can is None:
         ctx.warnings.append(f"{ctx.name}: neither [gps] nor [can] is configured")
     for key, value in cfg.buffer.ttl_s.items():
@@ -223,6 +224,16 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
         if not 0 < value <= MAX_DEADBAND:
             ctx.err(f"can.sampling.curve_errors.{key}",
                     f"expected a number 0 < x <= {MAX_DEADBAND:g}, got {value!r}")
+
+
+def _events_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """``[events]``: the bounds are the fields'; these span keys."""
+    ev = cfg.events
+    if ev.enabled and ev.trip_end_timeout_s <= ev.state_interval_s:
+        ctx.warn("events.state_interval_s",
+                 f"{ev.state_interval_s:g} s is not below events.trip_end_timeout_s "
+                 f"({ev.trip_end_timeout_s:g} s): after a crash the saved trip may look "
+                 "ended and a new one start (docs/fleet-data.md)")
 
 
 def _runtime_dir(target: Path) -> bool:

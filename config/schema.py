@@ -138,9 +138,15 @@ class CanConfig:
 @dataclass(frozen=True, slots=True)
 class EventsConfig:
     """``[events]``: trips, idling, harsh driving and driver changes derived from the
-    decoded signals and GPS (:mod:`gateway.recording.fleet_events`, docs/fleet-data.md)."""
+    decoded signals and GPS (:mod:`gateway.recording.fleet_events`, docs/fleet-data.md).
 
-    trip_end_timeout_s: float = _f(120.0, lo=0, hi=DAY_S)
+    ``enabled = false`` records none of them. ``state_interval_s`` bounds how often the
+    open trip is written to the buffer's ``state`` table (SD card wear); it is also
+    written when a trip starts or ends and at a clean stop."""
+
+    enabled: bool = _f(True)
+    state_interval_s: float = _f(10.0, lo=1, hi=3600)
+    trip_end_timeout_s: float = _f(120.0, lo=1, hi=DAY_S)
     idle_min_s: float = _f(300.0, lo=0, hi=DAY_S)
     standstill_kmh: float = _f(1.0, lo=0, hi=20)
     harsh_accel_ms2: float = _f(1.5, lo=0.1, hi=20)

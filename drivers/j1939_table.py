@@ -217,6 +217,7 @@ DEFAULT_SPECS: tuple[PgnSpec, ...] = (
         _s("tacho_reverse", 1619, 4, Kind.BITS2, bit=7),
         _s("tacho_speed_kmh", 1624, 7, Kind.U16, 1 / 256),
     )),
+    PgnSpec(64932, "PTODE", (_s("pto_engaged", 3948, 7, Kind.BITS2, bit=1),)),
     PgnSpec(65216, "SERV", (_s("service_distance_km", 914, 2, Kind.U16, 5, -160_635),)),
     PgnSpec(65269, "AMB", (
         _s("barometric_pressure_kpa", 108, 1, Kind.U8, 0.5, digits=1),

@@ -7,10 +7,13 @@ Lifecycle (``truckgw run``):
 2. Tell systemd ``READY=1`` and start the named tasks ``gps``, ``can``, ``uplink``
    (each under a supervisor that restarts it with capped random backoff, so a GPS
    fault never takes down CAN or the uplink), ``monitor`` (health snapshot, state
-   file, metrics) and ``watchdog`` (``WATCHDOG=1`` only while healthy).
-3. SIGTERM / SIGINT: stop the drivers, publish the retained offline status, flush
-   pending appends and close the database, write a last snapshot, exit 0, all within
-   :data:`SHUTDOWN_BUDGET_S`.
+   file, metrics), ``watchdog`` (``WATCHDOG=1`` only while healthy) and ``fleet``
+   (:data:`FLEET_TICK_S` ticks of the derived fleet events; the open trip is saved to
+   the buffer's ``state`` table at most every ``[events] state_interval_s``, at once
+   when a trip starts or ends; it was restored from there before the drivers started).
+3. SIGTERM / SIGINT: stop the drivers, publish the retained offline status, save the
+   open trip, flush pending appends and close the database, write a last snapshot,
+   exit 0, all within :data:`SHUTDOWN_BUDGET_S`.
 
 A task that raises :class:`~config.errors.ConfigError` stops the agent with
 :data:`~config.EX_CONFIG` (78; the unit's ``RestartPreventExitStatus``), since
@@ -23,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import os
 import signal
 import time
@@ -33,7 +38,7 @@ from typing import Any
 
 from buffer.store import SqliteStore, StoreState
 from config import EX_CONFIG, TruckConfig
-from config.errors import ConfigError
+from config.errors import ConfigError, StoreError
 from config.events import Event
 from gateway import __version__
 from gateway.clock import Clock
@@ -53,6 +58,9 @@ EX_FAILURE = 1  # unrecoverable fault: systemd restarts the unit
 SHUTDOWN_BUDGET_S = 4.5  # the issue asks for exit within 5 s of SIGTERM
 FATAL_UNHEALTHY_S = 300.0
 DEFAULT_STALL_S = 10.0
+FLEET_TICK_S = 1.0  # how often the derived fleet events see time pass
+#: The key of the open trip (FleetEvents.snapshot) in the buffer's ``state`` table.
+FLEET_STATE_KEY = "fleet_events"
 
 
 class Phase(Enum):
@@ -98,12 +106,16 @@ class Agent:
             self.submit, self.clock,
             gps=cfg.gps.sampling if cfg.gps is not None else None,
             can=cfg.can.sampling if cfg.can is not None else None,
+            events=cfg.events,
         )
         self.gps: Any = None
         self.can: Any = None
         self.uplink: Any = None
         self._snapshot: dict[str, Any] = {}
         self._last_hwm: int | None = None
+        self._fleet_saved: bytes | None = None  # the blob the buffer holds now
+        self._fleet_saved_at = -math.inf  # monotonic s of that write
+        self._fleet_failed_at = -math.inf  # monotonic s of the last failed write
 
     # ------------------------------------------------------------------ control
 
@@ -159,6 +171,7 @@ class Agent:
             self.phase = Phase.FAILED
             self._write_snapshot(error=f"cannot open the buffer: {exc}")
             return EX_CONFIG if isinstance(exc, ConfigError) else EX_FAILURE
+        await self._restore_fleet()
         self.phase = Phase.RUNNING
         self.notifier.ready(status=f"buffer open at seq {self.store.last_committed_seq}")
         log.info("buffer open at %s; committed seq high-water mark %d",
@@ -172,7 +185,8 @@ class Agent:
                     drivers.append(self._spawn(tg, "can", self._run_can))
                 uplink = self._spawn(tg, "uplink", self._run_uplink)
                 aux = [tg.create_task(self._monitor(), name="monitor"),
-                       tg.create_task(self._watchdog(), name="watchdog")]
+                       tg.create_task(self._watchdog(), name="watchdog"),
+                       tg.create_task(self._fleet(), name="fleet")]
                 await self._stop.wait()
                 await self._shutdown(drivers, uplink, aux)
         finally:
@@ -261,6 +275,65 @@ class Agent:
             reported = problem
             await asyncio.sleep(period)
 
+    async def _fleet(self) -> None:
+        """Tick the derived fleet events; keep the open trip in the buffer (bounded rate)."""
+        if self.ingest.fleet is None:
+            await self._stop.wait()
+            return
+        while not self._stop.is_set():
+            await asyncio.sleep(FLEET_TICK_S)
+            try:
+                self.ingest.tick()
+            except Exception:  # a policy bug must not end the agent: logged, next tick
+                log.exception("fleet events tick failed")
+            await self._save_fleet(force=False)
+
+    async def _restore_fleet(self) -> None:
+        """The open trip the previous run saved (a trip survives an agent restart)."""
+        if self.store is None or self.ingest.fleet is None:
+            return
+        try:
+            blob = await self.store.get_state(FLEET_STATE_KEY)
+        except StoreError as exc:
+            log.warning("cannot read the saved trip: %s", exc)
+            return
+        self._fleet_saved = blob
+        if blob is None:
+            return
+        try:
+            state = json.loads(blob)
+        except ValueError as exc:
+            log.warning("saved trip is not JSON, starting afresh: %s", exc)
+            return
+        if isinstance(state, dict):
+            self.ingest.restore_fleet(state)
+            log.info("trip continued from the saved state (started at %s)",
+                     state.get("start_ms"))
+
+    async def _save_fleet(self, *, force: bool) -> None:
+        """Write the open trip if it changed: at once when a trip starts or ends (or
+        ``force``, at a clean stop), otherwise at most every ``state_interval_s``."""
+        if self.store is None or self.ingest.fleet is None:
+            return
+        state = self.ingest.fleet_state()
+        blob = None if state is None else json.dumps(state, separators=(",", ":")).encode()
+        if blob == self._fleet_saved:
+            return
+        boundary = (blob is None) != (self._fleet_saved is None)
+        now = time.monotonic()
+        interval = self.cfg.events.state_interval_s
+        due = now - self._fleet_saved_at >= interval
+        retry_ok = now - self._fleet_failed_at >= interval  # a failing disk: bounded retries
+        if not (force or ((boundary or due) and retry_ok)):
+            return
+        try:
+            await self.store.put_state(FLEET_STATE_KEY, blob)
+        except Exception as exc:  # noqa: BLE001  # the trip may be cut by a restart; the agent goes on
+            self._fleet_failed_at = now
+            log.warning("cannot save the open trip: %s", exc)
+            return
+        self._fleet_saved, self._fleet_saved_at = blob, now
+
     def _store_failed(self) -> bool:
         """The store's writer died: only a restart (which reopens and recovers) helps."""
         if self.store is not None and self.store.state is StoreState.FAILED:
@@ -328,6 +401,11 @@ class Agent:
             await asyncio.wait(drivers, timeout=1.0)
         if self.store is not None:
             self.ingest.flush()  # points the recording policies still owe
+            try:  # the open trip goes on after the restart
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic() - 3.5)):
+                    await self._save_fleet(force=True)
+            except TimeoutError:
+                log.warning("open trip not saved in time")
             try:  # every append the drivers got a future for becomes durable now
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic() - 3.0)):
                     await self.store.flush()

@@ -17,6 +17,15 @@ buffer. Here, in this order, for every reading:
 5. it goes to ``submit`` (the store's ``submit``): its commit future, if any, is
    handed to ``on_future`` (the agent's commit tracker, which counts failures and
    feeds the watchdog). Nobody awaits it here: a driver never blocks on the disk.
+
+Beside the recording policies, the derived fleet events (``trip``, ``idle``, ``harsh``,
+``driver``; :class:`~gateway.recording.fleet_events.FleetEvents`, ``[events]``) see
+every decoded :class:`~drivers.j1939.SignalUpdate` (stamped with the corrected clock at
+its read, like the engine events), every fix with a position (stamped with the corrected
+clock at its arrival, so both inputs share one time base) and :meth:`Ingest.tick`, which
+the agent calls about once a second. Their events take the same stamping and ``submit``
+path; :meth:`Ingest.fleet_state` / :meth:`Ingest.restore_fleet` carry the open trip
+across a restart (the agent keeps it in the buffer's ``state`` table).
 """
 
 from __future__ import annotations
@@ -24,17 +33,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from config import CanSampling, GpsSampling
 from config.events import TS_UNVERIFIED, Event
+from config.schema import EventsConfig
 from drivers.j1939 import Decoded, SignalUpdate
 from drivers.nmea_epoch import Fix
 from gateway.clock import Clock
 from gateway.recording.can import CanRecorder, record_decoded
 from gateway.recording.can_curve import DEFAULT_CURVE_ERRORS, CurveCanRecorder
+from gateway.recording.fleet_events import FleetEvents
 from gateway.recording.gps_curve import CurvePoint, PointRecorder, point_recorder
 from gateway.ts_correct import BOOT_KEY, boot_stamp
 
@@ -77,6 +88,7 @@ class Ingest:
         *,
         gps: GpsSampling | None = None,
         can: CanSampling | None = None,
+        events: EventsConfig | None = None,
         on_future: Callable[[asyncio.Future[Any]], None] | None = None,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -87,6 +99,9 @@ class Ingest:
         self.gps_sampling = gps or GpsSampling()
         self.points: PointRecorder = point_recorder(self.gps_sampling)
         self.engine: CanRecorder | CurveCanRecorder = _can_recorder(can or CanSampling())
+        events = events or EventsConfig()
+        self.fleet: FleetEvents | None = FleetEvents(events) if events.enabled else None
+        self._fleet_events = 0
         self._wheel: tuple[float, float] | None = None  # (km/h, mono s)
         self._fixes = 0
         self._provisional = 0
@@ -103,6 +118,10 @@ class Ingest:
             self.clock.on_gps_time(fix.utc_ms, received, fix.time_trusted)
         for point in self.points.offer(fix, received, self.moving()):
             self._gps_point(point)
+        if self.fleet is not None and fix.lat is not None and fix.lon is not None:
+            ts = self.clock.now_ms() - round((self._mono() - received) * 1000)
+            self._fleet_out(self.fleet.on_position(ts, fix.lat, fix.lon, fix.speed_kmh,
+                                                   fix.heading_deg))
 
     def flush(self) -> None:
         """Points and engine events the policies still owe (at shutdown)."""
@@ -141,8 +160,13 @@ class Ingest:
             curve, plain = self.engine, self.engine.inner
         else:
             plain = self.engine
+        fleet = self.fleet
         for out in batch:
             if type(out) is SignalUpdate:
+                if fleet is not None:
+                    derived = fleet.on_signals(ts, out.sa, out.values)
+                    if derived:
+                        self._fleet_out(derived)
                 if WHEEL_SPEED_SIGNAL in out.values:
                     self._wheel = (float(out.values[WHEEL_SPEED_SIGNAL]), self._mono())
                 if curve is not None:
@@ -153,6 +177,32 @@ class Ingest:
             recorded = record_decoded(plain, ts, out)
             if recorded is not None:
                 self._emit(self._stamped(recorded))
+
+    # ------------------------------------------------------------------ fleet events
+
+    def tick(self) -> None:
+        """Time passes (about once a second): a trip whose ignition stayed off ends."""
+        if self.fleet is not None:
+            self._fleet_out(self.fleet.tick(self.clock.now_ms()))
+
+    def fleet_state(self) -> dict[str, object] | None:
+        """The open trip as plain data (JSON-able), None without one or when disabled."""
+        return self.fleet.snapshot() if self.fleet is not None else None
+
+    def restore_fleet(self, state: Mapping[str, object] | None) -> None:
+        """Continue the trip of :meth:`fleet_state` saved by the previous run."""
+        if self.fleet is not None:
+            self.fleet.restore(state)
+
+    def _fleet_out(self, events: list[Event]) -> None:
+        for ev in events:
+            self._fleet_events += 1
+            self._emit(self._stamped(ev))
+
+    @property
+    def fleet_events(self) -> int:
+        """Derived events (trip, idle, harsh, driver) handed on since start."""
+        return self._fleet_events
 
     def wheel_speed_kmh(self) -> float | None:
         """The latest CCVS wheel-based speed if it is fresh, else None (unknown)."""

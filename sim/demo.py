@@ -2,10 +2,14 @@
 
 Starts Mosquitto on a free loopback port, the simulator on two ptys, ``truckgw run``
 with a generated config, and an in-process sink. Once a second it redraws a plain
-ANSI view: position, speed, rpm, fuel level, active faults (as received by the sink),
-the gateway's buffer depth and uplink state (from its state file), the broker's state
-and events/s. ``--outage-at S --outage-for N`` stops the broker for N seconds so one
-can watch the buffer fill and drain. Ctrl-C / SIGTERM stops everything cleanly.
+ANSI view: position, speed, rpm, fuel level, gear, AdBlue level, the driver (card number
+from the gateway's state file, working state from the tachograph), the trips, idling and
+harsh driving events, active faults (as received by the sink), the gateway's buffer depth
+and uplink state (from its state file), the broker's state and events/s. The gateway's
+``[events]`` thresholds are scaled by the time-lapse (:func:`events_config`): at
+``--speed 4`` a second of the agent's clock is four seconds of the truck's.
+``--outage-at S --outage-for N`` stops the broker for N seconds so one can watch the
+buffer fill and drain. Ctrl-C / SIGTERM stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sim.truck import DTC_CATALOGUE, Truck, TruckParams
 
 EX_OK, EX_FAIL, EX_UNAVAILABLE = 0, 1, 69
 TRUCK_ID = "DEMO-0001"
+WORKING_STATES = ("rest", "available", "work", "drive")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 DTC_TEXT = {(spn, fmi): desc for spn, fmi, desc, _lamp in DTC_CATALOGUE}
 
@@ -106,7 +111,8 @@ class Demo:
         self.gateway = GatewayProcess(base / "gateway", truck_config(
             truck_id=TRUCK_ID, workdir=base / "gateway", mqtt_host=self.broker.host,
             mqtt_port=self.broker.port, gps_port=str(self.gps.link),
-            can_channel=self.can.channel, encoding=args.encoding))
+            can_channel=self.can.channel, encoding=args.encoding,
+            extra=events_config(args.speed)))
         # the fleet side's embedded default: every event once in a SQLite database
         # (docs/sink.md), which `truckgw sink gaps/report --db` read afterwards
         self.fleet_db = base / "fleet.db"
@@ -174,7 +180,9 @@ class Demo:
                            broker_up=self.broker.running, elapsed=time.monotonic() - self.t0,
                            outage_left=(self.outage_until - (time.monotonic() - self.t0))
                            if self.outage_until is not None else None,
-                           phase=self.sim.truck.state.phase.value)
+                           phase=self.sim.truck.state.phase.value,
+                           counts=self.sink.summary()["trucks"].get(TRUCK_ID, {}).get(
+                               "by_type", {}))
         if not self.args.plain and self.out.isatty():
             self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
         else:  # a log or a pipe: plain lines, one block per refresh
@@ -192,6 +200,21 @@ class Demo:
         self.broker.close()
 
 
+def events_config(speed: float) -> str:
+    """``[events]`` for a drive at ``speed`` times real time: the agent's clock is real,
+    so durations shrink by ``speed`` and a speed change over one of its seconds spans
+    ``speed`` seconds of the truck (accelerations grow by ``speed``; capped at the
+    config's bounds, so above about 5x a harsh braking may go unnoticed)."""
+    s = max(speed, 1.0)
+    return ("\n[events]\n"
+            f"trip_end_timeout_s = {max(1.0, 120.0 / s):.1f}\n"
+            f"idle_min_s = {300.0 / s:.1f}\n"
+            f"state_interval_s = {max(1.0, 10.0 / s):.1f}\n"
+            f"harsh_accel_ms2 = {min(20.0, 1.5 * s):.2f}\n"
+            f"harsh_brake_ms2 = {min(20.0, 2.5 * s):.2f}\n"
+            f"harsh_corner_ms2 = {min(20.0, 2.5 * s):.2f}\n")
+
+
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -201,9 +224,41 @@ def _fmt(v: Any, spec: str, unit: str = "") -> str:
     return "--" if not isinstance(v, int | float) else f"{format(v, spec)}{unit}"
 
 
+def _driver_text(eng: dict[str, Any], driver: dict[str, Any], state: dict[str, Any]) -> str:
+    idents = (state.get("can") or {}).get("drivers") or {}
+    card = next((d.get("driver1") for d in idents.values() if d.get("driver1")), None)
+    ws = eng.get("driver1_working_state")
+    if driver.get("driver") == 1 and "working_state" in driver:
+        ws = driver["working_state"]  # the latest change (engine fields are deadbanded)
+    present = driver.get("card_present") if driver.get("driver") == 1 else \
+        eng.get("driver1_card_present")
+    state_text = WORKING_STATES[ws] if isinstance(ws, int) and 0 <= ws < 4 else "--"
+    card_text = card or ("card in" if present else "no card" if present is False else "--")
+    return f"{card_text}   working state {state_text}"
+
+
+def _trips_text(latest: dict[str, Any], counts: dict[str, int]) -> str:
+    trip, harsh, idle = latest.get("trip"), latest.get("harsh"), latest.get("idle")
+    text = f"{counts.get('trip', 0)}"
+    if trip:
+        text += (f", last {_fmt(trip.get('distance_km'), '.2f', ' km')} in "
+                 f"{_fmt((trip.get('duration_s') or 0) / 60, '.0f', ' min')}"
+                 f" ({_fmt(trip.get('fuel_used_l'), '.1f', ' L')})")
+    text += f"   idling {counts.get('idle', 0)}"
+    if idle:
+        text += f" (last {_fmt(idle.get('duration_s'), '.0f', ' s')})"
+    text += f"   harsh {counts.get('harsh', 0)}"
+    if harsh:
+        text += f" (last {harsh.get('kind')} {_fmt(harsh.get('peak_ms2'), '.1f', ' m/s2')})"
+    return text
+
+
 def view_lines(live: dict[str, Any], state: dict[str, Any], *, broker_up: bool,
-               elapsed: float, outage_left: float | None, phase: str) -> list[str]:
-    """The text of one frame of the live view (pure, for tests)."""
+               elapsed: float, outage_left: float | None, phase: str,
+               counts: dict[str, int] | None = None) -> list[str]:
+    """The text of one frame of the live view (pure, for tests); ``counts`` are the
+    events received per type."""
+    counts = counts or {}
     latest = live.get("latest", {})
     gps, eng, dtc = latest.get("gps", {}), latest.get("engine", {}), latest.get("dtc", {})
     broker = "\x1b[32mup\x1b[0m" if broker_up else "\x1b[31mDOWN\x1b[0m"
@@ -230,6 +285,11 @@ def view_lines(live: dict[str, Any], state: dict[str, Any], *, broker_up: bool,
          f"   rpm {_fmt(eng.get('engine_speed_rpm'), '.0f')}"
          f"   fuel {_fmt(eng.get('fuel_level_pct'), '.1f', ' %')}"
          f"   coolant {_fmt(eng.get('coolant_temp_c'), '.0f', ' C')}"),
+        (f"  gear      {_fmt(eng.get('current_gear'), 'd')}"
+         f" (selected {_fmt(eng.get('selected_gear'), 'd')})"
+         f"   AdBlue {_fmt(eng.get('def_tank_level_pct'), '.1f', ' %')}"),
+        f"  driver    {_driver_text(eng, latest.get('driver', {}), state)}",
+        f"  trips     {_trips_text(latest, counts)}",
         f"  faults    {fault_text}",
         f"  buffer    {buf.get('pending', '--')} events pending (evicted {buf.get('evicted', 0)})",
         (f"  received  {live.get('events', 0)} events, {live.get('rate', 0.0):.1f}/s, "

@@ -12,7 +12,8 @@ The FMS-Standard signals (docs/fleet-data.md) come from the ECUs that send them 
 real truck: gears from the transmission, brake pedal from the brake controller, the
 tachograph's TCO1 and its driver identification (DI, a BAM every 10 s while a card is
 in), one VW per axle, HRLFC/VDHR high-resolution counters, AdBlue, battery, ambient
-temperature, service distance and the FMS gateway's identity. Every ECU sends its
+temperature, service distance, the PTO (CCVS1's PTO state and PTODE, engaged while a
+work stop is served) and the FMS gateway's identity. Every ECU sends its
 Address Claimed when the ignition comes on.
 """
 
@@ -47,6 +48,7 @@ PGN_EFLP1, PGN_VDHR, PGN_VD, PGN_DM1 = 65263, 65217, 65248, 65226
 PGN_ETC2, PGN_EBC1, PGN_TCO1, PGN_SERV = 61445, 61441, 65132, 65216
 PGN_AMB, PGN_VEP1, PGN_AT1T1I, PGN_HRLFC = 65269, 65271, 65110, 64777
 PGN_VW, PGN_DI, PGN_FMS, PGN_ADDRESS_CLAIMED = 65258, 65131, 64977, 60928
+PGN_PTODE = 64932
 PGN_REQUEST, PGN_TP_CM, PGN_TP_DT = 59904, 60416, 60160
 TP_BAM = 32
 BAM_GAP_S = 0.05
@@ -115,14 +117,21 @@ def cruising(s: TruckState) -> bool:
 
 def ccvs1(s: TruckState) -> bytes:
     """CCVS1: wheel-based speed (bytes 2-3, 1/256 km/h), parking brake, cruise control,
-    brake and clutch switches (byte 4), PTO state off (byte 7 bits 1-5)."""
+    brake and clutch switches (byte 4), PTO state (byte 7 bits 1-5: 0 off, 5 set while a
+    PTO works)."""
     parking = 0b01 if s.speed_kmh < 0.5 else 0b00
     braking = 0b01 if s.accel_ms2 < -0.2 else 0b00
     clutch = 0b01 if 0.5 < s.speed_kmh < 8.0 and s.accel_ms2 > 0.3 else 0b00  # pulling away
     b1 = 0xC3 | (parking << 2) | 0x30  # bits 1-2, 5-8 not available
     b4 = int(cruising(s)) | 0b1100 | (braking << 4) | (clutch << 6)  # enable switch n/a
-    b7 = 0b111_00000  # PTO state 00000 off; cruise control states not available
+    b7 = 0b111_00000 | (5 if s.pto else 0)  # PTO state 00000 off / 00101 set; cruise n/a
     return bytes([b1]) + _u16(s.speed_kmh, 1 / 256) + bytes([b4, 0xFF, 0xFF, b7, 0xFF])
+
+
+def ptode(s: TruckState) -> bytes:
+    """PTODE: at least one PTO engaged (byte 7 bits 1-2, SPN 3948); the per-PTO switch and
+    engagement states of bytes 1-6 are not available."""
+    return b"\xff" * 6 + bytes([0xFC | int(s.pto), 0xFF])
 
 
 def dd(s: TruckState) -> bytes:
@@ -308,6 +317,7 @@ CYCLIC: tuple[tuple[str, int, int, int, float, Encoder], ...] = (
     ("VW1", PGN_VW, 6, SA_BRAKES, 1.0, functools.partial(vw, axle=1)),
     ("VW2", PGN_VW, 6, SA_BRAKES, 1.0, functools.partial(vw, axle=2)),
     ("VW3", PGN_VW, 6, SA_BRAKES, 1.0, functools.partial(vw, axle=3)),
+    ("PTODE", PGN_PTODE, 6, SA_ENGINE, 0.1, ptode),
     ("SERV", PGN_SERV, 6, SA_CAB, 5.0, serv),
     ("FMS", PGN_FMS, 6, SA_FMS, 10.0, fms_identity),
 )

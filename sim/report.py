@@ -2,9 +2,10 @@
 
 For each truck: the route drawn from the ``gps`` events (equirectangular projection,
 start and end marked), the trip summary (distance, duration, fuel used, idle time), then
-speed, engine speed and fuel level plotted over one time axis, and the sink's figures as
-a table. The figures and the aligned series are :mod:`gateway.sink.report`'s, the same
-as ``truckgw sink report`` prints from a database.
+speed, engine speed, fuel level, AdBlue level and gear plotted over one time axis, the
+derived fleet events the sink received (trips, idling, harsh, driver: counts and ranges)
+and the sink's figures as a table. The figures and the aligned series are
+:mod:`gateway.sink.report`'s, the same as ``truckgw sink report`` prints from a database.
 """
 
 from __future__ import annotations
@@ -97,6 +98,34 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+def engine_series(events: Sequence[Mapping[str, Any]], field: str) -> list[tuple[int, float]]:
+    """``(ts, value)`` of one engine field over the kept events (ones that carry it)."""
+    return [(int(e["ts"]), float(e[field])) for e in events
+            if e.get("type") == "engine" and isinstance(e.get(field), int | float)
+            and not isinstance(e.get(field), bool)]
+
+
+def fleet_table(figures: Mapping[str, Any]) -> str:
+    """Trips, idling, harsh and driver events as the sink counted them (docs/fleet-data.md)."""
+    by_type = figures.get("by_type") or {}
+    ranges = figures.get("ranges") or {}
+    rows = [("trips", str(by_type.get("trip", 0))),
+            ("idle events", str(by_type.get("idle", 0))),
+            ("harsh events", str(by_type.get("harsh", 0))),
+            ("driver events", str(by_type.get("driver", 0)))]
+    for key, label, unit in (("trip.distance_km", "trip distance", "km"),
+                             ("trip.duration_s", "trip duration", "s"),
+                             ("trip.fuel_used_l", "trip fuel", "L"),
+                             ("idle.duration_s", "idling", "s"),
+                             ("harsh.peak_ms2", "harsh peak", "m/s2")):
+        if key in ranges:
+            lo, hi = ranges[key]
+            rows.append((label, f"{lo:g}..{hi:g} {unit}" if lo != hi else f"{lo:g} {unit}"))
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                   for k, v in rows)
+    return f"<table class='fleet'>{body}</table>"
+
+
 def truck_section(truck_id: str, events: Sequence[Mapping[str, Any]],
                   figures: Mapping[str, Any] | None = None) -> str:
     """The HTML of one truck: map, summary, plots and figures."""
@@ -116,7 +145,12 @@ def truck_section(truck_id: str, events: Sequence[Mapping[str, Any]],
              f"<table class='summary'>{summary}</table>",
              series_svg(series("speed_kmh"), "speed", "km/h", "#1565c0"),
              series_svg(series("rpm"), "engine speed", "rpm", "#6a1b9a"),
-             series_svg(series("fuel_level_pct"), "fuel level", "%", "#ef6c00")]
+             series_svg(series("fuel_level_pct"), "fuel level", "%", "#ef6c00"),
+             series_svg(engine_series(events, "def_tank_level_pct"), "AdBlue level", "%",
+                        "#00838f"),
+             series_svg(engine_series(events, "current_gear"), "gear", "current", "#455a64")]
+    if figures:
+        parts.append(fleet_table(figures))
     if figures:
         rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_plain(v))}</td>"
                        "</tr>" for k, v in figures.items() if k not in ("ranges", "status"))

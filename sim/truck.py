@@ -8,6 +8,14 @@ Physics are coarse but consistent: a 30 t tractor-trailer with a 12-speed gearbo
 power from rolling, air and grade resistance plus acceleration; fuel rate from power
 (about 240 g... expressed as 0.24 L/kWh); fuel level falls exactly with total fuel
 used (except at a fuel stop); odometer, engine hours and coolant temperature follow.
+
+For the fleet events (docs/fleet-data.md) the drive has: ignition off while parked
+(start, and after each leg of the route: the ECUs fall silent), idling at the warm-up
+and at every planned stop, one emergency stop per leg (``harsh_brake_at``:
+:data:`HARSH_BRAKE_MS2` from at least :data:`HARSH_MIN_KMH`; ordinary braking stays
+within 1.5 x :data:`BRAKE_MS2`), the PTO engaged while a stop named in :data:`PTO_WORK`
+is worked, and the tachograph of :mod:`sim.tacho` (card in at ignition on, working
+states drive / work / available).
 """
 
 from __future__ import annotations
@@ -39,6 +47,13 @@ AXLES_KG = (7_100.0, 11_400.0, 11_500.0)  # steer axle, drive axle, trailer axle
 BATTERY_OFF_V = 25.2  # a 24 V system at rest
 BATTERY_CHARGING_V = 27.6  # alternator charging, plus up to 0.4 V under load
 BRAKE_MS2 = 1.2
+#: a stop whose reason names one of these is worked with the truck's PTO engaged
+PTO_WORK = ("crane", "pick-up", "tipping", "pto")
+#: The one emergency stop per route (a harsh braking for the fleet events): from at least
+#: HARSH_MIN_KMH down to HARSH_TO share of the speed at HARSH_BRAKE_MS2.
+HARSH_BRAKE_MS2 = 4.5
+HARSH_MIN_KMH = 30.0
+HARSH_TO = 0.1
 STEP_S = 0.1
 
 #: Realistic active DTCs: (SPN, FMI, description, lamp) -- lamp is mil/red_stop/amber_warning.
@@ -108,6 +123,7 @@ class TruckState:
     axle_kg: tuple[float, ...] = AXLES_KG
     service_km: float = 30_000.0  # distance to the next service (negative: overdue)
     trip_km: float = 0.0  # since the ignition was last switched on
+    pto: bool = False  # a power take-off drives a body (crane, tipper) at a work stop
     tacho: TachoState = field(default_factory=TachoState)
 
     @property
@@ -134,6 +150,9 @@ class TruckParams:
     odometer_km: float | None = None
     fuel_level_pct: float | None = None
     def_level_pct: float | None = None
+    #: where along each route (share of its length) the driver brakes hard once (an
+    #: obstacle), at the first point after it at HARSH_MIN_KMH or more; None: never
+    harsh_brake_at: float | None = 0.45
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -148,6 +167,11 @@ class Truck:
         self._v = 0.0  # m/s
         self._a = 0.0
         self._stops_done: set[int] = set()
+        self._harsh_to: float | None = None  # braking hard down to this speed (m/s)
+        self._harsh_done = False  # the emergency stop of this route happened
+        self._pto_stop = False  # the current dwell is worked with the PTO
+        self._refuel = False  # arrived at a fuel stop in this step
+        self.harsh_brakes = 0  # emergency stops so far (the truth for tests)
         self._phase = Phase.PARKED
         self._phase_left = self.params.start_parked_s
         self._cruise_jitter = 0.0
@@ -187,6 +211,9 @@ class Truck:
             h = min(STEP_S, left)
             self._tick(h)
             left -= h
+        if self._refuel:  # the tanks are full at the end of the step that reached the pump
+            self._refuel = False
+            self.state = replace(self.state, fuel_level_pct=95.0, def_level_pct=95.0)
         return self.state
 
     def inject_fault(self, n_dtcs: int = 3, duration_s: float = 120.0) -> None:
@@ -204,13 +231,14 @@ class Truck:
         elif self._phase in (Phase.WARMUP, Phase.DWELL) and self._phase_left <= 0:
             self._phase = Phase.DRIVING
         if self._phase is Phase.DRIVING:
-            self._drive(h)  # may refuel at a fuel stop (updates self.state)
+            self._drive(h)  # may arrive at a fuel stop (refuelled at the end of step())
         else:
             self._v, self._a = 0.0, 0.0
         self._faults(t)  # may change the active DTCs (updates self.state)
         self.state = self._books(self.state, t, h)
         running = self._phase is not Phase.PARKED
-        self.state = replace(self.state, tacho=self.tacho.step(h, running, self.state.speed_kmh))
+        self.state = replace(self.state, tacho=self.tacho.step(h, running, self.state.speed_kmh),
+                             pto=self._phase is Phase.DWELL and self._pto_stop)
 
     def _drive(self, h: float) -> None:
         route = self.route
@@ -218,7 +246,11 @@ class Truck:
         v = self._v
         grade = self._grade()
         a_max = max(0.1, 0.9 - 0.006 * v * 3.6 - G * grade)
-        a = max(-BRAKE_MS2 * 1.5, min(a_max, (target - v) / 2.0))
+        # the driver closes a speed gap in 2 s, but brakes within 0.6 s: the target speed
+        # already follows the braking curve to the next stop, so a lazier response would
+        # roll past a planned stop
+        a = max(-BRAKE_MS2 * 1.5, min(a_max, (target - v) / (2.0 if target >= v else 0.6)))
+        a = self._harsh_brake(v, a)
         v = max(0.0, v + a * h)
         self._s = min(route.length_m, self._s + v * h)
         self._v, self._a = v, a
@@ -226,20 +258,36 @@ class Truck:
         if stop is not None and route.cum_m[stop.at] - self._s < 1.5 and v < 0.6:
             self._arrive(stop)
 
+    def _harsh_brake(self, v: float, a: float) -> float:
+        """The route's one emergency stop: overrides the driver's planned acceleration."""
+        at = self.params.harsh_brake_at
+        if (self._harsh_to is None and not self._harsh_done and at is not None
+                and self._s >= self.route.length_m * at and v * 3.6 >= HARSH_MIN_KMH):
+            self._harsh_to, self._harsh_done = v * HARSH_TO, True
+            self.harsh_brakes += 1
+        if self._harsh_to is None:
+            return a
+        if v <= self._harsh_to:
+            self._harsh_to = None
+            return a
+        return -HARSH_BRAKE_MS2
+
     def _arrive(self, stop: Stop) -> None:
         self._stops_done.add(stop.at)
         self._v, self._a = 0.0, 0.0
         last = stop.at == len(self.route.points) - 1
-        if "fuel" in stop.reason:  # diesel and AdBlue
-            self.state = replace(self.state, fuel_level_pct=95.0, def_level_pct=95.0)
+        if "fuel" in stop.reason:  # diesel and AdBlue, filled at the end of this step
+            self._refuel = True
         if last or self._s >= self.route.length_m - 1:
             # end of trip: park (ignition off), then drive back
             self._phase, self._phase_left = Phase.PARKED, stop.dwell_s + self.params.park_s
             self.route = self.route.reversed()
             self._s = 0.0
             self._stops_done = set()
+            self._harsh_to, self._harsh_done = None, False
         else:
             self._phase, self._phase_left = Phase.DWELL, stop.dwell_s
+            self._pto_stop = any(w in stop.reason.lower() for w in PTO_WORK)
 
     def _next_stop(self) -> Stop | None:
         for s in self.route.stops:

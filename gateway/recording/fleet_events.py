@@ -1,19 +1,23 @@
 """Pure policies deriving fleet events from decoded signals and GPS: trip, idle, harsh, driver.
 
-Not wired into :mod:`gateway.ingest` yet (issue #19): the agent is to feed
-:meth:`FleetEvents.on_signals` with each decoded :class:`~drivers.j1939.SignalUpdate`,
-:meth:`FleetEvents.on_position` with each GPS fix and :meth:`FleetEvents.tick` about
-once a second, and keep :meth:`FleetEvents.snapshot` in the buffer's meta so that a trip
-survives an agent restart (:meth:`FleetEvents.restore`). Thresholds: ``[events]``
+Wired by :class:`gateway.ingest.Ingest`: it feeds :meth:`FleetEvents.on_signals` with
+each decoded :class:`~drivers.j1939.SignalUpdate`, :meth:`FleetEvents.on_position` with
+each GPS fix that has a position, and the agent calls :meth:`FleetEvents.tick` about once
+a second; the agent keeps :meth:`FleetEvents.snapshot` in the buffer's ``state`` table
+(:meth:`buffer.store.SqliteStore.put_state`) so that a trip survives an agent restart
+(:meth:`FleetEvents.restore`). Thresholds: ``[events]``
 (:class:`config.schema.EventsConfig`). No clock reads: every call takes ``ts_ms``.
 
 - ``trip``: starts when the ignition is on (engine speed above 0, wheel speed above
   standstill, or, when neither is known, any signal: the bus woke up) and ends
   ``trip_end_timeout_s`` after the last such sign. Fields: ``start_ts``,
   ``duration_s``, ``distance_km`` (odometer, high resolution when the source sends it;
-  the GPS path otherwise, ``distance_source`` tells which), ``fuel_used_l`` (total fuel
-  counter, when known), ``driving_s``, ``idle_s``, ``max_speed_kmh``, ``start_lat``/
-  ``start_lon``/``end_lat``/``end_lon`` (when known).
+  its latest reading before the truck first moves is the start, since the odometer
+  often comes a second after the engine speed and a low-resolution VD may come before
+  the first VDHR; the GPS path otherwise, ``distance_source`` tells which),
+  ``fuel_used_l`` (total fuel counter from its first reading, when known), ``driving_s``,
+  ``idle_s``, ``max_speed_kmh``, ``start_lat``/``start_lon``/``end_lat``/``end_lon``
+  (when known).
 - ``idle``: engine running at a standstill for at least ``idle_min_s``; recorded when
   it ends, with ``start_ts``, ``duration_s``, ``fuel_l`` (counter delta, else the
   integrated fuel rate) and the position.
@@ -43,6 +47,14 @@ FRESH_MS = 2_000  # a wheel speed older than this is not current: GPS decides
 WINDOW_MS = 1_000  # acceleration over this span
 MAX_GAP_MS = 5_000  # a longer gap between samples is not counted as driving/idling time
 CORNER_MIN_KMH = 20.0  # below this, heading changes are manoeuvring, not cornering
+ODO_SAME_KM = 0.125  # one step of the low-resolution VD: odometer readings this close at a
+#                      standstill before the truck moves are the same place
+#: the signals the trip, idle and harsh policies read; a message with none of them (most
+#: of the bus) only proves the ignition on (and may carry driver states)
+_TRIP_KEYS = frozenset({"engine_speed_rpm", "vehicle_speed_kmh", "total_distance_km",
+                        "total_fuel_used_l", "fuel_rate_lph"})
+_DRIVER_KEYS = frozenset({"driver1_card_present", "driver1_working_state",
+                          "driver2_card_present", "driver2_working_state"})
 
 
 @dataclass(slots=True)
@@ -65,6 +77,7 @@ class _Trip:
     driving_s: float = 0.0
     idle_s: float = 0.0
     max_kmh: float = 0.0
+    moved: bool = False  # the truck has moved in this trip: odo0 / fuel0 are fixed
 
 
 class FleetEvents:
@@ -92,36 +105,67 @@ class FleetEvents:
 
     def on_signals(self, ts_ms: int, sa: int, values: Mapping[str, Value]) -> list[Event]:
         """Signals of one message from source ``sa``."""
+        if _TRIP_KEYS.isdisjoint(values):  # most messages: a sign of ignition at most
+            self._ignition(ts_ms)
+            return [] if _DRIVER_KEYS.isdisjoint(values) else self._driver(ts_ms, sa, values)
         out: list[Event] = []
-        rpm = values.get("engine_speed_rpm")
+        get = values.get
+        rpm = get("engine_speed_rpm")
         if rpm is not None:
             self._rpm = float(rpm)
-        wheel = values.get("vehicle_speed_kmh")
+        wheel = get("vehicle_speed_kmh")
         if wheel is not None:
             self._wheel = (ts_ms, float(wheel))
-        for name, attr in (("total_distance_km", "_odo"), ("total_fuel_used_l", "_fuel"),
-                           ("fuel_rate_lph", "_fuel_rate")):
-            v = values.get(name)
-            if v is not None:
-                setattr(self, attr, float(v))
+        if (v := get("total_distance_km")) is not None:
+            self._odo = float(v)
+        if (v := get("total_fuel_used_l")) is not None:
+            self._fuel = float(v)
+        if (v := get("fuel_rate_lph")) is not None:
+            self._fuel_rate = float(v)
         self._ignition(ts_ms)
+        trip = self._trip
+        if trip is not None and not trip.moved:
+            # Until the truck first moves the odometer stands still: the latest reading is
+            # the start (it may come a second after the engine speed, and a low-resolution
+            # VD may come before its high-resolution VDHR).
+            speed = self._speed_kmh(ts_ms)
+            if speed is not None and speed > self.cfg.standstill_kmh:
+                trip.moved = True
+            if self._odo is not None:
+                if trip.odo0 is None:
+                    trip.odo0 = self._odo
+                elif not trip.moved and abs(self._odo - trip.odo0) <= ODO_SAME_KM:
+                    trip.odo0 = self._odo  # the same standstill, read more precisely
+                elif not trip.moved:
+                    trip.moved = True  # the odometer itself says the truck has moved
+        if trip is not None and trip.fuel0 is None:  # fuel burns at a standstill too
+            trip.fuel0 = self._fuel
         out += self._account(ts_ms)
         if wheel is not None:
             out += self._speed_sample(ts_ms, float(wheel) / 3.6, "wheel")
-        out += self._driver(ts_ms, sa, values)
+        if not _DRIVER_KEYS.isdisjoint(values):
+            out += self._driver(ts_ms, sa, values)
         return out
 
-    def on_position(self, ts_ms: int, lat: float, lon: float, speed_kmh: float,
-                    heading_deg: float) -> list[Event]:
-        """One GPS fix with a position."""
+    def on_position(self, ts_ms: int, lat: float, lon: float, speed_kmh: float | None,
+                    heading_deg: float | None) -> list[Event]:
+        """One GPS fix with a position (speed and heading None when the fix lacks them)."""
         out: list[Event] = []
         last = self._last_fix
         trip = self._trip
         if trip is not None and self._pos is not None:
             trip.gps_m += distance_m(self._pos[0], self._pos[1], lat, lon)
+        if trip is not None and trip.pos0 is None:
+            trip.pos0 = (lat, lon)
         self._pos = (lat, lon)
+        if speed_kmh is None:
+            self._last_fix = None
+            return out
         if self._wheel is None or ts_ms - self._wheel[0] > FRESH_MS:
             out += self._speed_sample(ts_ms, speed_kmh / 3.6, "gps")
+        if heading_deg is None:
+            self._last_fix = None
+            return out
         if last is not None and 0 < ts_ms - last[0] <= FRESH_MS and speed_kmh >= CORNER_MIN_KMH:
             turn = (heading_deg - last[3] + 180.0) % 360.0 - 180.0
             lateral = speed_kmh / 3.6 * math.radians(abs(turn)) / ((ts_ms - last[0]) / 1000)
@@ -297,29 +341,57 @@ class FleetEvents:
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, object] | None:
-        """The open trip as plain data (for the buffer's meta), or None."""
+        """The open trip as plain JSON-able data (for the buffer's state), or None.
+
+        Besides the trip it keeps the last odometer, fuel counter and position (so a trip
+        that ends right after a restart, before any new signal, still has its distance)
+        and the driver states (so a restart does not announce the same card again).
+        """
         trip = self._trip
         if trip is None:
             return None
         return {"start_ms": trip.start_ms, "last_on_ms": trip.last_on_ms, "odo0": trip.odo0,
                 "fuel0": trip.fuel0, "pos0": list(trip.pos0) if trip.pos0 else None,
                 "gps_m": trip.gps_m, "driving_s": trip.driving_s, "idle_s": trip.idle_s,
-                "max_kmh": trip.max_kmh}
+                "max_kmh": trip.max_kmh, "moved": trip.moved, "odo": self._odo, "fuel": self._fuel,
+                "pos": list(self._pos) if self._pos else None,
+                "drivers": [[sa, n, card, state]
+                            for (sa, n), (card, state) in sorted(self._drivers.items())]}
 
     def restore(self, state: Mapping[str, object] | None) -> None:
-        """Continue the trip of a :meth:`snapshot` (after an agent restart)."""
+        """Continue the trip of a :meth:`snapshot` (after an agent restart).
+
+        A malformed snapshot (wrong types, missing keys) restores nothing: the next
+        signal starts a new trip.
+        """
         if not state:
             return
 
         def num(key: str) -> float | None:
             v = state.get(key)
-            return float(v) if isinstance(v, int | float) else None
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        def pair(key: str) -> tuple[float, float] | None:
+            v = state.get(key)
+            if isinstance(v, list) and len(v) == 2 and all(
+                    isinstance(x, int | float) for x in v):
+                return float(v[0]), float(v[1])
+            return None
 
         start, last = num("start_ms"), num("last_on_ms")
         if start is None or last is None:
             return
-        pos = state.get("pos0")
-        pos0 = (float(pos[0]), float(pos[1])) if isinstance(pos, list) and len(pos) == 2 else None
-        self._trip = _Trip(int(start), int(last), num("odo0"), num("fuel0"), pos0,
+        self._trip = _Trip(int(start), int(last), num("odo0"), num("fuel0"), pair("pos0"),
                            num("gps_m") or 0.0, num("driving_s") or 0.0, num("idle_s") or 0.0,
-                           num("max_kmh") or 0.0)
+                           num("max_kmh") or 0.0, state.get("moved", True) is not False)
+        self._odo = self._odo if self._odo is not None else num("odo")
+        self._fuel = self._fuel if self._fuel is not None else num("fuel")
+        self._pos = self._pos or pair("pos")
+        drivers = state.get("drivers")
+        for row in drivers if isinstance(drivers, list) else ():
+            if isinstance(row, list) and len(row) == 4 and all(
+                    isinstance(x, int) for x in row[:2]):
+                card, ws = row[2], row[3]
+                self._drivers.setdefault((row[0], row[1]), (
+                    card if isinstance(card, bool) else None,
+                    ws if isinstance(ws, int) and not isinstance(ws, bool) else None))

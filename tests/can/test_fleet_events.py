@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from config.events import Event
@@ -141,3 +143,55 @@ def test_trip_survives_a_restart_through_its_snapshot() -> None:
     assert trip.fields["start_lat"] == 53.5
     assert trip.fields["max_speed_kmh"] == 60.0
     assert FleetEvents(CFG).snapshot() is None
+
+
+def test_trip_distance_starts_at_the_last_odometer_reading_before_moving() -> None:
+    """The first odometer may be the low-resolution VD (0.125 km) of a standstill, or
+    come after the engine speed: the start is the reading just before the truck moves."""
+    fe = FleetEvents(CFG)
+    fe.on_signals(0, 0, {"engine_speed_rpm": 600.0, "vehicle_speed_kmh": 0.0})
+    fe.on_signals(100, 0x17, {"total_distance_km": 1000.125})  # VD, rounded to 0.125 km
+    fe.on_signals(1000, 0x17, {"total_distance_km": 1000.06})  # VDHR: 5 m resolution
+    for s in range(2, 62):  # 60 s at 36 km/h: 0.6 km
+        fe.on_signals(s * 1000, 0, {"engine_speed_rpm": 1200.0, "vehicle_speed_kmh": 36.0,
+                                    "total_distance_km": 1000.06 + (s - 1) * 0.01})
+    fe.on_signals(62_000, 0, {"engine_speed_rpm": 0.0, "vehicle_speed_kmh": 0.0})
+    (trip,) = fe.tick(62_000 + 121_000)
+    assert trip.fields["distance_km"] == pytest.approx(0.6, abs=0.001)
+
+
+def test_an_odometer_that_moves_without_a_wheel_speed_counts() -> None:
+    fe = FleetEvents(CFG)
+    fe.on_signals(0, 0, {"engine_speed_rpm": 600.0, "total_distance_km": 1000.0})
+    fe.on_signals(60_000, 0, {"engine_speed_rpm": 1200.0, "total_distance_km": 1001.0})
+    fe.on_signals(61_000, 0, {"engine_speed_rpm": 1200.0, "total_distance_km": 1001.05})
+    (trip,) = fe.tick(61_000 + 121_000)
+    assert trip.fields["distance_km"] == pytest.approx(1.05)
+
+
+def test_restore_ignores_broken_snapshots_and_keeps_the_driver_states() -> None:
+    for broken in ({"start_ms": "0", "last_on_ms": 1}, {"last_on_ms": 5}, {},
+                   {"start_ms": True, "last_on_ms": 1}):
+        fe = FleetEvents(CFG)
+        fe.restore(broken)
+        assert fe.snapshot() is None, broken
+    fe = FleetEvents(CFG)
+    tco1 = {"driver1_card_present": True, "driver1_working_state": 3}
+    assert len(fe.on_signals(0, 0xEE, {**tco1, "engine_speed_rpm": 600.0})) == 1
+    state = fe.snapshot()
+    assert state is not None
+    again = FleetEvents(CFG)
+    again.restore(json.loads(json.dumps(state)))  # as the buffer keeps it
+    assert again.on_signals(1000, 0xEE, tco1) == []  # the same card: no second event
+    assert len(again.on_signals(2000, 0xEE, {**tco1, "driver1_working_state": 2})) == 1
+    again.restore({**state, "drivers": [["x", 1, True, 3], [0xEE, 2, "yes", None]]})
+
+
+def test_a_fix_without_speed_or_heading_moves_the_position_only() -> None:
+    fe = FleetEvents(CFG)
+    fe.on_signals(0, 0, {"engine_speed_rpm": 600.0})
+    assert fe.on_position(0, 53.5, 10.0, None, None) == []
+    assert fe.on_position(1000, 53.501, 10.0, 30.0, None) == []
+    assert fe.on_position(2000, 53.502, 10.0, None, 90.0) == []
+    state = fe.snapshot()
+    assert state is not None and state["gps_m"] == pytest.approx(222.4, abs=1)

@@ -95,6 +95,12 @@ CASES = [
     ("VW axle 2", 0x18FEEA2F, "2FD8591027881300",
      {"axle2_weight_kg": 11500.0, "trailer_weight_kg": 20000, "cargo_weight_kg": 10000}),
     ("VW n/a", 0x18FEEA2F, "2FFFFEFFFFFFFFFF", {}),
+    # PTODE (PGN 64932 = 0xFDA4): byte 7 = 0xFD = 111111 01: at least one PTO engaged
+    ("PTODE engaged", 0x18FDA400, "FFFFFFFFFFFFFDFF", {"pto_engaged": True}),
+    ("PTODE none", 0x18FDA400, "FFFFFFFFFFFFFCFF", {"pto_engaged": False}),
+    # 10 error, 11 not available: absent
+    ("PTODE error", 0x18FDA400, "FFFFFFFFFFFFFEFF", {}),
+    ("PTODE n/a", 0x18FDA400, "FFFFFFFFFFFFFFFF", {}),
 ]
 
 
@@ -252,3 +258,26 @@ def test_identity_and_weight_frames_never_raise(can_id: int, data: bytes, sa: in
     ids = d.identity.drivers.get(sa, (None, None))
     assert all(i is None or len(i) <= MAX_DRIVER_ID for i in ids)
     assert len(d.identity.names) <= 1
+
+
+def test_simulated_truck_works_a_pto_stop_with_ptode_and_ccvs1() -> None:
+    """The simulator's crane stop: PTODE says engaged and CCVS1's PTO state is 5 (set);
+    driving, both say off."""
+    from sim.j1939_out import ccvs1, ptode  # noqa: PLC0415
+    from sim.route import load_route  # noqa: PLC0415
+    from sim.truck import Phase, Truck, TruckParams  # noqa: PLC0415
+
+    truck = Truck(load_route("hamburg-port-loop"), seed=1,
+                  params=TruckParams(start_parked_s=1, warmup_s=1, fault_every_s=0))
+    seen: dict[bool, dict[str, float | int | bool]] = {}
+    for _ in range(4000):  # 4000 s of model time at most
+        st = truck.step(1.0)
+        if st.phase in (Phase.DWELL, Phase.DRIVING):
+            d = J1939Decoder()
+            values = {**feed(d, 0x18FDA400, ptode(st).hex()).values,
+                      **feed(d, 0x18FEF100, ccvs1(st).hex()).values}
+            seen.setdefault(st.pto, values)
+        if True in seen and False in seen:
+            break
+    assert seen[True]["pto_engaged"] is True and seen[True]["pto_state"] == 5
+    assert seen[False]["pto_engaged"] is False and seen[False]["pto_state"] == 0

@@ -43,6 +43,7 @@ from sim.j1939_out import Schedule
 from sim.route import load_route
 from sim.runner import fix_of
 from sim.truck import Truck, TruckParams
+from tests.can.fleet_drive import drive_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "docs" / "schema"
@@ -70,6 +71,7 @@ def validator(name: str) -> Draft202012Validator:
 
 BATCH = validator("batch.schema.json")
 STATUS = validator("status.schema.json")
+FLEET_TYPES = ("trip", "idle", "harsh", "driver")
 
 
 def errors(v: Draft202012Validator, obj: object) -> list[str]:
@@ -188,6 +190,33 @@ async def test_batches_with_stream_and_corrected_ts_validate(
     assert "ts_unverified" not in seen and "_boot" not in seen
 
 
+@pytest.mark.parametrize("encoding", ["json", "compact"])
+async def test_derived_fleet_events_of_a_simulated_drive_validate(
+    store: SqliteStore, encoding: str
+) -> None:
+    """trip, idle, harsh and driver as the agent makes them (the short leg of
+    tests/can/fleet_drive.py through Ingest), stored, leased and encoded."""
+    stored = await _stored(store, drive_in_process().events)
+    payloads = wire.encode_batches("truck-0042", stored, encoding, 16384)
+    got: dict[str, list[dict[str, Any]]] = {t: [] for t in FLEET_TYPES}
+    for payload, _seqs in payloads:
+        batch = wire.decode_payload(payload, compact=encoding == "compact")
+        assert errors(BATCH, batch) == []
+        for ev in batch["events"]:
+            if ev["type"] in got:
+                got[ev["type"]].append(ev)
+    for etype, evs in got.items():
+        assert evs, f"the drive made no {etype} event"
+        own = validator(f"{etype}.schema.json")
+        doc = json.loads((SCHEMA_DIR / f"{etype}.schema.json").read_text())
+        seen: set[str] = set()
+        for ev in evs:
+            assert errors(own, ev) == [], ev
+            seen.update(ev)
+        # every field the schema describes occurred (fuel and positions are known here)
+        assert set(doc["properties"]) <= seen, (etype, set(doc["properties"]) - seen)
+
+
 async def test_status_of_the_status_builder_validates(
     tmp_path: Path, store: SqliteStore, truck_events: list[Event]
 ) -> None:
@@ -261,7 +290,7 @@ def test_samples_validate_and_match_the_encoder() -> None:
 def test_older_batches_without_schema_and_unknown_keys_validate() -> None:
     old = {"truck_id": "t1", "events": [
         {"seq": 1, "ts": 5, "type": "gps", "fix": 3, "lat": 1.0, "lon": 2.0, "new_key": "x"},
-        {"seq": 2, "ts": 6, "type": "trip", "duration_s": 60},  # a type added later
+        {"seq": 2, "ts": 6, "type": "geofence", "zone": 60},  # a type added later
         {"seq": 3, "ts": 7, "type": "engine", "src": 0, "retarder_torque_pct": -20,
          "axle14_weight_kg": 8000.5},
     ]}
@@ -272,6 +301,34 @@ def _gps(**kw: object) -> dict[str, Any]:
     ev: dict[str, Any] = {"seq": 1, "ts": 1, "type": "gps", "fix": 3, "lat": 48.1, "lon": 11.5}
     ev.update(kw)
     return {"schema": wire.BATCH_SCHEMA, "truck_id": "t1", "events": [ev]}
+
+
+def _typed(etype: str, base: dict[str, Any], kw: dict[str, object]) -> dict[str, Any]:
+    ev: dict[str, Any] = {"seq": 1, "ts": 1, "type": etype, **base, **kw}
+    return {k: v for k, v in ev.items() if v is not None}
+
+
+def _trip(**kw: object) -> dict[str, Any]:
+    return _typed("trip", {"start_ts": 0, "duration_s": 60, "distance_km": 1.2,
+                           "distance_source": "odometer", "driving_s": 40, "idle_s": 20,
+                           "max_speed_kmh": 50}, kw)
+
+
+def _harsh(**kw: object) -> dict[str, Any]:
+    return _typed("harsh", {"kind": "braking", "peak_ms2": 4.5, "duration_s": 2,
+                            "speed_kmh": 50}, kw)
+
+
+def _driver(**kw: object) -> dict[str, Any]:
+    return _typed("driver", {"src": 238, "driver": 1, "card_present": True,
+                             "working_state": 3}, kw)
+
+
+def test_minimal_fleet_events_validate() -> None:
+    batch = {"truck_id": "t1", "events": [
+        _trip(), _harsh(), _driver(card_present=None), _driver(working_state=None),
+        {"seq": 5, "ts": 9, "type": "idle", "start_ts": 1, "duration_s": 300}]}
+    assert errors(BATCH, batch) == []
 
 
 @pytest.mark.parametrize(
@@ -300,6 +357,19 @@ def _gps(**kw: object) -> dict[str, Any]:
                                                   "amber_warning": "off", "protect": "off"},
                                         "active": []}]}, "events/0/lamps/mil"),
         ({"truck_id": "t1", "events": [{"seq": 1, "ts": 1, "type": "seq_gap", "first": 2}]},
+         "events/0"),
+        ({"truck_id": "t1", "events": [_trip(distance_km=None)]}, "events/0"),
+        ({"truck_id": "t1", "events": [_trip(distance_source="can")]},
+         "events/0/distance_source"),
+        ({"truck_id": "t1", "events": [_trip(start_ts=1.5)]}, "events/0/start_ts"),
+        ({"truck_id": "t1", "events": [_trip(fuel_used_l=-1)]}, "events/0/fuel_used_l"),
+        ({"truck_id": "t1", "events": [{"seq": 1, "ts": 1, "type": "idle"}]}, "events/0"),
+        ({"truck_id": "t1", "events": [_harsh(kind="swerve")]}, "events/0/kind"),
+        ({"truck_id": "t1", "events": [_harsh(peak_ms2="3")]}, "events/0/peak_ms2"),
+        ({"truck_id": "t1", "events": [_driver(driver=3)]}, "events/0/driver"),
+        ({"truck_id": "t1", "events": [_driver(working_state=6)]}, "events/0/working_state"),
+        ({"truck_id": "t1", "events": [_driver(card_present=1)]}, "events/0/card_present"),
+        ({"truck_id": "t1", "events": [_driver(working_state=None, card_present=None)]},
          "events/0"),
         ({"truck_id": "bad id", "events": []}, "truck_id"),
         ({"schema": "truckgw.status/2", "truck_id": "t1", "events": []}, "schema"),
@@ -334,6 +404,21 @@ def test_engine_schema_lists_every_documented_field_with_its_type() -> None:
         assert name in props, name
         assert props[name]["type"] == kinds[typ.split()[0]], name
     assert "..." not in table
+
+
+def test_fleet_event_schemas_list_every_documented_field_with_its_type() -> None:
+    doc = (ROOT / "docs" / "wire-format.md").read_text()
+    section = doc.split("### Fleet event fields", 1)[1].split("\n## ", 1)[0]
+    kinds = {"int": "integer", "float": "number", "bool": "boolean", "string": "string"}
+    for etype in FLEET_TYPES:
+        table = section.split(f"#### `{etype}`", 1)[1].split("####", 1)[0]
+        rows = re.findall(r"^\|\s*`([^`]+)`\s*\|([^|]+)\|", table, re.MULTILINE)
+        schema = json.loads((SCHEMA_DIR / f"{etype}.schema.json").read_text())
+        props = {k: v for k, v in schema["properties"].items() if k != "type"}
+        assert {name for name, _ in rows} == set(props), etype
+        for name, typ in rows:
+            want = kinds[typ.split()[0]]
+            assert props[name].get("type") == want, (etype, name)
 
 
 # --------------------------------------------------------------------------- AsyncAPI

@@ -1,0 +1,97 @@
+"""A short simulated drive for the derived fleet events (trip, idle, harsh, driver).
+
+One leg of 1.2 km on a straight road at 50 km/h: parked, a long warm-up at idle (an
+``idle`` event), the route's emergency stop (``harsh`` braking, sim/truck.py), the depot
+at the end (ignition off: the trip ends ``trip_end_timeout_s`` later). Used in process by
+tests/can/test_fleet_wiring.py and tests/uplink/test_schema.py, and through the real
+agent by tests/sim/test_e2e_fleet.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from config.events import Event
+from config.schema import EventsConfig
+from drivers.j1939 import J1939Decoder
+from drivers.nmea_epoch import NmeaDecoder
+from gateway.clock import Clock
+from gateway.ingest import Ingest
+from sim import nmea_out
+from sim.j1939_out import Schedule
+from sim.route import Route, Stop, Waypoint, build_route
+from sim.runner import fix_of
+from sim.truck import Phase, Truck, TruckParams
+
+T0 = dt.datetime(2026, 12, 1, 8, 0, 0, tzinfo=dt.UTC)
+LAT, LON0 = 53.54, 9.90
+LEG_M = 1200.0
+WARMUP_S = 40.0  # model seconds idling before departure
+#: thresholds for a drive in model time (no time-lapse)
+EVENTS = EventsConfig(trip_end_timeout_s=30.0, idle_min_s=20.0)
+
+
+def short_route() -> Route:
+    """Four points due east, 400 m apart, limit 50 km/h; the depot at the end."""
+    deg_per_m = 1 / (111_320.0 * 0.5948)  # cos(53.54 deg)
+    pts = tuple(Waypoint(LAT, LON0 + i * 400.0 * deg_per_m, 10.0, 50.0) for i in range(4))
+    return build_route("fleet-short", pts, (Stop(3, 0.0, "depot"),))
+
+
+def short_truck(seed: int = 11, *, park_s: float = 600.0) -> Truck:
+    """The truck of :func:`short_route` (no DTCs), parked until 2 s in."""
+    return Truck(short_route(), seed=seed, params=TruckParams(
+        start_parked_s=2.0, warmup_s=WARMUP_S, park_s=park_s, fault_every_s=0))
+
+
+@dataclass
+class Drive:
+    events: list[Event]
+    truck: Truck
+    odo_on_km: float  # the model's odometer when the ignition came on
+    odo_off_km: float  # ... and when it went off (parked at the depot)
+
+
+def drive_in_process(events_cfg: EventsConfig = EVENTS, *, after_park_s: float = 45.0,
+                     dt_s: float = 0.02) -> Drive:
+    """Model -> NMEA (1 Hz) and J1939 frames -> the gateway's decoders -> Ingest, with a
+    tick every second; ``after_park_s`` of model time parked at the end."""
+    now = {"s": 0.0}
+
+    def mono() -> float:
+        return now["s"]
+
+    clock = Clock(wall=lambda: T0.timestamp() + now["s"], mono=mono,
+                  system_synced=lambda: True)
+    out: list[Event] = []
+    ingest = Ingest(out.append, clock, events=events_cfg, mono=mono)
+    truck = short_truck()
+    sched = Schedule(request_every_s=0)
+    can, gps = J1939Decoder(), NmeaDecoder()
+    next_epoch, next_tick = 1.0, 1.0
+    odo_on = odo_off = None
+    parked_at = None
+    for _ in range(round(900 / dt_s)):  # bounded: 15 model minutes at most
+        now["s"] += dt_s
+        state = truck.step(dt_s)
+        if odo_on is None and state.phase is not Phase.PARKED:
+            odo_on = state.odometer_km
+        if odo_on is not None and parked_at is None and state.phase is Phase.PARKED:
+            odo_off, parked_at = state.odometer_km, now["s"]
+        ts = round(now["s"] * 1000)
+        ingest.on_can([d for f in sched.due(now["s"], state)
+                       if (d := can.feed(ts, f.arbitration_id, f.data)) is not None])
+        if now["s"] >= next_epoch:
+            utc = T0 + dt.timedelta(seconds=next_epoch)
+            for f in gps.feed(nmea_out.epoch(utc, fix_of(state, 11, 0.9)), received=now["s"]):
+                ingest.on_fix(f)
+            next_epoch += 1.0
+        if now["s"] >= next_tick:
+            ingest.tick()
+            next_tick += 1.0
+        if parked_at is not None and now["s"] - parked_at >= after_park_s:
+            break
+    assert odo_on is not None and odo_off is not None, "the truck never finished its leg"
+    ingest.flush()
+    return Drive(out, truck, odo_on, odo_off)

@@ -99,6 +99,9 @@ KEEPALIVE_FACTOR = 1.5
 MAX_PACKET_ID = 65535
 #: How long the sender waits for the store when a lease came back empty.
 EMPTY_WAIT_S = 1.0
+#: A refused size within this factor of the largest that passed ends the size search:
+#: the limit becomes that passing size (each probe in between would cost a refusal).
+SIZE_CLOSE_RATIO = 1.5
 #: Events whose delete failed after their PUBACK wait this long (doubling, jittered)
 #: before they are released and sent again.
 ACK_RETRY_MIN_S = 1.0
@@ -437,13 +440,17 @@ class Delivery:
         The new limit is the geometric mean of the largest message that passed (at
         least :data:`MIN_PAYLOAD_BYTES`) and the refused size: from 128 KiB a broker
         limit of 3000 bytes is found in three refusals (10.6 k, 3.3 k, then 1.8 k
-        passes), where halving took six. It never climbs back while the uplink lives: a
-        broker limit does not change between connections, and probing upwards would
-        cost a refusal each time."""
+        passes), where halving took six. A refused size within :data:`SIZE_CLOSE_RATIO`
+        of one that passed settles on the one that passed. It never climbs back while
+        the uplink lives: a broker limit does not change between connections, and
+        probing upwards would cost a refusal each time."""
         if refused_size <= self._largest_ok:
             self._largest_ok = 0  # the limit went down (another broker): start over
         lo = max(MIN_PAYLOAD_BYTES, self._largest_ok)
-        new = max(MIN_PAYLOAD_BYTES, min(refused_size - 1, math.isqrt(lo * refused_size)))
+        if refused_size < lo * SIZE_CLOSE_RATIO:
+            new = lo  # close to a size that passed: settle there, no more probing
+        else:
+            new = max(MIN_PAYLOAD_BYTES, min(refused_size - 1, math.isqrt(lo * refused_size)))
         if new >= self.max_payload_bytes:
             return False
         log.warning(

@@ -150,8 +150,11 @@ class Delivery:
         self._ack_failing = 0
         self._ack_backoff = Backoff(RetryPolicy(ACK_RETRY_MIN_S, ACK_RETRY_MAX_S,
                                                 HEALTHY_AFTER_S))
-        #: the largest event message the broker acknowledged (size search lower bound)
+        #: the largest event message the broker acknowledged (size search lower bound),
+        #: and the same on this connection (a broker restarted with a lower limit must
+        #: not be judged by what its predecessor took)
         self._largest_ok = 0
+        self._largest_ok_here = 0
 
     # ---------------------------------------------------------------- views
 
@@ -219,6 +222,7 @@ class Delivery:
             return
         self.state = UplinkState.CONNECTED
         self._connected_at = now
+        self._largest_ok_here = 0
         self._n.connects += 1
         if keepalive_s:
             self.keepalive_s = float(keepalive_s)
@@ -357,6 +361,7 @@ class Delivery:
             n.acked_events += len(flight.seqs)
             self._last_ack_at = now
             self._largest_ok = max(self._largest_ok, flight.nbytes)
+            self._largest_ok_here = max(self._largest_ok_here, flight.nbytes)
             return [Ack(flight.seqs)]
         n.refused_publishes += 1
         if reason_code == RC_PACKET_TOO_LARGE and len(flight.seqs) == 1:
@@ -464,12 +469,13 @@ class Delivery:
     def _dropped_for_size(self, now: float, text: str) -> list[Action] | None:
         """The link dropped for a reason that may mean "too large": the largest event
         message in flight is the culprit (whatever was too large, it is too). None when
-        that cannot be so (a message at least as large passed) or nothing can shrink."""
+        that cannot be so (a message at least as large passed on this connection) or
+        nothing can shrink."""
         events = [(mid, f) for mid, f in self._flights.items() if f.lane is not None]
         if not events:
             return None
         mid, worst = max(events, key=lambda kv: kv[1].nbytes)
-        if worst.nbytes <= self._largest_ok:
+        if worst.nbytes <= self._largest_ok_here:
             return None
         if len(worst.seqs) == 1:
             del self._flights[mid]

@@ -224,9 +224,9 @@ class Chaos:
 
     async def poison_phase(self, sim: TruckSim) -> None:
         """Issue #13 case 5: one event too large for the broker even alone. Mosquitto
-        restarted with ``message_size_limit 3000`` while the ECU sends a DM1 with 200
-        codes by BAM (a ~6 KB ``dtc`` event). The agent sets it aside (status
-        ``refused``, a ``seq_gap`` notice with reason ``refused``) and keeps delivering;
+        restarted with ``message_size_limit 3000`` while the ECU sends a DM1 with 130
+        codes by BAM (a ~3.9 KB ``dtc`` event). The agent sets it aside (a ``seq_gap``
+        notice with reason ``refused`` reaches the sink) and keeps delivering;
         the broker then takes big messages again, and the next agent start (the kill
         phase) retries the event, which then arrives with its seq after its notice."""
         limit = "message_size_limit 3000"
@@ -234,30 +234,35 @@ class Chaos:
         self.broker.stop()
         self.outages += 1
         self.broker.start()
-        sim.schedule.dm1_every_s = 30.0  # one BAM of 115 packets at a time
+        # While the phase lasts no injected fault replaces the codes, and DM1 goes only
+        # on change: a second BAM from the same source would cut the first one off.
+        plan, sim.faults = sim.faults, FaultPlan()
+        sim.schedule.dm1_every_s = 30.0
+        sim.schedule.corrupt_tp = False  # a tp-malformed fault fired just before
+        await asyncio.sleep(1.5)  # the DM1 due within a second goes first, short
         truck = sim.truck
-        sets = [tuple(Dtc(1000 + i, i % 32, 1, "mil") for i in range(n)) for n in (200, 199)]
+        sets = [tuple(Dtc(1000 + i, i % 32, 1, "mil") for i in range(n)) for n in (130, 129)]
         refused = False
-        deadline = time.monotonic() + 60
         for i in range(120):  # bounded: 60 s
-            if time.monotonic() > deadline:
-                break
-            status = self.sink.live(TRUCK).get("status") or {}
-            if int(status.get("refused") or 0) >= 1:
+            notice = (self.sink.live(TRUCK).get("latest") or {}).get("seq_gap") or {}
+            if notice.get("reason") == "refused":
                 refused = True
                 break
-            want = sets[(i // 10) % 2]  # a new set every 5 s: a lost BAM is sent again
-            if truck.state.dtcs != want:
+            # a BAM takes 3.75 s: a new set (a new DM1) every 20 s only, in case one is lost
+            want = sets[(i // 40) % 2]
+            if i % 10 == 0 and truck.state.dtcs != want:
                 truck.state = replace(truck.state, dtcs=want)
             assert self.gateway.running, self.gateway.log_tail()
             await asyncio.sleep(0.5)
         truck.state = replace(truck.state, dtcs=())
         sim.schedule.dm1_every_s = 1.0
+        sim.faults = plan
         self.broker.extra_conf.remove(limit)
         self.broker.stop()
         self.outages += 1
         self.broker.start()
-        assert refused, (self.sink.live(TRUCK).get("status"), self.gateway.log_tail())
+        assert refused, (self.sink.live(TRUCK).get("latest", {}).get("seq_gap"),
+                         self.gateway.log_tail())
 
     def unexplained(self, lo: int, hi: int, evicted: int) -> tuple[int, int, int]:
         """(missing, announced, unexplained) seqs in ``[lo, hi]`` as the sink sees them now.

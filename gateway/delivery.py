@@ -45,6 +45,8 @@ Two fault paths of issue #13:
   geometric mean of the largest size that passed (at least :data:`MIN_PAYLOAD_BYTES`)
   and the refused size, so a limit is found within a few refusals; a message holding a
   single event sets that event aside (:class:`DeadLetter`) and the backlog goes on.
+  When the broker announced a Maximum Packet Size in CONNACK, a lone event whose
+  PUBLISH would exceed it is set aside without being sent at all (no refusal, no drop).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from dataclasses import asdict, dataclass
 from buffer.api import Batch, Lane
 from config import MqttConfig
 from config.retry import Backoff, RetryPolicy
+from gateway import wire
 from gateway.delivery_actions import (
     Ack,
     Action,
@@ -155,6 +158,9 @@ class Delivery:
         #: not be judged by what its predecessor took)
         self._largest_ok = 0
         self._largest_ok_here = 0
+        #: the broker's Maximum Packet Size (CONNACK), and what a PUBLISH adds to a payload
+        self._broker_max: int | None = None
+        self._publish_overhead = _publish_overhead(truck_id, m)
 
     # ---------------------------------------------------------------- views
 
@@ -226,6 +232,7 @@ class Delivery:
         self._n.connects += 1
         if keepalive_s:
             self.keepalive_s = float(keepalive_s)
+        self._broker_max = max_packet_size
         if max_packet_size is not None:
             cap = max(MIN_PAYLOAD_BYTES, max_packet_size - PACKET_HEADROOM)
             if cap < self.max_payload_bytes:
@@ -433,11 +440,18 @@ class Delivery:
         """Wire payloads into the outbox; unencodable events are acked (dropped)."""
         payloads, bad = encode_or_drop(self._truck_id, batch.events, self._encoding,
                                        self.max_payload_bytes)
-        self._outbox.extend(Publish(p, s, lane) for p, s in payloads)
-        if not bad:
-            return []
-        self._n.dropped_unencodable += len(bad)
-        return [Ack(bad)]
+        acts: list[Action] = []
+        fits = None if self._broker_max is None else self._broker_max - self._publish_overhead
+        for p, seqs in payloads:
+            if fits is not None and len(p) > fits and len(seqs) == 1:
+                # the broker said how large a packet it takes: this one it would refuse
+                acts.append(self._dead_letter(seqs, len(p)))
+            else:
+                self._outbox.append(Publish(p, seqs, lane))
+        if bad:
+            self._n.dropped_unencodable += len(bad)
+            acts.append(Ack(bad))
+        return acts
 
     def _shrink(self, refused_size: int) -> bool:
         """Lower the payload limit below a refused size; False if it cannot go lower.
@@ -542,6 +556,17 @@ class Delivery:
         return acts
 
 
+
+
+def _publish_overhead(truck_id: str, m: MqttConfig) -> int:
+    """Bytes a QoS 1 PUBLISH on the events topic adds to its payload, at most: fixed
+    header (1 + a 4-byte length), topic (2 + its bytes), packet id (2) and, for MQTT 5,
+    the properties (a 4-byte length and the content type)."""
+    topic = wire.events_topic(m.topic_prefix, truck_id, m.encoding, m.protocol)
+    n = 1 + 4 + 2 + len(topic.encode()) + 2
+    if m.protocol == "5":
+        n += 4 + 1 + 2 + len(wire.content_type(m.encoding).encode())
+    return n
 
 
 def _wall(at: float | None, now: float, wall_ms: int) -> int | None:

@@ -624,3 +624,28 @@ def test_a_broker_restarted_with_a_lower_limit_is_not_judged_by_its_predecessor(
     assert len(pub.payload) < 65536
     d.disconnected(4.0, 0x82, "protocol error")
     assert d.max_payload_bytes == math.isqrt(MIN_PAYLOAD_BYTES * len(pub.payload))
+
+
+def test_a_lone_event_over_the_connack_maximum_packet_size_is_set_aside_unsent() -> None:
+    d = make()
+    d.connecting(0.0)
+    d.connack(0.0, max_packet_size=3000)
+    le = lease(d)
+    poison = StoredEvent(9, 1, "dtc", Priority.CRITICAL,
+                         b'{"ts":1,"type":"dtc","x":"' + b"a" * 5000 + b'"}')
+    acts = d.leased(le.lane, Batch(le.lane, (*batch(le.lane, range(1, 9)).events, poison)))
+    assert acts == [DeadLetter((9,))]
+    pubs = []
+    while isinstance(act := d.poll(0.0), Publish):
+        pubs.append(act)
+    assert [s for p in pubs for s in p.seqs] == list(range(1, 9))  # the rest goes
+    assert d.stats(0.0, 0).dead_lettered == 1
+    # just below the limit (with the PUBLISH header): sent, not set aside
+    d2 = make()
+    d2.connecting(0.0)
+    d2.connack(0.0, max_packet_size=3000)
+    le = lease(d2)
+    body = b'{"ts":1,"type":"dtc","x":"' + b"a" * 2500 + b'"}'
+    assert d2.leased(le.lane, Batch(le.lane, (StoredEvent(9, 1, "dtc", Priority.CRITICAL,
+                                                          body),))) == []
+    assert isinstance(d2.poll(0.0), Publish)

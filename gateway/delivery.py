@@ -505,8 +505,8 @@ class Delivery:
         return first + self._end(now, self.last_error or text, prompt=True)
 
     def _dead_letter(self, seqs: tuple[int, ...], nbytes: int) -> DeadLetter:
-        log.error("uplink: the broker refused a %d-byte message holding only event seq %s"
-                  " (too large); set aside in the buffer's dead letters, announced by a "
+        log.error("uplink: a %d-byte message holding only event seq %s is too large for "
+                  "the broker; set aside in the buffer's dead letters, announced by a "
                   "seq_gap notice (reason refused), retried at the next start", nbytes,
                   ",".join(map(str, seqs)))
         self._n.dead_lettered += len(seqs)

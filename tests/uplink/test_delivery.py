@@ -385,7 +385,7 @@ def test_payloads_are_the_wire_contract() -> None:
 @st.composite
 def scripts(draw: st.DrawFn) -> list[tuple[str, int]]:
     ops = st.sampled_from(["poll", "poll", "poll", "ack", "ack", "refuse", "too_large",
-                           "drop", "tick", "reconnect", "empty", "fail"])
+                           "drop", "tick", "reconnect", "empty", "fail", "ack_fail"])
     return draw(st.lists(st.tuples(ops, st.integers(0, 1000)), max_size=120))
 
 
@@ -399,7 +399,9 @@ def test_every_leased_seq_is_acked_once_after_its_puback_or_released(
     leased: set[int] = set()
     out: dict[int, tuple[int, ...]] = {}  # mid -> seqs, as the broker would see them
     acked: list[int] = []
-    settled: set[int] = set()  # acked or released, not leased again yet
+    settled: set[int] = set()  # acked, released or set aside, not leased again yet
+    groups: list[tuple[int, ...]] = []  # acked, delete not yet reported failed
+    too_large: set[int] = set()  # seqs whose lone message was refused as too large
 
     def apply(acts: list[Action] | Release | None) -> None:
         for a in acts if isinstance(acts, list) else [acts] if acts else []:
@@ -408,6 +410,12 @@ def test_every_leased_seq_is_acked_once_after_its_puback_or_released(
                     assert s in leased and s not in settled
                     assert any(s in seqs for seqs in out.values()), "acked without PUBACK"
                 acked.extend(a.seqs)
+                settled.update(a.seqs)
+                groups.append(a.seqs)
+            elif isinstance(a, DeadLetter):
+                # only a message holding that one event, refused for size
+                assert len(a.seqs) == 1 and a.seqs[0] in too_large, a
+                assert a.seqs[0] in leased and a.seqs[0] not in settled
                 settled.update(a.seqs)
             elif isinstance(a, Release):
                 assert all(s in leased and s not in settled for s in a.seqs)
@@ -440,11 +448,20 @@ def test_every_leased_seq_is_acked_once_after_its_puback_or_released(
         elif op in ("ack", "refuse", "too_large") and out:
             m = sorted(out)[arg % len(out)]
             code = {"ack": 0x00, "refuse": 0x87, "too_large": 0x95}[op]
+            if code == 0x95 and len(out[m]) == 1:
+                too_large.update(out[m])
             acts = d.puback(m, code, now)
             apply(acts)
             del out[m]
         elif op == "drop":
+            if arg % 2:  # a size-suspect drop: the largest lone event may be set aside
+                too_large.update(s for seqs in out.values() if len(seqs) == 1 for s in seqs)
             apply(d.disconnected(now, 0x82 if arg % 2 else 0, "drop"))
+        elif op == "ack_fail" and groups:
+            # the store could not delete them: they must come back as a Release later
+            g = groups.pop(arg % len(groups))
+            settled.difference_update(g)
+            assert d.ack_failed(g, now, "disk full") == []
         elif op == "tick":
             apply(d.tick(now + arg % 10, now))
         elif op == "reconnect" and d.state is not UplinkState.CONNECTED:

@@ -16,6 +16,10 @@ from typing import Protocol
 
 from config.events import Event, Priority
 
+#: ``seq_gap`` reason and dead-letter reason of an event the broker refused even alone
+#: (too large): set aside on the truck, not deleted (docs/wire-format.md).
+REFUSED = "refused"
+
 
 class Lane(Enum):
     """Which end of the pending log a lease takes from."""
@@ -80,6 +84,8 @@ class StoreStats:
     quarantined_files: int
     file_bytes: int
     disk_full: bool = False
+    #: Events set aside in the dead-letter table now (the broker refused them even alone).
+    refused: int = 0
     extra: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -118,7 +124,11 @@ class EventStore(Protocol):
         ...
 
     async def ack(self, seqs: Sequence[int]) -> None:
-        """Delete delivered events (call only after the broker acknowledged them)."""
+        """Delete delivered events (call only after the broker acknowledged them).
+
+        Raises :class:`~config.errors.StoreError` if the delete fails; the events then
+        stay stored and leased until released.
+        """
         ...
 
     async def release(self, seqs: Sequence[int]) -> None:
@@ -127,6 +137,16 @@ class EventStore(Protocol):
 
     async def wait_pending(self, timeout: float) -> bool:
         """Wait until something is pending and not leased; False on timeout."""
+        ...
+
+    async def dead_letter(self, seqs: Sequence[int], reason: str = REFUSED) -> list[int]:
+        """Set leased events aside (the broker refused them even alone): out of the
+        pending log, counted as ``refused``, announced by a ``seq_gap`` notice with
+        ``reason``. Returns the seqs moved."""
+        ...
+
+    async def retry_dead_letters(self) -> int:
+        """Move every set-aside event back to pending with its seq; returns how many."""
         ...
 
     async def stats(self) -> StoreStats:

@@ -77,6 +77,7 @@ class Lanes:
         ascending seq order. At least one event is returned when any is pending, even
         if it alone is larger than ``max_bytes``. Returns None when nothing is pending.
         """
+        self._tally.extra["lease_calls"] += 1
         if max_events <= 0 or self._pending_unleased() <= 0:
             return None
         asc = lane is Lane.BACKFILL
@@ -137,8 +138,11 @@ class Lanes:
     async def ack(self, seqs: Sequence[int]) -> None:
         """Delete delivered events (call only after the broker acknowledged them).
 
-        Unknown or already deleted seqs are ignored. If the disk is too full even to
-        delete, the events stay pending and will be sent again (at-least-once).
+        Unknown or already deleted seqs are ignored. If the delete fails (disk too full
+        even to delete, an I/O error) :class:`StoreError` is raised and the events stay
+        stored *and leased*: the caller releases them when it wants them sent again
+        (the uplink does so after a backoff), so a failing delete never makes them
+        vanish from scans while still counting as pending.
         """
         if not seqs:
             return
@@ -159,11 +163,11 @@ class Lanes:
                         deleted += max(0, cur.rowcount)
             except sqlite3.Error as exc:
                 self._tally.extra["ack_failures"] += 1
-                self._pending_evt.set()
-                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                    log.warning("buffer: ack failed, disk full; events will be resent")
-                    return
-                raise StoreError(f"ack failed: {exc}") from exc
+                self._book.restore((s, p, n) for p, r in rows.items() for s, n in r)
+                full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                raise StoreError(
+                    f"ack of {len(seqs)} events failed{' (disk full)' if full else ''}: {exc}"
+                ) from exc
         for p, r in rows.items():
             self._tally.remove(p, len(r), sum(n for _, n in r))
         self._tally.extra["acked"] += deleted
@@ -171,6 +175,72 @@ class Lanes:
         if deleted != expected:  # a leased row vanished: a bug, never expected
             log.error("buffer: ack deleted %d rows, expected %d", deleted, expected)
             self._tally.extra["ack_missing"] += expected - deleted
+
+    async def dead_letter(self, seqs: Sequence[int], reason: str) -> list[int]:
+        """Set stored events aside in ``dead_letter`` (one transaction); returns the seqs
+        actually moved (unknown or already deleted seqs are ignored).
+
+        They leave the pending count and the leases, count as refused, and their seq
+        is never handed out again (``last_seq`` in meta covers it).
+        """
+        if not seqs:
+            return []
+        known = self._book.pop(seqs)
+        rows: dict[Priority, list[tuple[int, int]]] = {}
+        for seq, prio, size in known:
+            rows.setdefault(prio, []).append((seq, size))
+        async with self._db.locked() as conn:
+            if len(known) < len(seqs):
+                await _lookup(conn, set(seqs) - {s for s, _, _ in known}, rows)
+            if not rows:
+                return []
+            try:
+                async with write_transaction(conn):
+                    for p, r in rows.items():
+                        await conn.executemany(schema.DEAD_LETTER_MOVE_SQL[p],
+                                               [(s, reason) for s, _ in r])
+                        await conn.executemany(schema.delete_sql(p), [(s,) for s, _ in r])
+                    await conn.execute(schema.RAISE_LAST_SEQ_SQL,
+                                       (max(s for r in rows.values() for s, _ in r),))
+            except sqlite3.Error as exc:
+                self._book.restore((s, p, n) for p, r in rows.items() for s, n in r)
+                raise StoreError(f"setting {len(seqs)} events aside failed: {exc}") from exc
+        moved: list[int] = []
+        for p, r in rows.items():
+            self._tally.remove(p, len(r), sum(n for _, n in r))
+            self._tally.dead_letters += len(r)
+            moved.extend(s for s, _ in r)
+        self._tally.extra["dead_lettered"] += len(moved)
+        return sorted(moved)
+
+    async def retry_dead_letters(self) -> int:
+        """Move every dead letter back into its class table (pending again, same seq);
+        returns how many."""
+        async with self._db.locked() as conn:
+            totals = [(Priority(int(p)), int(n), int(b)) for p, n, b in
+                      await conn.execute_fetchall(schema.DEAD_LETTER_TOTALS_SQL)]
+            if not totals:
+                return 0
+            ((lo, hi),) = [tuple(r) for r in
+                           await conn.execute_fetchall(schema.DEAD_LETTER_RANGE_SQL)]
+            try:
+                async with write_transaction(conn):
+                    for p, _, _ in totals:
+                        await conn.execute(schema.DEAD_LETTER_RESTORE_SQL[p])
+                    await conn.execute(schema.DEAD_LETTER_CLEAR_SQL)
+            except sqlite3.Error as exc:
+                self._tally.dead_letters = sum(n for _, n, _ in totals)
+                raise StoreError(f"moving refused events back failed: {exc}") from exc
+            # below the top: scans must look at that stretch again
+            self._book.uncover(int(lo), int(hi))
+        n_all = 0
+        for p, n, nbytes in totals:
+            self._tally.add(p, n, nbytes)
+            n_all += n
+        self._tally.dead_letters = 0
+        self._tally.extra["dead_letters_retried"] += n_all
+        self._pending_evt.set()
+        return n_all
 
     async def release(self, seqs: Sequence[int]) -> None:
         """Return leased events to pending (e.g. on disconnect). Unknown seqs are ignored."""

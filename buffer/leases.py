@@ -77,6 +77,18 @@ class LeaseBook:
                 out.append((seq, info[0], info[1]))
         return out
 
+    def restore(self, rows: Iterable[tuple[int, Priority, int]]) -> None:
+        """Lease again rows just popped (an ack whose delete failed): they stay out of
+        scans until released. Coverage is not touched (popping never uncovered them)."""
+        for seq, prio, size in rows:
+            self._leased[seq] = (prio, size)
+
+    def uncover(self, lo: int, hi: int) -> None:
+        """Forget coverage of ``[lo, hi]``: rows were stored there again (dead letters
+        moved back), below the top."""
+        if lo <= hi:
+            self._uncover(lo, hi)
+
     def release(self, seqs: Iterable[int]) -> int:
         """Make leased seqs pending again; returns how many were leased."""
         got = self.pop(seqs)

@@ -8,7 +8,9 @@ reusable; a class never needs a secondary index (no extra write amplification).
 
 ``meta`` holds integers that must survive restarts: the seq high-water mark, the
 eviction / expiry counters per class and the age clock; ``age_marks`` maps seqs to the
-age clock at their commit (TTL expiry). ``state`` holds small opaque blobs of the
+age clock at their commit (TTL expiry); ``dead_letter`` holds events the broker refused
+even alone (too large), set aside until a restart or a ``retry_refused`` command moves
+them back (docs/buffer.md, Dead letters). ``state`` holds small opaque blobs of the
 agent's own state that must survive a restart (the open trip of the fleet events), one
 row per key; the store does not look inside them.
 """
@@ -94,10 +96,44 @@ def create_script() -> str:
         " body BLOB NOT NULL);"
         for table in TABLES.values()
     )
+    parts.append(DEAD_LETTER_DDL)
     parts.append(
         f"INSERT OR IGNORE INTO meta(key, value) VALUES ('{META_VERSION}', {SCHEMA_VERSION});"
     )
     return "\n".join(parts)
+
+
+#: Events the broker refused even alone, with their class and why (additive: files of
+#: older agents get the table at their next open; older agents ignore it).
+DEAD_LETTER_DDL = (
+    "CREATE TABLE IF NOT EXISTS dead_letter("
+    "seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, type TEXT NOT NULL,"
+    " body BLOB NOT NULL, class INTEGER NOT NULL, reason TEXT NOT NULL);"
+)
+#: Dead letters per class: count and body bytes.
+DEAD_LETTER_TOTALS_SQL = (
+    "SELECT class, count(*), coalesce(sum(length(body)), 0) FROM dead_letter GROUP BY class"
+)
+#: Set one row of a class aside (``?1`` seq, ``?2`` reason); then delete it from its table.
+DEAD_LETTER_MOVE_SQL = {
+    p: (f"INSERT OR REPLACE INTO dead_letter(seq, ts_ms, type, body, class, reason) "
+        f"SELECT seq, ts_ms, type, body, {int(p)}, ?2 FROM {t} WHERE seq = ?1")
+    for p, t in TABLES.items()
+}
+#: Move the dead letters of one class back into its table.
+DEAD_LETTER_RESTORE_SQL = {
+    p: (f"INSERT OR IGNORE INTO {t}(seq, ts_ms, type, body) "
+        f"SELECT seq, ts_ms, type, body FROM dead_letter WHERE class = {int(p)}")
+    for p, t in TABLES.items()
+}
+DEAD_LETTER_RANGE_SQL = "SELECT min(seq), max(seq) FROM dead_letter"
+#: A seq set aside must never be handed out again, whatever the tables hold at the next
+#: open: ``last_seq`` in meta is raised to it in the same transaction.
+RAISE_LAST_SEQ_SQL = (
+    f"INSERT INTO meta(key, value) VALUES ('{META_LAST_SEQ}', ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)"
+)
+DEAD_LETTER_CLEAR_SQL = "DELETE FROM dead_letter"
 
 
 def connection_pragmas(*, full: bool, wal_autocheckpoint: int, journal_size_limit: int) -> str:

@@ -17,14 +17,14 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Self
 
 from buffer import recovery, schema
-from buffer.api import Batch, Lane, StoreStats
+from buffer.api import REFUSED, Batch, Lane, StoreStats
 from buffer.db import Db, Start, stream_name
 from buffer.disk import budget_for
 from buffer.lanes import Lanes
@@ -158,6 +158,15 @@ class SqliteStore:
             await self._upkeep.persist_counters()
         await self._writer.reserve(start.next_seq - 1)
         await self._upkeep.make_ballast()
+        # one more try per start for what the broker refused last time (docs/buffer.md,
+        # Dead letters): a poison event costs one refusal per start, never a loop
+        try:
+            retried = await self._lanes.retry_dead_letters()
+        except StoreError as exc:  # they stay set aside; the store opens all the same
+            log.warning("buffer: %s", exc)
+            retried = 0
+        if retried:
+            log.warning("buffer: %d refused events moved back for one more try", retried)
         await self._upkeep.expire_now()
 
     async def __aenter__(self) -> Self:
@@ -287,6 +296,31 @@ class SqliteStore:
         """Wait until an event is pending and not leased; False on timeout."""
         return await self._lanes.wait_pending(timeout)
 
+    async def dead_letter(self, seqs: Sequence[int], reason: str = REFUSED) -> list[int]:
+        """Set events the broker refused even alone aside, out of the pending log, and
+        record a ``seq_gap`` notice (``reason``) for each seq moved; returns those seqs.
+
+        They count as ``refused`` in :meth:`stats` until :meth:`retry_dead_letters`
+        (called once at every open) moves them back.
+        """
+        self._check_open()
+        moved = await self._lanes.dead_letter(seqs, reason)
+        for first, last in _runs(moved):
+            log.warning("buffer: seqs %d..%d set aside (%s); announced by a seq_gap notice",
+                        first, last, reason)
+            notice = self.submit(seq_gap_event(_wall_ms(), first, last, reason))
+            notice.add_done_callback(_log_failed_notice)
+        return moved
+
+    async def retry_dead_letters(self) -> int:
+        """Move every set-aside event back to pending (same seq), e.g. for a remote
+        ``retry_refused`` command; returns how many. Also done once at every open."""
+        self._check_open()
+        n = await self._lanes.retry_dead_letters()
+        if n:
+            log.warning("buffer: %d refused events moved back for one more try", n)
+        return n
+
     # ------------------------------------------------------------------ upkeep, stats
 
     async def expire_now(self) -> int:
@@ -315,6 +349,7 @@ class SqliteStore:
             quarantined_files=self._quarantined,
             file_bytes=self.file_bytes(),
             disk_full=self._upkeep.disk_full,
+            refused=t.dead_letters,
             extra=MappingProxyType(dict(t.extra)),
         )
 
@@ -325,6 +360,18 @@ class SqliteStore:
 
 def _by_class(counts: dict[Priority, int]) -> MappingProxyType[str, int]:
     return MappingProxyType({schema.CLASS_NAMES[p]: n for p, n in counts.items()})
+
+
+def _runs(seqs: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Sorted seqs as ``(first, last)`` runs of consecutive numbers."""
+    run: list[int] = []
+    for s in seqs:
+        if run and s != run[-1] + 1:
+            yield run[0], run[-1]
+            run = []
+        run.append(s)
+    if run:
+        yield run[0], run[-1]
 
 
 def _log_failed_notice(fut: asyncio.Future[int]) -> None:

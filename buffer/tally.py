@@ -25,6 +25,8 @@ class Tally:
     evicted: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     expired: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     extra: Counter[str] = field(default_factory=Counter)
+    #: Events in ``dead_letter`` now (refused by the broker even alone; not pending).
+    dead_letters: int = 0
     #: Per class: thinning has passed every row up to this seq in the current round.
     thin_mark: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
 

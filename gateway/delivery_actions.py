@@ -15,6 +15,7 @@ from buffer.api import Lane
 __all__ = [
     "Ack",
     "Action",
+    "DeadLetter",
     "Lease",
     "Publish",
     "Reconnect",
@@ -98,6 +99,15 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Set these events aside in the store's dead-letter table: the broker refused a
+    message carrying only them (too large). The store announces them with a
+    ``seq_gap`` notice (reason ``refused``) and counts them as ``refused``."""
+
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Reconnect:
     """The connection is over: close the socket, wait ``after_s``, connect again."""
 
@@ -107,7 +117,8 @@ class Reconnect:
 
 
 #: What the core may ask the shell to do.
-Action = Lease | WaitPending | Wait | Publish | SendStatus | Ack | Release | Reconnect
+Action = (Lease | WaitPending | Wait | Publish | SendStatus | Ack | Release | DeadLetter
+          | Reconnect)
 
 
 @dataclass(slots=True)
@@ -128,6 +139,13 @@ class UplinkCounters:
     refusals: int = 0
     half_open_detected: int = 0
     dropped_unencodable: int = 0
+    #: store deletes after a PUBACK that failed (the events stay buffered, go again later)
+    ack_failures: int = 0
+    #: broker refusals (PUBACK 0x95, or the link dropped on an oversized message) that
+    #: shrank the payload limit or set an event aside; never a connection failure
+    size_refusals: int = 0
+    #: events set aside (dead letters) because the broker refused them even alone
+    dead_lettered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +166,13 @@ class UplinkStats:
     refusals: int = 0
     half_open_detected: int = 0
     dropped_unencodable: int = 0
+    #: store deletes after a PUBACK that failed (the events stay buffered, go again later)
+    ack_failures: int = 0
+    #: broker refusals (PUBACK 0x95, or the link dropped on an oversized message) that
+    #: shrank the payload limit or set an event aside; never a connection failure
+    size_refusals: int = 0
+    #: events set aside (dead letters) because the broker refused them even alone
+    dead_lettered: int = 0
     reconnects: int = 0
     inflight_messages: int = 0
     max_payload_bytes: int = 0

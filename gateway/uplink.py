@@ -63,7 +63,7 @@ class Uplink:
         self._core = Delivery(cfg.truck_id, cfg.mqtt, time.monotonic())
         if wire_context is not None:  # the stream id and ts correction (docs/wire-format.md)
             self._core.wire_context = wire_context
-        self._settler = Settler(store)
+        self._settler = Settler(store, self._ack_report)
         self._status = StatusReport(cfg, store, self.stats, status_extra, wire_context)
         self._setup = LinkSetup.from_config(cfg)
         self._link: Link | None = None
@@ -85,6 +85,16 @@ class Uplink:
     def stats(self) -> UplinkStats:
         """Counters for the status topic, the state file and metrics."""
         return self._core.stats(time.monotonic(), time.time_ns() // 1_000_000)
+
+    def _ack_report(self, seqs: tuple[int, ...], error: str | None) -> None:
+        """The settler's word on a round of deletes: to the core (held on failure)."""
+        now = time.monotonic()
+        if error is None:
+            self._core.ack_stored(now)
+            return
+        for act in self._core.ack_failed(seqs, now, error):
+            if isinstance(act, Release):
+                self._settler.release(act.seqs)
 
     async def run(self) -> None:
         """Connect, deliver, reconnect with backoff; runs until cancelled or closed."""

@@ -35,6 +35,7 @@ from gateway.delivery import Delivery
 from gateway.delivery_actions import (
     Ack,
     Action,
+    DeadLetter,
     Lease,
     Publish,
     Reconnect,
@@ -292,6 +293,8 @@ class Link:
                 self.settler.ack(act.seqs)
             elif isinstance(act, Release):
                 self.settler.release(act.seqs)
+            elif isinstance(act, DeadLetter):
+                self.settler.dead_letter(act.seqs)
             elif isinstance(act, Reconnect):
                 self._reconnect = act
                 self._stop.set()

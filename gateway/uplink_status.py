@@ -15,7 +15,8 @@ from gateway.delivery_actions import UplinkStats
 log = logging.getLogger(__name__)
 
 #: The uplink counters repeated in the online status.
-STATUS_COUNTERS = ("reconnects", "published_events", "acked_events", "refusals")
+STATUS_COUNTERS = ("reconnects", "published_events", "acked_events", "refusals",
+                   "ack_failures", "size_refusals")
 
 
 class StatusReport:
@@ -63,6 +64,7 @@ class StatusReport:
             "evicted": dict(st.evicted_by_class),
             "expired": dict(st.expired_by_class),
             "disk_full": st.disk_full,
+            "refused": st.refused,
             "encoding": self._cfg.mqtt.encoding,
             "uplink": {k: getattr(stats, k) for k in STATUS_COUNTERS},
         }

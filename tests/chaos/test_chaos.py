@@ -7,6 +7,7 @@ under the test's control; the cloud sink is a real MQTT consumer.
 
 One run, phases in order, every loop bounded in count and time:
 
+0. a poison event: one event too large for the broker even alone (issue #13 case 5);
 1. 22 SIGKILLs of the agent at random moments (seeded), each followed by a restart,
    with short broker outages and proxy blackholes, delays and cuts in between;
 2. one long broker outage;
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ from sim.route import load_route
 from sim.runner import TruckSim
 from sim.sink import Sink, session_store_conf
 from sim.slcan_adapter import SlcanPtyAdapter
-from sim.truck import Truck, TruckParams
+from sim.truck import Dtc, Truck, TruckParams
 from tests.conftest import CHAOS_SUMMARY_KEY as SUMMARY_KEY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(400)]
@@ -220,6 +222,48 @@ class Chaos:
         pytest.fail(f"not drained: buffer={self.gateway.state().get('buffer')} "
                     f"sink={self.sink.summary()['trucks'].get(TRUCK)}\n{self.gateway.log_tail()}")
 
+    async def poison_phase(self, sim: TruckSim) -> None:
+        """Issue #13 case 5: one event too large for the broker even alone. Mosquitto
+        restarted with ``message_size_limit 3000`` while the ECU sends a DM1 with 130
+        codes by BAM (a ~3.9 KB ``dtc`` event). The agent sets it aside (a ``seq_gap``
+        notice with reason ``refused`` reaches the sink) and keeps delivering;
+        the broker then takes big messages again, and the next agent start (the kill
+        phase) retries the event, which then arrives with its seq after its notice."""
+        limit = "message_size_limit 3000"
+        self.broker.extra_conf.append(limit)
+        self.broker.stop()
+        self.outages += 1
+        self.broker.start()
+        # While the phase lasts no injected fault replaces the codes, and DM1 goes only
+        # on change: a second BAM from the same source would cut the first one off.
+        plan, sim.faults = sim.faults, FaultPlan()
+        sim.schedule.dm1_every_s = 30.0
+        sim.schedule.corrupt_tp = False  # a tp-malformed fault fired just before
+        await asyncio.sleep(1.5)  # the DM1 due within a second goes first, short
+        truck = sim.truck
+        sets = [tuple(Dtc(1000 + i, i % 32, 1, "mil") for i in range(n)) for n in (130, 129)]
+        refused = False
+        for i in range(120):  # bounded: 60 s
+            notice = (self.sink.live(TRUCK).get("latest") or {}).get("seq_gap") or {}
+            if notice.get("reason") == "refused":
+                refused = True
+                break
+            # a BAM takes 3.75 s: a new set (a new DM1) every 20 s only, in case one is lost
+            want = sets[(i // 40) % 2]
+            if i % 10 == 0 and truck.state.dtcs != want:
+                truck.state = replace(truck.state, dtcs=want)
+            assert self.gateway.running, self.gateway.log_tail()
+            await asyncio.sleep(0.5)
+        truck.state = replace(truck.state, dtcs=())
+        sim.schedule.dm1_every_s = 1.0
+        sim.faults = plan
+        self.broker.extra_conf.remove(limit)
+        self.broker.stop()
+        self.outages += 1
+        self.broker.start()
+        assert refused, (self.sink.live(TRUCK).get("latest", {}).get("seq_gap"),
+                         self.gateway.log_tail())
+
     def unexplained(self, lo: int, hi: int, evicted: int) -> tuple[int, int, int]:
         """(missing, announced, unexplained) seqs in ``[lo, hi]`` as the sink sees them now.
 
@@ -309,6 +353,7 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
             chaos.sink.start()
             chaos.restart()
             await asyncio.sleep(3)
+            await chaos.poison_phase(sim)
             await chaos.kill_phase()
             await chaos.outage(12.0)  # the long one
             await chaos.clock_step_phase(sim)

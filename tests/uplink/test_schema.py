@@ -442,3 +442,34 @@ def test_asyncapi_document_parses_and_points_at_the_schemas() -> None:
         for example in msg.get("examples", []):
             target = BATCH if "batch" in msg["payload"]["schema"]["$ref"] else STATUS
             assert errors(target, example["payload"]) == []
+
+
+async def test_refused_notice_and_status_counters_validate(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    """Revision 3: the ``seq_gap`` notice of a set-aside event (reason ``refused``) and
+    the status counters ``refused``, ``uplink.ack_failures``, ``uplink.size_refusals``."""
+    lamps = {"mil": "on", "red_stop": "off", "amber_warning": "off", "protect": "off"}
+    seq = await store.append(Event("dtc", 1_760_000_000_000, {"src": 0, "lamps": lamps,
+                                                              "active": []}))
+    assert await store.lease(Lane.BACKFILL, 10, 1 << 20) is not None
+    assert await store.dead_letter([seq]) == [seq]
+    await store.flush()
+    batch = await store.lease(Lane.BACKFILL, 10, 1 << 20)
+    assert batch is not None
+    ((payload, _),) = wire.encode_batches("truck-0042", batch.events, "json", 1 << 20)
+    obj = json.loads(payload)
+    assert errors(BATCH, obj) == []
+    (notice,) = obj["events"]
+    assert (notice["type"], notice["first"], notice["last"], notice["reason"]) == (
+        "seq_gap", seq, seq, "refused")
+    cfg = TruckConfig(truck_id="truck-0042", mqtt=MqttConfig(host="broker.invalid"),
+                      buffer=BufferConfig(path=tmp_path / "unused.db"))
+    report = StatusReport(cfg, store, lambda: UplinkStats(
+        UplinkState.CONNECTED, ack_failures=3, size_refusals=2))
+    online = json.loads(report.payload("online", await report.online_fields()))
+    assert online["refused"] == 1
+    assert (online["uplink"]["ack_failures"], online["uplink"]["size_refusals"]) == (3, 2)
+    assert errors(STATUS, online) == []
+    bad = {**online, "refused": -1}
+    assert errors(STATUS, bad) != []

@@ -80,6 +80,8 @@ class StoreStats:
     quarantined_files: int
     file_bytes: int
     disk_full: bool = False
+    #: seqs announced lost with quarantined files: not salvaged, maybe undelivered
+    lost_quarantine: int = 0
     extra: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:

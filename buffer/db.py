@@ -71,6 +71,10 @@ class Start:
     unclean: bool  # the seq mark was not written by a clean close
     quarantined: bool  # the old file was corrupt and moved aside
     gap: GapReason | None  # set when next_seq jumps above ``known + 1``
+    #: a quarantined file: seq ranges announced lost (their notices are already rows of
+    #: the new file) and how many rows were salvaged into it
+    lost: tuple[tuple[int, int], ...] = ()
+    salvaged_rows: int = 0
 
 
 class Db:
@@ -100,7 +104,7 @@ class Db:
             journal_size_limit=budget.wal_bytes,
         )
         mark = recovery.read_mark(recovery.mark_path(path))
-        opened = await recovery.open_checked(path, pragmas, now_ms)
+        opened = await recovery.open_checked(path, pragmas, now_ms, mark)
         db = cls(path, opened.conn, full=full)
         try:
             start = await db._start(opened, mark)
@@ -139,6 +143,8 @@ class Db:
             unclean=mark is not None and not mark.clean,
             quarantined=opened.quarantined is not None,
             gap=gap,
+            lost=opened.lost,
+            salvaged_rows=opened.salvaged_rows,
         )
 
     @contextlib.asynccontextmanager

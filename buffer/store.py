@@ -147,6 +147,7 @@ class SqliteStore:
             self._tally.extra["unclean_start"] += 1
         if start.quarantined:
             self._tally.extra["quarantined_now"] += 1
+            self._tally.extra["salvaged_rows"] += start.salvaged_rows
             await self._upkeep.persist_counters()
         await self._writer.reserve(start.next_seq - 1)
         await self._upkeep.make_ballast()
@@ -279,6 +280,7 @@ class SqliteStore:
             quarantined_files=self._quarantined,
             file_bytes=self.file_bytes(),
             disk_full=self._upkeep.disk_full,
+            lost_quarantine=t.lost_quarantine,
             extra=MappingProxyType(dict(t.extra)),
         )
 

@@ -25,6 +25,8 @@ class Tally:
     evicted: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     expired: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     extra: Counter[str] = field(default_factory=Counter)
+    #: seqs announced lost with quarantined files (not salvaged), persisted in meta
+    lost_quarantine: int = 0
     #: Per class: thinning has passed every row up to this seq in the current round.
     thin_mark: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
 
@@ -52,3 +54,4 @@ class Tally:
         for p in Priority:
             self.evicted[p] = meta.get(schema.meta_evicted(p), 0)
             self.expired[p] = meta.get(schema.meta_expired(p), 0)
+        self.lost_quarantine = meta.get(schema.META_LOST_QUARANTINE, 0)

@@ -126,6 +126,7 @@ class Upkeep:
         """Write the in-memory eviction counters to meta (after drops outside SQL)."""
         rows = [(schema.meta_evicted(p), n) for p, n in self._tally.evicted.items()]
         rows += [(schema.meta_expired(p), n) for p, n in self._tally.expired.items()]
+        rows.append((schema.META_LOST_QUARANTINE, self._tally.lost_quarantine))
         await self._db.put_meta(rows)
 
     def age_ms(self) -> int:
@@ -146,6 +147,9 @@ class Upkeep:
             ((oldest,),) = await conn.execute_fetchall(schema.oldest_seq_sql())
             if oldest is not None:
                 await conn.execute(schema.PRUNE_MARKS_SQL, (int(oldest),))
+            # every row stored now or later has a seq >= this: bounds a salvage
+            floor = int(oldest) if oldest is not None else self._top() + 1
+            await conn.execute(UPSERT_META_SQL, (schema.META_FLOOR, floor))
 
     async def expire_now(self) -> int:
         """Drop events that spent more than their class TTL in the buffer; how many."""

@@ -59,6 +59,7 @@ class StatusReport:
             "evicted": dict(st.evicted_by_class),
             "expired": dict(st.expired_by_class),
             "disk_full": st.disk_full,
+            "lost_quarantine": st.lost_quarantine,
             "encoding": self._cfg.mqtt.encoding,
             "uplink": {k: getattr(stats, k) for k in STATUS_COUNTERS},
         }

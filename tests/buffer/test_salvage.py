@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from buffer.api import Lane
 from buffer.recovery import mark_path, quarantined_files
@@ -23,6 +27,10 @@ from buffer.schema import PAGE_SIZE, TABLES
 from buffer.store import SqliteStore
 from config import BufferConfig
 from config.events import decode_body
+from gateway.health import read_state
+from sim.broker import Mosquitto
+from sim.sink import Sink, session_store_conf
+from tests.service.agent_env import Inputs, reaped, start_agent, truck_toml, wait_for
 
 from .conftest import make_event
 
@@ -206,3 +214,69 @@ async def test_no_seq_mark_and_unreadable_meta_still_announces(cfg: BufferConfig
     mark_path(cfg.path).unlink()
     got, ranges, _, _ = await _after(cfg)
     _check(before, got, ranges)
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_agent_restarted_on_a_damaged_file_delivers_or_announces_every_seq(
+    mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path,
+) -> None:
+    """A real agent, Mosquitto and sink: broker down, 2,000+ pending, agent stopped, a
+    middle page overwritten, agent started, broker up: every seq delivered or announced."""
+    broker = mosquitto_factory(session_store_conf(tmp_path / "mosq-store"))
+    inputs = Inputs(tmp_path)
+    assert inputs.gps is not None and inputs.can is not None
+    conf = tmp_path / "truck.toml"
+    conf.write_text(truck_toml(tmp_path, mqtt_port=broker.port, gps_port=inputs.gps.link,
+                               can_channel=inputs.can.channel))
+    db = tmp_path / "buffer.db"
+    log = tmp_path / "agent.log"
+    sink = Sink(broker.host, broker.port, client_id=f"salvage-sink-{broker.port}")
+    sink.start()
+
+    def buf() -> dict[str, Any]:
+        sec = (read_state(tmp_path / "state.json") or {}).get("buffer")
+        return sec if isinstance(sec, dict) else {}
+
+    try:
+        assert sink.wait_connected(15)
+        with reaped(start_agent(conf, log, {})) as proc:
+            assert wait_for(lambda: inputs.pumped(
+                lambda: sink.summary()["trucks"].get("T1", {}).get("unique", 0) > 50), 30), (
+                log.read_text())
+            broker.stop()
+            assert wait_for(lambda: inputs.pumped(
+                lambda: int(buf().get("pending") or 0) >= PENDING), 60), (buf(), log.read_text())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, log.read_text()
+        pending = _rows(db)
+        assert len(pending) >= PENDING
+        leaves = _leaves(db)
+        _smash(db, leaves[len(leaves) // 2][1])
+        with reaped(start_agent(conf, log, {})) as proc:
+            assert wait_for(lambda: inputs.pumped(
+                lambda: int(buf().get("lost_quarantine") or 0) > 0), 30), log.read_text()
+            inputs.pump(1.0)  # it records on the new file
+            broker.start()
+
+            def drained() -> bool:
+                b = buf()
+                seen = sink.summary()["trucks"].get("T1", {})
+                return (b.get("pending") == 0 and bool(b.get("last_seq"))
+                        and seen.get("last_seq") == b["last_seq"])
+
+            assert wait_for(lambda: inputs.pumped(drained), 90), (buf(), log.read_text())
+            final = buf()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, log.read_text()
+        last = int(final["last_seq"])
+        missing, announced = sink.missing_in("T1", 1, last)
+        assert int(final.get("evicted") or 0) == 0
+        assert missing == announced, (missing, announced)  # every gap is announced
+        gaps = sink.stats.truck("T1").seqs.gaps()
+        lost = [s for s in pending if any(a <= s <= b for a, b in gaps)]
+        assert 0 < len(lost) <= int(final["lost_quarantine"]), lost
+        assert final["quarantined_files"] == 1
+    finally:
+        sink.stop()
+        inputs.close()

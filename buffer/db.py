@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,9 +26,9 @@ from pathlib import Path
 
 import aiosqlite
 
-from buffer import policy, recovery, schema
+from buffer import disk, policy, recovery, schema
 from config import BufferConfig
-from config.errors import StoreError
+from config.errors import StoreError, StoreFullError
 from config.events import Priority
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,28 @@ class Db:
         await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def write_mark(self, mark: recovery.SeqMark) -> None:
-        """Durably replace the seq mark; ``StoreError`` if the file system refuses."""
+        """Durably replace the seq mark; ``StoreError`` if the file system refuses.
+
+        On a full filesystem the ballast is given up first (it exists for this: a start
+        on a disk that another program filled); ``StoreFullError`` if even that is not
+        enough.
+        """
         target = recovery.mark_path(self.path)
-        try:
-            await self.run_sync(lambda: recovery.write_mark(target, mark))
-        except OSError as exc:
-            raise StoreError(f"cannot write seq mark for {self.path}: {exc}") from exc
+        for attempt in range(2):
+            try:
+                await self.run_sync(lambda: recovery.write_mark(target, mark))
+            except OSError as exc:
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                if full and attempt == 0 and await self._release_ballast():
+                    continue
+                err = StoreFullError if full else StoreError
+                raise err(f"cannot write seq mark for {self.path}: {exc}") from exc
+            return
+
+    async def _release_ballast(self) -> bool:
+        had = disk.ballast_path(self.path).exists()
+        await self.run_sync(lambda: disk.release_ballast(self.path))
+        return had
 
     async def close(self, *, clean_mark: recovery.SeqMark | None = None) -> None:
         """Close the connection (SQLite checkpoints), write ``clean_mark``, end the thread."""

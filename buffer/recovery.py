@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -74,13 +75,19 @@ def write_mark(path: Path, mark: SeqMark) -> None:
     """Durably replace the seq mark (blocking: call from a worker thread)."""
     tmp = path.with_name(path.name + ".tmp")
     data = json.dumps({"reserved": mark.reserved, "clean": mark.clean, "full": mark.full})
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if os.write(fd, data.encode()) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):  # never leave a half-written mark behind
+            tmp.unlink()
+        raise
     fsync_dir(path.parent)
 
 

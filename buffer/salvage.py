@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import struct
@@ -52,6 +53,8 @@ META_LOST = schema.META_LOST_QUARANTINE
 WORK_SUFFIX = ".salvage"
 NEW_SUFFIX = ".salvage-new"
 QUARANTINE_REASON = "quarantine"
+#: Free space left on the filesystem after the work copy, at least.
+COPY_MARGIN_BYTES = 4 * 1024 * 1024
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
 _WAL_HEADER = 32
 _FRAME_HEADER = 24
@@ -204,10 +207,19 @@ def _read_meta(src: sqlite3.Connection) -> dict[str, int] | None:
 
 
 def _copy(old: Path, work: Path) -> bool:
-    """Copy the quarantined file and its WAL to the work file; False if it cannot."""
+    """Copy the corrupt file and its WAL to the work file; False if it cannot or must not.
+
+    Only when the filesystem has room for the copy and a margin: a salvage never fills
+    the disk (without the copy it reads the file in place, without its WAL).
+    """
+    wal = old.with_name(old.name + "-wal")
     try:
+        need = sum(p.stat().st_size for p in (old, wal) if p.exists()) + COPY_MARGIN_BYTES
+        st = os.statvfs(old.parent)
+        if st.f_bavail * st.f_frsize < need:
+            log.warning("buffer salvage: no room to copy %s; reading it in place", old)
+            return False
         shutil.copyfile(old, work)
-        wal = old.with_name(old.name + "-wal")
         if wal.exists():
             shutil.copyfile(wal, work.with_name(work.name + "-wal"))
     except OSError as exc:

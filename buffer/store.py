@@ -29,10 +29,10 @@ from buffer.db import Db, Start
 from buffer.disk import budget_for
 from buffer.lanes import Lanes
 from buffer.tally import Tally
-from buffer.upkeep import Upkeep
+from buffer.upkeep import Upkeep, is_full
 from buffer.writer import GroupWriter, WriterState
 from config import BufferConfig
-from config.errors import StoreError
+from config.errors import StoreError, StoreFullError
 from config.events import Event, Priority, seq_gap_event
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,22 @@ class SqliteStore:
             self._tally.extra["quarantined_now"] += 1
             self._tally.extra["salvaged_rows"] += start.salvaged_rows
             await self._upkeep.persist_counters()
-        await self._writer.reserve(start.next_seq - 1)
+        try:
+            await self._writer.reserve(start.next_seq - 1)
+        except StoreFullError as exc:
+            # a filesystem someone else filled, even without the ballast: start anyway;
+            # the writer tries again before its first commit (and drops, counted, what
+            # it cannot reserve seqs for) until space comes back
+            log.warning("buffer: starting on a full disk: %s", exc)
+            self._upkeep.note_full()
         await self._upkeep.make_ballast()
-        await self._upkeep.expire_now()
+        try:
+            await self._upkeep.expire_now()
+        except sqlite3.Error as exc:
+            if not is_full(exc):
+                raise
+            log.warning("buffer: no TTL pass at open, the disk is full: %s", exc)
+            self._upkeep.note_full()
 
     async def __aenter__(self) -> Self:
         return self

@@ -81,6 +81,11 @@ class Upkeep:
         """Size of the database file plus its WAL, in bytes."""
         return self._disk.file_bytes()
 
+    def note_full(self) -> None:
+        """The filesystem refused a write outside SQLite (the seq mark): disk full."""
+        self._disk_full = True
+        self._tally.extra["disk_full_errors"] += 1
+
     async def make_ballast(self) -> None:
         """(Re)create the ballast file if there is room."""
         await self._db.run_sync(self._disk.make_ballast)

@@ -179,10 +179,15 @@ def scan_table(src: sqlite3.Connection, table: str
                 (pos,))
             for raw in cur:
                 row = _valid(tuple(raw))
-                if row is None or row[0] <= pos:
+                seq = raw[0]
+                if not isinstance(seq, int) or seq <= pos:  # out of order: a bad page
                     raise sqlite3.DatabaseError(f"bad row after seq {pos}")  # noqa: TRY301
-                yield row
-                pos = row[0]
+                if row is None:  # parsed, but garbage: not kept, its seq not vouched for
+                    log.warning("buffer salvage: %s: a damaged row at seq %d", table, seq)
+                    yield (pos + 1, seq)
+                else:
+                    yield row
+                pos = seq
         except sqlite3.DatabaseError as exc:
             nxt = _resume(src, table, pos)
             log.warning("buffer salvage: %s: seqs %d..%d unreadable (%s)", table, pos + 1,

@@ -23,10 +23,11 @@ import pytest
 
 from buffer.api import Lane
 from buffer.recovery import mark_path, quarantined_files
-from buffer.schema import PAGE_SIZE, TABLES
+from buffer.salvage import scan_table
+from buffer.schema import PAGE_SIZE, TABLES, create_script, insert_sql
 from buffer.store import SqliteStore
 from config import BufferConfig
-from config.events import decode_body
+from config.events import Event, Priority, decode_body, encode_body
 from gateway.health import read_state
 from sim.broker import Mosquitto
 from sim.sink import Sink, session_store_conf
@@ -280,3 +281,19 @@ def test_agent_restarted_on_a_damaged_file_delivers_or_announces_every_seq(
     finally:
         sink.stop()
         inputs.close()
+
+
+def test_scan_skips_a_row_whose_body_does_not_vouch_for_it(tmp_path: Path) -> None:
+    """A damaged row SQLite still parses is not kept: its seq becomes a lost range."""
+    conn = sqlite3.connect(tmp_path / "t.db")
+    try:
+        conn.executescript(create_script())
+        rows = [(s, 1000 + s, "gps", encode_body(Event("gps", 1000 + s, {"i": s})))
+                for s in range(1, 6)]
+        rows[2] = (3, 1003, "gps", b'{"ts":1,"type":"gps"}')  # its own ts says otherwise
+        conn.executemany(insert_sql(Priority.POSITION), rows)
+        got = list(scan_table(conn, TABLES[Priority.POSITION]))
+    finally:
+        conn.close()
+    assert [g[0] for g in got if len(g) == 4] == [1, 2, 4, 5]
+    assert [g for g in got if len(g) == 2] == [(3, 3)]

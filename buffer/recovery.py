@@ -153,8 +153,9 @@ async def open_checked(db: Path, pragmas: str, now_ms: int, mark: SeqMark | None
     """
     existed = prepare_folder(db)  # a few metadata syscalls, once at start
     clean_stale(db)
-    wal_lost = existed and await _in_thread(
-        salvage.wal_damaged, db.with_name(db.name + "-wal"))
+    wal = (await _in_thread(salvage.scan_wal, db.with_name(db.name + "-wal")) if existed
+           else salvage.WalScan(damaged=False, top_seq=0))
+    wal_lost = wal.damaged
     try:
         conn = await _open_and_check(db, pragmas, wal_lost=wal_lost)
     except (StoreCorruptError, sqlite3.DatabaseError) as exc:
@@ -167,7 +168,7 @@ async def open_checked(db: Path, pragmas: str, now_ms: int, mark: SeqMark | None
         new = db.with_name(db.name + salvage.NEW_SUFFIX)
         try:
             got = await _in_thread(functools.partial(
-                _salvage_new, db, new, pragmas, mark=mark, wal_lost=wal_lost, now_ms=now_ms))
+                _salvage_new, db, new, pragmas, mark=mark, wal=wal, now_ms=now_ms))
         except (sqlite3.Error, OSError) as exc2:
             salvage.remove_work(new)
             raise StoreError(f"cannot start a new buffer {db}: {exc2}") from exc2
@@ -194,8 +195,8 @@ async def _in_thread(fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
-def _salvage_new(db: Path, new: Path, pragmas: str, *, mark: SeqMark | None, wal_lost: bool,
-                 now_ms: int) -> salvage.Salvage:
+def _salvage_new(db: Path, new: Path, pragmas: str, *, mark: SeqMark | None,
+                 wal: salvage.WalScan, now_ms: int) -> salvage.Salvage:
     """Fill a new file ``new`` from corrupt ``db`` (blocking); fsynced when it returns."""
     salvage.remove_work(new)
     conn = sqlite3.connect(new, isolation_level=None)
@@ -206,7 +207,8 @@ def _salvage_new(db: Path, new: Path, pragmas: str, *, mark: SeqMark | None, wal
         return salvage.salvage_into(
             db, conn, pragmas, now_ms=now_ms,
             mark_reserved=None if mark is None else mark.reserved,
-            mark_clean=mark is not None and mark.clean, wal_lost=wal_lost)
+            mark_clean=mark is not None and mark.clean, wal_lost=wal.damaged,
+            wal_top=wal.top_seq)
     finally:
         conn.close()  # checkpoints into the file and removes its WAL
 

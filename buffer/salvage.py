@@ -87,41 +87,112 @@ def _checksum(data: bytes, s0: int, s1: int, big: bool) -> tuple[int, int]:
     return s0, s1
 
 
+@dataclass(frozen=True, slots=True)
+class WalScan:
+    """What :func:`scan_wal` found."""
+
+    damaged: bool  # intact frames after a damaged one: commits were lost
+    top_seq: int  # the highest event seq (or ``meta.last_seq``) in an intact frame
+
+
 def wal_damaged(wal: Path) -> bool:
-    """Whether ``wal`` lost committed frames to damage (not just a torn tail).
+    """Whether ``wal`` lost committed frames to damage (see :func:`scan_wal`)."""
+    return scan_wal(wal).damaged
+
+
+def scan_wal(wal: Path) -> WalScan:
+    """Check ``wal`` frame by frame, and find the highest seq its intact frames hold.
 
     SQLite replays a WAL up to the first frame whose checksum or salt is wrong and
     silently ignores the rest. A torn last write, or frames of an older WAL generation
     (other salts) behind it, are normal. A *current-generation* frame that is intact
     (its own checksum, chained from the stored checksum of the frame before, is right)
-    *after* a bad one means a frame in the middle was damaged: commits were lost.
+    *after* a bad one means a frame in the middle was damaged: commits were lost. The
+    pages of intact frames (before and after the damage) are parsed for event rowids and
+    ``meta.last_seq``: the highest seq the lost commits reached, unless the damage hit
+    both the event page and the meta page of the last commit.
     """
     try:
         data = wal.read_bytes()
     except OSError:
-        return False
+        return WalScan(damaged=False, top_seq=0)
     if len(data) < _WAL_HEADER:
-        return False
+        return WalScan(damaged=False, top_seq=0)
     magic, _v, page, _ck, salt1, salt2, c0, c1 = (
         int(x) for x in struct.unpack(">8I", data[:_WAL_HEADER]))
     if magic not in _WAL_MAGIC or page < 512 or (page & (page - 1)) != 0:
-        return len(data) >= _WAL_HEADER + _FRAME_HEADER + schema.PAGE_SIZE
+        big_enough = len(data) >= _WAL_HEADER + _FRAME_HEADER + schema.PAGE_SIZE
+        return WalScan(damaged=big_enough, top_seq=0)
     big = bool(magic & 1)
     if _checksum(data[:24], 0, 0, big) != (c0, c1):
-        return len(data) >= _WAL_HEADER + _FRAME_HEADER + page
+        return WalScan(damaged=len(data) >= _WAL_HEADER + _FRAME_HEADER + page, top_seq=0)
     size = _FRAME_HEADER + page
-    seed, broken = (c0, c1), False
+    seed, broken, damaged, top = (c0, c1), False, False, 0
     for off in range(_WAL_HEADER, len(data) - size + 1, size):
         head = data[off: off + _FRAME_HEADER]
-        _pg, _commit, f1, f2, k0, k1 = struct.unpack(">6I", head)
+        pgno, _commit, f1, f2, k0, k1 = struct.unpack(">6I", head)
         body = head[:8] + data[off + _FRAME_HEADER: off + size]
         ok = (f1, f2) == (salt1, salt2) and _checksum(body, *seed, big) == (k0, k1)
-        if ok and broken:
-            return True
-        if not ok:
+        if ok:
+            damaged = damaged or broken
+            top = max(top, _page_top(body[8:], int(pgno)))
+        else:
             broken = True
         seed = (k0, k1)  # the next frame chains from what the writer stored here
-    return False
+    return WalScan(damaged=damaged, top_seq=top)
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    v = 0
+    for k in range(8):
+        b = buf[i + k]
+        v = (v << 7) | (b & 0x7F)
+        if b < 0x80:
+            return v, i + k + 1
+    return (v << 8) | buf[i + 8], i + 9
+
+
+def _record(buf: bytes, i: int) -> tuple[list[int], int]:
+    """Serial types of the record at ``i`` and where its values start."""
+    size, j = _varint(buf, i)
+    end, types = i + size, []
+    while j < end:
+        t, j = _varint(buf, j)
+        types.append(t)
+    return types, end
+
+
+_INT_BYTES = {1: 1, 2: 2, 3: 3, 4: 4, 5: 6, 6: 8}
+_LAST_SEQ = schema.META_LAST_SEQ.encode()
+_TABLE_LEAF, _INDEX_LEAF = 0x0D, 0x0A
+
+
+def _page_top(page: bytes, pgno: int) -> int:
+    """The highest event rowid (4 columns, rowid alias) or ``last_seq`` on a leaf page."""
+    top = 0
+    off = 100 if pgno == 1 else 0
+    try:
+        kind, ncells = page[off], int.from_bytes(page[off + 3: off + 5], "big")
+        for c in range(ncells):
+            p = int.from_bytes(page[off + 8 + 2 * c: off + 10 + 2 * c], "big")
+            if kind == _TABLE_LEAF:
+                _n, p = _varint(page, p)
+                rowid, p = _varint(page, p)
+                types, _ = _record(page, p)
+                if len(types) == 4 and types[0] == 0:
+                    top = max(top, rowid)
+            elif kind == _INDEX_LEAF:  # meta is WITHOUT ROWID: (key, value) records
+                _n, p = _varint(page, p)
+                types, at = _record(page, p)
+                if (len(types) == 2 and types[0] == 13 + 2 * len(_LAST_SEQ)
+                        and types[1] in _INT_BYTES
+                        and page[at: at + len(_LAST_SEQ)] == _LAST_SEQ):
+                    at += len(_LAST_SEQ)
+                    top = max(top, int.from_bytes(
+                        page[at: at + _INT_BYTES[types[1]]], "big", signed=True))
+    except IndexError:
+        return top
+    return top
 
 
 # ---------------------------------------------------------------------- reading
@@ -299,7 +370,8 @@ def _open_source(old: Path, work: Path, pragmas: str) -> tuple[sqlite3.Connectio
 
 
 def salvage_into(old: Path, new: sqlite3.Connection, pragmas: str, *, now_ms: int,
-                 mark_reserved: int | None, mark_clean: bool, wal_lost: bool) -> Salvage:
+                 mark_reserved: int | None, mark_clean: bool, wal_lost: bool,
+                 wal_top: int = 0) -> Salvage:
     """Copy every readable row of corrupt ``old`` into ``new``; announce what is lost.
 
     ``new`` is the fresh buffer (schema created, empty); ``old`` is only read. The
@@ -307,7 +379,8 @@ def salvage_into(old: Path, new: sqlite3.Connection, pragmas: str, *, now_ms: in
     the reservation are written into ``new`` too, with the seqs right above the
     reservation, in the same file as the salvaged rows: a crash before the agent runs
     cannot lose them. ``mark_*`` is the seq mark read at start; ``wal_lost`` says that
-    commits in the old WAL were lost (a damaged frame).
+    commits in the old WAL were lost (a damaged frame), ``wal_top`` is the highest seq
+    found in its intact frames (:func:`scan_wal`).
     """
     work = old.with_name(old.name + WORK_SUFFIX)
     remove_work(work)
@@ -332,11 +405,14 @@ def salvage_into(old: Path, new: sqlite3.Connection, pragmas: str, *, now_ms: in
         bad.append((1, SEQ_CEILING))
     finally:
         remove_work(work)
-    top = _top(meta, top_read, mark_reserved, mark_clean=mark_clean,
-               wal_lost=wal_lost or not wal_ok)
+    unsure = wal_lost or not wal_ok  # commits of the WAL may be missing from what was read
+    top = _top(meta, max(top_read, wal_top), mark_reserved, mark_clean=mark_clean,
+               wal_lost=unsure and not wal_top)
     floor = max(1, (meta or {}).get(META_FLOOR, 1))
-    # above what the file says it holds, up to what it may have held: not read
-    bad.append((max(top_read, (meta or {}).get(schema.META_LAST_SEQ, 0)) + 1, top))
+    # above what the file holds, up to what it may have held: not read (when the whole
+    # WAL was applied, seqs up to meta.last_seq that no table holds were deleted)
+    tail = top_read if unsure else max(top_read, (meta or {}).get(schema.META_LAST_SEQ, 0))
+    bad.append((tail + 1, top))
     lost = _unsalvaged(new, _merge(bad), floor, top)
     result = Salvage(rows=rows, top=top, lost=lost, meta=dict(meta or {}))
     _announce(new, result, now_ms=now_ms, reserved=max(top, mark_reserved or 0), floor=floor)
@@ -379,7 +455,8 @@ def _top(meta: dict[str, int] | None, top_read: int, mark: int | None, *, mark_c
     if mark is not None and mark_clean:
         return max(mark, top_read)  # a clean mark is exactly the last seq issued
     if meta is not None and schema.META_LAST_SEQ in meta and not wal_lost:
-        return max(meta[schema.META_LAST_SEQ], top_read)  # written by every commit
+        # written by every commit (and the WAL's intact frames were looked at: top_read)
+        return max(meta[schema.META_LAST_SEQ], top_read)
     return max(mark or 0, top_read, (meta or {}).get(schema.META_LAST_SEQ, 0))
 
 

@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import aiosqlite
 
-from buffer import salvage, schema
+from buffer import disk, salvage, schema
 from config.errors import StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,19 @@ async def open_checked(db: Path, pragmas: str, now_ms: int, mark: SeqMark | None
         log.error(  # noqa: TRY400 -- the cause is in the message; no traceback wanted
             "buffer: %s is corrupt or unreadable (%s); salvaging it", db, exc)
         new = db.with_name(db.name + salvage.NEW_SUFFIX)
-        try:
-            got = await _in_thread(functools.partial(
-                _salvage_new, db, new, pragmas, mark=mark, wal=wal, now_ms=now_ms))
-        except (sqlite3.Error, OSError) as exc2:
-            salvage.remove_work(new)
-            raise StoreError(f"cannot start a new buffer {db}: {exc2}") from exc2
+        if _free_bytes(db.parent) < _size(db):  # the salvaged rows need room: the ballast
+            disk.release_ballast(db)
+        for attempt in range(2):
+            try:
+                got = await _in_thread(functools.partial(
+                    _salvage_new, db, new, pragmas, mark=mark, wal=wal, now_ms=now_ms))
+                break
+            except (sqlite3.Error, OSError) as exc2:
+                salvage.remove_work(new)
+                # a full disk: the ballast is there for this, then once more
+                if attempt == 0 and disk.release_ballast(db):
+                    continue
+                raise StoreError(f"cannot start a new buffer {db}: {exc2}") from exc2
         target = _quarantine(db, now_ms)
         try:
             new.rename(db)
@@ -195,6 +202,21 @@ async def _in_thread(fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _salvage_new(db: Path, new: Path, pragmas: str, *, mark: SeqMark | None,
                  wal: salvage.WalScan, now_ms: int) -> salvage.Salvage:
     """Fill a new file ``new`` from corrupt ``db`` (blocking); fsynced when it returns."""
@@ -208,7 +230,7 @@ def _salvage_new(db: Path, new: Path, pragmas: str, *, mark: SeqMark | None,
             db, conn, pragmas, now_ms=now_ms,
             mark_reserved=None if mark is None else mark.reserved,
             mark_clean=mark is not None and mark.clean, wal_lost=wal.damaged,
-            wal_top=wal.top_seq)
+            wal_top=wal.top_seq, folder=new.parent)
     finally:
         conn.close()  # checkpoints into the file and removes its WAL
 

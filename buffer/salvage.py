@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 #: Highest seq a probe looks at: above every seq ever issued.
 SEQ_CEILING = 2**62
 #: Rows per insert transaction into the new file.
-INSERT_CHUNK = 1000
+INSERT_CHUNK = 500
+#: Bytes a stored row takes beyond its body (estimate), and the room kept for the notices.
+ROW_BYTES = 64
+ANNOUNCE_ROOM_BYTES = 128 * 1024
 META_FLOOR = schema.META_FLOOR
 META_LOST = schema.META_LOST_QUARANTINE
 #: The read copy of a corrupt file is ``<db>.salvage``, the new file while it is being
@@ -371,7 +374,7 @@ def _open_source(old: Path, work: Path, pragmas: str) -> tuple[sqlite3.Connectio
 
 def salvage_into(old: Path, new: sqlite3.Connection, pragmas: str, *, now_ms: int,
                  mark_reserved: int | None, mark_clean: bool, wal_lost: bool,
-                 wal_top: int = 0) -> Salvage:
+                 wal_top: int = 0, folder: Path | None = None) -> Salvage:
     """Copy every readable row of corrupt ``old`` into ``new``; announce what is lost.
 
     ``new`` is the fresh buffer (schema created, empty); ``old`` is only read. The
@@ -380,7 +383,8 @@ def salvage_into(old: Path, new: sqlite3.Connection, pragmas: str, *, now_ms: in
     reservation, in the same file as the salvaged rows: a crash before the agent runs
     cannot lose them. ``mark_*`` is the seq mark read at start; ``wal_lost`` says that
     commits in the old WAL were lost (a damaged frame), ``wal_top`` is the highest seq
-    found in its intact frames (:func:`scan_wal`).
+    found in its intact frames (:func:`scan_wal`); ``folder`` is where ``new`` lives (its
+    free space bounds how much is copied).
     """
     work = old.with_name(old.name + WORK_SUFFIX)
     remove_work(work)
@@ -393,7 +397,7 @@ def salvage_into(old: Path, new: sqlite3.Connection, pragmas: str, *, now_ms: in
         try:
             meta = _read_meta(src)
             for table in schema.TABLES.values():
-                n, top, full = _copy_table(src, table, new, bad)
+                n, top, full = _copy_table(src, table, new, bad, folder)
                 rows += n
                 top_read = max(top_read, top)
                 if full:
@@ -460,9 +464,26 @@ def _top(meta: dict[str, int] | None, top_read: int, mark: int | None, *, mark_c
     return max(mark or 0, top_read, (meta or {}).get(schema.META_LAST_SEQ, 0))
 
 
+def _fits(folder: Path | None, chunk: dict[Priority, list[tuple[int, int, str, bytes]]]
+          ) -> bool:
+    """Whether the filesystem takes ``chunk`` (file and WAL) and still the notices."""
+    if folder is None:
+        return True
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return True
+    est = sum(len(r[3]) + ROW_BYTES for rows in chunk.values() for r in rows)
+    return st.f_bavail * st.f_frsize >= 2 * est + ANNOUNCE_ROOM_BYTES
+
+
 def _copy_table(src: sqlite3.Connection, table: str, new: sqlite3.Connection,
-                bad: list[tuple[int, int]]) -> tuple[int, int, bool]:
-    """Copy one table's readable rows; (rows, highest seq, the new file is full)."""
+                bad: list[tuple[int, int]], folder: Path | None) -> tuple[int, int, bool]:
+    """Copy one table's readable rows; (rows, highest seq, the new file is full).
+
+    Stops (as if full) while the filesystem still has room for the notices: a salvage
+    on a nearly full disk keeps what fits and announces the rest.
+    """
     n, top = 0, 0
     chunk: dict[Priority, list[tuple[int, int, str, bytes]]] = {}
     pos = 0
@@ -476,10 +497,10 @@ def _copy_table(src: sqlite3.Connection, table: str, new: sqlite3.Connection,
                 (seq, ts, kind, body))
             top = max(top, seq)
             if sum(map(len, chunk.values())) >= INSERT_CHUNK:
-                n += _insert(new, chunk)
+                n += _insert(new, chunk, folder)
                 pos = seq
                 chunk = {}
-        n += _insert(new, chunk)
+        n += _insert(new, chunk, folder)
     except sqlite3.OperationalError as exc:  # the new file cannot take more (disk full)
         log.warning("buffer salvage: new file refused rows after seq %d: %s", pos, exc)
         bad.append((pos + 1, SEQ_CEILING))
@@ -487,10 +508,12 @@ def _copy_table(src: sqlite3.Connection, table: str, new: sqlite3.Connection,
     return n, top, False
 
 
-def _insert(new: sqlite3.Connection, chunk: dict[Priority, list[tuple[int, int, str, bytes]]]
-            ) -> int:
+def _insert(new: sqlite3.Connection, chunk: dict[Priority, list[tuple[int, int, str, bytes]]],
+            folder: Path | None) -> int:
     if not chunk:
         return 0
+    if not _fits(folder, chunk):
+        raise sqlite3.OperationalError("no room left on the filesystem for the salvage")
     new.execute("BEGIN IMMEDIATE")
     try:
         for p, rows in chunk.items():

@@ -22,6 +22,7 @@ from buffer.store import SqliteStore
 from config import BufferConfig
 from config.events import Event
 from gateway.health import read_state
+from tests.buffer.test_salvage import _after, _check, _leaves, _rows, _smash
 from tests.service.agent_env import Inputs, free_port, reaped, start_agent, truck_toml, wait_for
 
 FS_BYTES = 8 * 2**20
@@ -138,3 +139,22 @@ async def test_every_buffer_file_stays_inside_max_bytes(tmp_path: Path) -> None:
     assert (tmp_path / "buf.db.ballast").exists()
     assert sum(st.evicted_by_class.values()) > 0, "the ingest was long enough to evict"
     assert biggest <= cfg.max_bytes * 1.05, f"{biggest} bytes on disk > 105 % of max_bytes"
+
+
+async def test_corrupt_file_on_a_full_filesystem_is_salvaged_or_announced(
+    small_fs: Path,
+) -> None:
+    """Both at once: a damaged page, and no free block left when the agent starts."""
+    cfg = BufferConfig(path=small_fs / "buf.db", max_bytes=MAX_BYTES, commit_interval_ms=5)
+    async with await SqliteStore.open(cfg) as store:
+        for i in range(2000):
+            store.submit(Event(("gps", "engine", "dtc")[i % 3], i, {"i": i, "pad": "p" * 120}))
+        await store.flush()
+    assert (small_fs / "buf.db.ballast").exists()
+    before = _rows(cfg.path)
+    leaves = _leaves(cfg.path)
+    _smash(cfg.path, leaves[len(leaves) // 2][1])
+    fill(small_fs)
+    got, ranges, lost_counter, _ = await _after(cfg)
+    salvaged, lost = _check(before, got, ranges)
+    assert salvaged > 0 and lost > 0 and lost_counter >= lost

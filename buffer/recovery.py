@@ -141,7 +141,8 @@ def clean_stale(db: Path) -> None:
     """Remove what an interrupted run may have left: a half-written seq mark, salvage files."""
     with contextlib.suppress(FileNotFoundError):
         mark_path(db).with_name(mark_path(db).name + ".tmp").unlink()
-    for suffix in (salvage.WORK_SUFFIX, salvage.NEW_SUFFIX):
+    for suffix in (salvage.WORK_SUFFIX, salvage.NEW_SUFFIX,
+                   salvage.WORK_SUFFIX + salvage.TEMPLATE_SUFFIX):
         salvage.remove_work(db.with_name(db.name + suffix))
 
 

@@ -55,6 +55,7 @@ META_LOST = schema.META_LOST_QUARANTINE
 #: filled ``<db>.salvage-new``: both are removed at the end (and, stale, at open).
 WORK_SUFFIX = ".salvage"
 NEW_SUFFIX = ".salvage-new"
+TEMPLATE_SUFFIX = "-template"  # <db>.salvage-template: a fresh page 1 is taken from it
 QUARANTINE_REASON = "quarantine"
 #: Free space left on the filesystem after the work copy, at least.
 COPY_MARGIN_BYTES = 4 * 1024 * 1024
@@ -323,9 +324,9 @@ def _schema_ok(src: sqlite3.Connection) -> bool:
     return set(schema.TABLES.values()) <= names
 
 
-def _template_page1(folder: Path, pragmas: str) -> bytes:
+def _template_page1(work: Path, pragmas: str) -> bytes:
     """Page 1 of a freshly created buffer: header and the fixed schema."""
-    tpl = folder / ".salvage-template.db"
+    tpl = work.with_name(work.name + TEMPLATE_SUFFIX)
     remove_work(tpl)
     try:
         conn = sqlite3.connect(tpl, isolation_level=None)
@@ -342,7 +343,7 @@ def _template_page1(folder: Path, pragmas: str) -> bytes:
 
 def _repair_header(work: Path, pragmas: str) -> None:
     """Give the work copy a fresh page 1 (header + schema), sized to the file."""
-    page1 = bytearray(_template_page1(work.parent, pragmas))
+    page1 = bytearray(_template_page1(work, pragmas))
     npages = max(1, work.stat().st_size // schema.PAGE_SIZE)
     page1[28:32] = npages.to_bytes(4, "big")  # valid: template's 24..28 == 92..96
     with work.open("r+b") as f:

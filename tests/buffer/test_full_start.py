@@ -158,3 +158,17 @@ async def test_corrupt_file_on_a_full_filesystem_is_salvaged_or_announced(
     got, ranges, lost_counter, _ = await _after(cfg)
     salvaged, lost = _check(before, got, ranges)
     assert salvaged > 0 and lost > 0 and lost_counter >= lost
+
+
+async def test_stale_temporaries_are_removed_at_open(tmp_path: Path) -> None:
+    """What a run killed half-way leaves (a mark being written, a salvage) is not kept."""
+    cfg = BufferConfig(path=tmp_path / "buf.db", max_bytes=MAX_BYTES, commit_interval_ms=5)
+    async with await SqliteStore.open(cfg) as store:
+        await store.append(Event("gps", 1, {"i": 1}))
+    stale = ["buf.db.seq.tmp", "buf.db.salvage", "buf.db.salvage-wal", "buf.db.salvage-new",
+             "buf.db.salvage-template"]
+    for name in stale:
+        (tmp_path / name).write_bytes(b"half written")
+    async with await SqliteStore.open(cfg) as store:
+        assert (await store.stats()).pending == 1
+    assert [n for n in stale if (tmp_path / n).exists()] == []

@@ -86,6 +86,8 @@ class StoreStats:
     disk_full: bool = False
     #: Events set aside in the dead-letter table now (the broker refused them even alone).
     refused: int = 0
+    #: seqs announced lost with quarantined files: not salvaged, maybe undelivered
+    lost_quarantine: int = 0
     extra: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import secrets
 import sqlite3
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import aiosqlite
 
-from buffer import policy, recovery, schema
+from buffer import disk, policy, recovery, schema
 from config import BufferConfig
-from config.errors import StoreError
+from config.errors import StoreError, StoreFullError
 from config.events import Priority
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class Start:
     #: the stream id (``schema.META_STREAM``): kept from the file, a quarantined file or
     #: the seq mark; new (random) only when none of them has any seq history
     stream: int = 0
+    #: a quarantined file: seq ranges announced lost (their notices are already rows of
+    #: the new file) and how many rows were salvaged into it
+    lost: tuple[tuple[int, int], ...] = ()
+    salvaged_rows: int = 0
 
 
 class Db:
@@ -118,7 +123,7 @@ class Db:
             journal_size_limit=budget.wal_bytes,
         )
         mark = recovery.read_mark(recovery.mark_path(path))
-        opened = await recovery.open_checked(path, pragmas, now_ms)
+        opened = await recovery.open_checked(path, pragmas, now_ms, mark)
         db = cls(path, opened.conn, full=full)
         try:
             start = await db._start(opened, mark)
@@ -164,6 +169,8 @@ class Db:
             quarantined=opened.quarantined is not None,
             gap=gap,
             stream=stream,
+            lost=opened.lost,
+            salvaged_rows=opened.salvaged_rows,
         )
 
     @contextlib.asynccontextmanager
@@ -205,13 +212,29 @@ class Db:
         await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def write_mark(self, mark: recovery.SeqMark) -> None:
-        """Durably replace the seq mark; ``StoreError`` if the file system refuses."""
+        """Durably replace the seq mark; ``StoreError`` if the file system refuses.
+
+        On a full filesystem the ballast is given up first (it exists for this: a start
+        on a disk that another program filled); ``StoreFullError`` if even that is not
+        enough.
+        """
         target = recovery.mark_path(self.path)
         mark = dataclasses.replace(mark, stream=self.stream)
-        try:
-            await self.run_sync(lambda: recovery.write_mark(target, mark))
-        except OSError as exc:
-            raise StoreError(f"cannot write seq mark for {self.path}: {exc}") from exc
+        for attempt in range(2):
+            try:
+                await self.run_sync(lambda: recovery.write_mark(target, mark))
+            except OSError as exc:
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                if full and attempt == 0 and await self._release_ballast():
+                    continue
+                err = StoreFullError if full else StoreError
+                raise err(f"cannot write seq mark for {self.path}: {exc}") from exc
+            return
+
+    async def _release_ballast(self) -> bool:
+        had = disk.ballast_path(self.path).exists()
+        await self.run_sync(lambda: disk.release_ballast(self.path))
+        return had
 
     async def close(self, *, clean_mark: recovery.SeqMark | None = None) -> None:
         """Close the connection (SQLite checkpoints), write ``clean_mark``, end the thread."""

@@ -20,10 +20,26 @@ log = logging.getLogger(__name__)
 FS_SHARE = 0.9
 #: Free space kept on the filesystem beyond the WAL bound.
 FS_RESERVE_BYTES = 256 * 1024
-#: Ballast file kept beside the buffer: deleted on ENOSPC so that a checkpoint and an
-#: eviction can still run on a filesystem that someone else filled up; recreated
-#: when the filesystem has room again.
-BALLAST_BYTES = 512 * 1024
+#: Ballast file kept beside the buffer (``budget.ballast_bytes``, inside ``max_bytes``):
+#: deleted on ENOSPC so that the seq mark, a checkpoint and an eviction can still be
+#: written on a filesystem that someone else filled up (also at start); recreated when
+#: the filesystem has room again (4 times its size free).
+BALLAST_SUFFIX = ".ballast"
+
+
+def ballast_path(db: Path) -> Path:
+    """Where the ballast of buffer file ``db`` lives."""
+    return db.with_name(db.name + BALLAST_SUFFIX)
+
+
+def release_ballast(db: Path) -> bool:
+    """Delete the ballast of ``db`` (blocking); whether there was one."""
+    try:
+        ballast_path(db).unlink()
+    except FileNotFoundError:
+        return False
+    log.warning("buffer: released the ballast of %s to make room", db)
+    return True
 
 
 def budget_for(cfg: BufferConfig) -> policy.Budget:
@@ -41,7 +57,7 @@ class DiskGuard:
     def __init__(self, db: Path, budget: policy.Budget) -> None:
         self._db = db
         self._wal = db.with_name(db.name + "-wal")
-        self._ballast = db.with_name(db.name + ".ballast")
+        self._ballast = ballast_path(db)
         self._budget = budget
         self._wal_fd: int | None = None
 
@@ -66,23 +82,27 @@ class DiskGuard:
                 total += os.stat(path).st_size
         return total
 
+    @property
+    def has_ballast(self) -> bool:
+        """Whether the ballast is in place (False after a full disk, until room is back)."""
+        return self._ballast.exists()
+
     def drop_ballast(self) -> None:
         """Give the ballast's space back to the filesystem (blocking)."""
-        with contextlib.suppress(FileNotFoundError):
-            self._ballast.unlink()
-            log.warning("buffer: released %d bytes of ballast to recover", BALLAST_BYTES)
+        release_ballast(self._db)
 
     def make_ballast(self) -> None:
         """(Re)create the ballast if the filesystem has comfortable room (blocking)."""
+        size = self._budget.ballast_bytes
         try:
             if self._ballast.exists():
                 return
             st = os.statvfs(self._db.parent)
-            if st.f_bavail * st.f_frsize < 4 * BALLAST_BYTES:
+            if st.f_bavail * st.f_frsize < 4 * size:
                 return
             fd = os.open(self._ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, bytes(BALLAST_BYTES))
+                os.write(fd, bytes(size))
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -1,9 +1,10 @@
 """Pure sizing and eviction decisions of the buffer (no I/O; tested from numbers alone).
 
-The file budget: ``max_bytes`` covers the main file *and* the WAL. The WAL is bounded by
-the checkpoint threshold plus one transaction, so the main file gets what is left::
+The file budget: ``max_bytes`` covers every file the buffer keeps: the main file, the WAL,
+the ballast and the seq mark (with its temporary). The WAL is bounded by the checkpoint
+threshold plus one transaction, so the main file gets what is left::
 
-    max_bytes = data_budget + wal_bytes + 2 * commit_bytes
+    max_bytes = data_budget + wal_bytes + 2 * commit_bytes + ballast_bytes + MARK_FILES_BYTES
 
 Eviction picks a class in :data:`~buffer.schema.EVICTION_ORDER` (telemetry, then
 position, then critical). Telemetry and position are first *thinned*: of the oldest
@@ -46,6 +47,12 @@ WAL_MAX_BYTES = 4 * 1024 * 1024
 COMMIT_SHARE = 32
 COMMIT_MIN_BYTES = 16 * 1024
 COMMIT_MAX_BYTES = 1024 * 1024
+#: The ballast (a spare file deleted to recover on a full disk): a share of max_bytes.
+BALLAST_SHARE = 8
+BALLAST_MIN_BYTES = 64 * 1024
+BALLAST_MAX_BYTES = 512 * 1024
+#: The seq mark and its temporary: one filesystem block each.
+MARK_FILES_BYTES = 2 * PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,7 @@ class Budget:
     data_bytes: int
     wal_bytes: int
     commit_bytes: int
+    ballast_bytes: int = 0
 
     @property
     def wal_autocheckpoint_pages(self) -> int:
@@ -69,16 +77,18 @@ class Budget:
 
 
 def make_budget(max_bytes: int) -> Budget:
-    """Split ``max_bytes`` (>= 1 MiB) into data, WAL and commit budgets.
+    """Split ``max_bytes`` (>= 1 MiB) into data, WAL, commit and ballast budgets.
 
     Raises :class:`~config.errors.StoreError` if the data budget would be under half.
     """
     wal = min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, max_bytes // WAL_SHARE))
     commit = min(COMMIT_MAX_BYTES, max(COMMIT_MIN_BYTES, max_bytes // COMMIT_SHARE))
-    data = max_bytes - wal - 2 * commit
+    ballast = min(BALLAST_MAX_BYTES, max(BALLAST_MIN_BYTES, max_bytes // BALLAST_SHARE))
+    data = max_bytes - wal - 2 * commit - ballast - MARK_FILES_BYTES
     if data < max_bytes // 2:
         raise StoreError(f"max_bytes {max_bytes} too small for the buffer")
-    return Budget(max_bytes=max_bytes, data_bytes=data, wal_bytes=wal, commit_bytes=commit)
+    return Budget(max_bytes=max_bytes, data_bytes=data, wal_bytes=wal, commit_bytes=commit,
+                  ballast_bytes=ballast)
 
 
 def row_cost(body_len: int) -> int:

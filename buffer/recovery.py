@@ -14,21 +14,28 @@ durability) lost its last commits in a power cut.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
+import functools
 import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
-from buffer import schema
+from buffer import disk, salvage, schema
 from config.errors import StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Seqs reserved per durable mark update: one tiny fsync per this many events.
 SEQ_RESERVE_BLOCK = 100_000
@@ -72,13 +79,19 @@ def write_mark(path: Path, mark: SeqMark) -> None:
     tmp = path.with_name(path.name + ".tmp")
     data = json.dumps({"reserved": mark.reserved, "clean": mark.clean, "full": mark.full,
                        "stream": mark.stream})
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if os.write(fd, data.encode()) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):  # never leave a half-written mark behind
+            tmp.unlink()
+        raise
     fsync_dir(path.parent)
 
 
@@ -98,8 +111,12 @@ class Opened:
     conn: aiosqlite.Connection
     quarantined: Path | None = None
     fresh: bool = False  # the file did not exist (or was just quarantined)
-    salvaged_seq: int = 0  # highest seq read from a quarantined file, best effort
+    salvaged_seq: int = 0  # the highest seq the quarantined file may have held
     salvaged_meta: dict[str, int] = field(default_factory=dict)
+    #: seq ranges of the quarantined file that may have been undelivered and were not
+    #: salvaged (announced ``quarantine``, counted ``lost_quarantine``)
+    lost: tuple[tuple[int, int], ...] = ()
+    salvaged_rows: int = 0
 
 
 def quarantined_files(db: Path) -> list[Path]:
@@ -110,7 +127,8 @@ def quarantined_files(db: Path) -> list[Path]:
     except OSError:
         return []
     return sorted(
-        db.parent / n for n in names if n.startswith(prefix) and not n.endswith(_SIDE_FILES)
+        db.parent / n for n in names
+        if n.startswith(prefix) and not n.endswith((*_SIDE_FILES, salvage.WORK_SUFFIX))
     )
 
 
@@ -123,26 +141,103 @@ def prepare_folder(db: Path) -> bool:
     return db.exists()
 
 
-async def open_checked(db: Path, pragmas: str, now_ms: int) -> Opened:
-    """Open ``db`` with ``pragmas``, check it, and quarantine it if corrupt."""
+def clean_stale(db: Path) -> None:
+    """Remove what an interrupted run may have left: a half-written seq mark, salvage files."""
+    with contextlib.suppress(FileNotFoundError):
+        mark_path(db).with_name(mark_path(db).name + ".tmp").unlink()
+    for suffix in (salvage.WORK_SUFFIX, salvage.NEW_SUFFIX,
+                   salvage.WORK_SUFFIX + salvage.TEMPLATE_SUFFIX):
+        salvage.remove_work(db.with_name(db.name + suffix))
+
+
+async def open_checked(db: Path, pragmas: str, now_ms: int, mark: SeqMark | None = None
+                       ) -> Opened:
+    """Open ``db`` with ``pragmas``, check it, and if corrupt salvage and quarantine it.
+
+    ``mark`` is the seq mark read before: it bounds what a corrupt file may have held.
+    """
     existed = prepare_folder(db)  # a few metadata syscalls, once at start
+    clean_stale(db)
+    wal = (await _in_thread(salvage.scan_wal, db.with_name(db.name + "-wal")) if existed
+           else salvage.WalScan(damaged=False, top_seq=0))
+    wal_lost = wal.damaged
     try:
-        conn = await _open_and_check(db, pragmas)
+        conn = await _open_and_check(db, pragmas, wal_lost=wal_lost)
     except (StoreCorruptError, sqlite3.DatabaseError) as exc:
         if _is_locked(exc):
             raise StoreError(f"buffer {db} is in use by another process: {exc}") from exc
         if not existed:
             raise StoreError(f"cannot create buffer {db}: {exc}") from exc
-        target = _quarantine(db, now_ms)
         log.error(  # noqa: TRY400 -- the cause is in the message; no traceback wanted
-            "buffer: %s is corrupt or unreadable (%s); moved to %s", db, exc, target)
-        seq, meta = await _salvage(target)
+            "buffer: %s is corrupt or unreadable (%s); salvaging it", db, exc)
+        new = db.with_name(db.name + salvage.NEW_SUFFIX)
+        if _free_bytes(db.parent) < _size(db):  # the salvaged rows need room: the ballast
+            disk.release_ballast(db)
+        for attempt in range(2):
+            try:
+                got = await _in_thread(functools.partial(
+                    _salvage_new, db, new, pragmas, mark=mark, wal=wal, now_ms=now_ms))
+                break
+            except (sqlite3.Error, OSError) as exc2:
+                salvage.remove_work(new)
+                # a full disk: the ballast is there for this, then once more
+                if attempt == 0 and disk.release_ballast(db):
+                    continue
+                raise StoreError(f"cannot start a new buffer {db}: {exc2}") from exc2
+        target = _quarantine(db, now_ms)
+        try:
+            new.rename(db)
+            fsync_dir(db.parent)
+        except OSError as exc2:
+            raise StoreError(f"cannot start a new buffer {db}: {exc2}") from exc2
+        log.error("buffer: moved %s to %s; %d rows salvaged, %d seqs announced lost",  # noqa: TRY400
+                  db, target, got.rows, got.lost_count)
         try:
             conn = await _open_and_check(db, pragmas)
         except (StoreCorruptError, sqlite3.DatabaseError) as exc2:
             raise StoreError(f"cannot start a new buffer {db}: {exc2}") from exc2
-        return Opened(conn, quarantined=target, fresh=True, salvaged_seq=seq, salvaged_meta=meta)
+        return Opened(conn, quarantined=target, fresh=True, salvaged_seq=got.top,
+                      salvaged_meta=got.meta, lost=got.lost, salvaged_rows=got.rows)
     return Opened(conn, fresh=not existed)
+
+
+async def _in_thread(fn: Callable[..., _T], *args: object) -> _T:
+    """Blocking file work at open, on a thread of its own that ends with it."""
+    with ThreadPoolExecutor(1, thread_name_prefix="truckgw-buffer-open") as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _salvage_new(db: Path, new: Path, pragmas: str, *, mark: SeqMark | None,
+                 wal: salvage.WalScan, now_ms: int) -> salvage.Salvage:
+    """Fill a new file ``new`` from corrupt ``db`` (blocking); fsynced when it returns."""
+    salvage.remove_work(new)
+    conn = sqlite3.connect(new, isolation_level=None)
+    try:
+        conn.executescript(pragmas)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema.create_script())
+        return salvage.salvage_into(
+            db, conn, pragmas, now_ms=now_ms,
+            mark_reserved=None if mark is None else mark.reserved,
+            mark_clean=mark is not None and mark.clean, wal_lost=wal.damaged,
+            wal_top=wal.top_seq, folder=new.parent)
+    finally:
+        conn.close()  # checkpoints into the file and removes its WAL
 
 
 def _is_locked(exc: BaseException) -> bool:
@@ -150,7 +245,10 @@ def _is_locked(exc: BaseException) -> bool:
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
 
 
-async def _open_and_check(db: Path, pragmas: str) -> aiosqlite.Connection:
+async def _open_and_check(db: Path, pragmas: str, *, wal_lost: bool = False
+                          ) -> aiosqlite.Connection:
+    if wal_lost:  # SQLite would open it and silently drop the commits after the damage
+        raise StoreCorruptError("the WAL has intact frames after a damaged one")
     conn = await aiosqlite.connect(db, isolation_level=None, timeout=LOCK_TIMEOUT_S)
     try:
         await conn.executescript(pragmas)
@@ -189,20 +287,3 @@ def _quarantine(db: Path, now_ms: int) -> Path:
     except OSError as exc:
         raise StoreError(f"cannot quarantine corrupt buffer {db}: {exc}") from exc
     return target
-
-
-async def _salvage(path: Path) -> tuple[int, dict[str, int]]:
-    """Best effort: the highest seq and the counters of a quarantined file."""
-    seq, meta = 0, {}
-    with contextlib.suppress(sqlite3.Error, OSError, ValueError):
-        uri = f"file:{path}?mode=ro&immutable=1"
-        async with aiosqlite.connect(uri, uri=True) as conn:
-            with contextlib.suppress(sqlite3.Error):
-                for key, value in await conn.execute_fetchall("SELECT key, value FROM meta"):
-                    meta[str(key)] = int(value)
-            for (value,) in await conn.execute_fetchall(schema.MAX_SEQ_SQL):
-                seq = max(seq, int(value or 0))
-    seq = max(seq, meta.get(schema.META_LAST_SEQ, 0))
-    if seq:
-        log.info("buffer: salvaged seq %d from quarantined %s", seq, path)
-    return seq, meta

@@ -52,6 +52,10 @@ META_LAST_SEQ = "last_seq"
 META_STREAM = "stream_id"
 #: The buffer's age clock (ms the store has been open, summed over runs): TTLs run on it.
 META_AGE = "age_ms"
+#: Every stored row has a seq >= this (written with the age marks; bounds a salvage).
+META_FLOOR = "floor_seq"
+#: Seqs announced lost (not salvaged) with quarantined files, summed.
+META_LOST_QUARANTINE = "lost_quarantine"
 
 #: ``age_marks(seq, age_ms)``: every seq up to ``seq`` was committed at an age of at most
 #: ``age_ms``. Written every expiry pass; TTL expiry reads it, never a wall clock.

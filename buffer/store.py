@@ -29,10 +29,10 @@ from buffer.db import Db, Start, stream_name
 from buffer.disk import budget_for
 from buffer.lanes import Lanes
 from buffer.tally import Tally
-from buffer.upkeep import Upkeep
+from buffer.upkeep import Upkeep, is_full
 from buffer.writer import GroupWriter, WriterState
 from config import BufferConfig
-from config.errors import StoreError
+from config.errors import StoreError, StoreFullError
 from config.events import Event, Priority, seq_gap_event
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,16 @@ class SqliteStore:
             self._tally.extra["unclean_start"] += 1
         if start.quarantined:
             self._tally.extra["quarantined_now"] += 1
+            self._tally.extra["salvaged_rows"] += start.salvaged_rows
             await self._upkeep.persist_counters()
-        await self._writer.reserve(start.next_seq - 1)
+        try:
+            await self._writer.reserve(start.next_seq - 1)
+        except StoreFullError as exc:
+            # a filesystem someone else filled, even without the ballast: start anyway;
+            # the writer tries again before its first commit (and drops, counted, what
+            # it cannot reserve seqs for) until space comes back
+            log.warning("buffer: starting on a full disk: %s", exc)
+            self._upkeep.note_full()
         await self._upkeep.make_ballast()
         # one more try per start for what the broker refused last time (docs/buffer.md,
         # Dead letters): a poison event costs one refusal per start, never a loop
@@ -167,7 +175,13 @@ class SqliteStore:
             retried = 0
         if retried:
             log.warning("buffer: %d refused events moved back for one more try", retried)
-        await self._upkeep.expire_now()
+        try:
+            await self._upkeep.expire_now()
+        except sqlite3.Error as exc:
+            if not is_full(exc):
+                raise
+            log.warning("buffer: no TTL pass at open, the disk is full: %s", exc)
+            self._upkeep.note_full()
 
     async def __aenter__(self) -> Self:
         return self
@@ -350,6 +364,7 @@ class SqliteStore:
             file_bytes=self.file_bytes(),
             disk_full=self._upkeep.disk_full,
             refused=t.dead_letters,
+            lost_quarantine=t.lost_quarantine,
             extra=MappingProxyType(dict(t.extra)),
         )
 

@@ -27,6 +27,8 @@ class Tally:
     extra: Counter[str] = field(default_factory=Counter)
     #: Events in ``dead_letter`` now (refused by the broker even alone; not pending).
     dead_letters: int = 0
+    #: seqs announced lost with quarantined files (not salvaged), persisted in meta
+    lost_quarantine: int = 0
     #: Per class: thinning has passed every row up to this seq in the current round.
     thin_mark: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
 
@@ -54,3 +56,4 @@ class Tally:
         for p in Priority:
             self.evicted[p] = meta.get(schema.meta_evicted(p), 0)
             self.expired[p] = meta.get(schema.meta_expired(p), 0)
+        self.lost_quarantine = meta.get(schema.META_LOST_QUARANTINE, 0)

@@ -81,6 +81,11 @@ class Upkeep:
         """Size of the database file plus its WAL, in bytes."""
         return self._disk.file_bytes()
 
+    def note_full(self) -> None:
+        """The filesystem refused a write outside SQLite (the seq mark): disk full."""
+        self._disk_full = True
+        self._tally.extra["disk_full_errors"] += 1
+
     async def make_ballast(self) -> None:
         """(Re)create the ballast file if there is room."""
         await self._db.run_sync(self._disk.make_ballast)
@@ -126,6 +131,7 @@ class Upkeep:
         """Write the in-memory eviction counters to meta (after drops outside SQL)."""
         rows = [(schema.meta_evicted(p), n) for p, n in self._tally.evicted.items()]
         rows += [(schema.meta_expired(p), n) for p, n in self._tally.expired.items()]
+        rows.append((schema.META_LOST_QUARANTINE, self._tally.lost_quarantine))
         await self._db.put_meta(rows)
 
     def age_ms(self) -> int:
@@ -146,6 +152,9 @@ class Upkeep:
             ((oldest,),) = await conn.execute_fetchall(schema.oldest_seq_sql())
             if oldest is not None:
                 await conn.execute(schema.PRUNE_MARKS_SQL, (int(oldest),))
+            # every row stored now or later has a seq >= this: bounds a salvage
+            floor = int(oldest) if oldest is not None else self._top() + 1
+            await conn.execute(UPSERT_META_SQL, (schema.META_FLOOR, floor))
 
     async def expire_now(self) -> int:
         """Drop events that spent more than their class TTL in the buffer; how many."""

@@ -286,7 +286,12 @@ class GroupWriter:
         """Insert ``batch`` in one transaction; False if the disk stayed full."""
         est = sum(policy.row_cost(len(i.body)) for i in batch)
         if batch[-1].seq > self._reserved:
-            await self.reserve(batch[-1].seq)
+            try:
+                await self.reserve(batch[-1].seq)
+            except StoreFullError as exc:  # not even the seq mark fits: drop, counted
+                log.warning("buffer: %s", exc)
+                self._upkeep.note_full()
+                return False
         for attempt in range(MAX_FULL_RETRIES + 1):
             async with self._db.locked() as conn:
                 await self._upkeep.make_room(conn, est, shrink=attempt > 0)

@@ -14,7 +14,8 @@ The snapshot is a JSON object (schema version :data:`STATE_VERSION`)::
     healthy (bool), unhealthy_reason (str|null),
     uplink: {state, last_publish_at (UNIX s|null), ...},
     buffer: {pending, pending_bytes, oldest_pending_ts_ms, evicted, expired, leased,
-             last_seq, committed_seq, file_bytes, disk_full, quarantined_files},
+             last_seq, committed_seq, file_bytes, disk_full, quarantined_files,
+             lost_quarantine},
     gps:    null | {state, fix (bool), last_fix_age_s (s|null), ...},
     can:    null | {state, frames_per_s, errors, ...},
     tasks:  {name: {alive, restarts, last_error}}
@@ -206,6 +207,9 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
           buf.get("file_bytes"))
     m.add("truckgw_buffer_disk_full", "gauge", "1 when the disk under the buffer is full",
           buf.get("disk_full"))
+    m.add("truckgw_buffer_lost_quarantine_events_total", "counter",
+          "Seqs announced lost with a corrupt buffer file (not salvaged; an upper bound)",
+          buf.get("lost_quarantine"))
     gps = state.get("gps")
     if isinstance(gps, Mapping):
         m.add("truckgw_gps_fix", "gauge", "1 while the GPS has a valid fix", gps.get("fix"))

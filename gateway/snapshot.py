@@ -82,6 +82,7 @@ def _buffer_section(stats: Any, committed_seq: int | None) -> dict[str, Any]:
         "file_bytes": stats.file_bytes,
         "disk_full": stats.disk_full,
         "quarantined_files": stats.quarantined_files,
+        "lost_quarantine": getattr(stats, "lost_quarantine", 0),
     }
 
 

@@ -83,6 +83,7 @@ def read_buffer_db(path: Path) -> dict[str, Any] | None:
         "oldest_pending_ts_ms": min(oldest) if oldest else None,
         "evicted": evicted,
         "expired": expired,
+        "lost_quarantine": int(meta.get(schema.META_LOST_QUARANTINE, 0)),
         "committed_seq": last_seq,
         "stream": f"{int(meta[schema.META_STREAM]):016x}" if meta.get(schema.META_STREAM) else "",
         "source": "database",
@@ -164,6 +165,9 @@ def render_text(report: dict[str, Any], now: float) -> str:
             f"committed seq {buf.get('committed_seq')}"
             + (" [from the database, now]" if from_db else as_of)
         )
+        if buf.get("lost_quarantine"):
+            lines.append(f"  buffer:   {buf['lost_quarantine']} seqs lost with corrupt files "
+                         "(not salvaged, announced as seq_gap quarantine)")
     gps = _get(st, "gps")
     if isinstance(gps, dict):
         age = gps.get("last_fix_age_s")

@@ -65,6 +65,7 @@ class StatusReport:
             "expired": dict(st.expired_by_class),
             "disk_full": st.disk_full,
             "refused": st.refused,
+            "lost_quarantine": st.lost_quarantine,
             "encoding": self._cfg.mqtt.encoding,
             "uplink": {k: getattr(stats, k) for k in STATUS_COUNTERS},
         }

@@ -9,7 +9,7 @@ from buffer.store import SqliteStore
 from config import BufferConfig
 from config.events import Event
 
-MAX = 2 * 2**20
+MAX = 3 * 2**20  # every buffer file is inside it, the ballast too (docs/buffer.md)
 ROUNDS = 24
 PER_ROUND = 1000
 

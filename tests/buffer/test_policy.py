@@ -11,7 +11,10 @@ from config.errors import StoreError
 @pytest.mark.parametrize("max_bytes", [2**20, 8 * 2**20, 256 * 2**20, 4 * 2**30])
 def test_budget_adds_up(max_bytes: int) -> None:
     b = policy.make_budget(max_bytes)
-    assert b.data_bytes + b.wal_bytes + 2 * b.commit_bytes == max_bytes
+    # every file the buffer keeps is inside max_bytes: the ballast and the seq mark too
+    assert (b.data_bytes + b.wal_bytes + 2 * b.commit_bytes + b.ballast_bytes
+            + policy.MARK_FILES_BYTES) == max_bytes
+    assert policy.BALLAST_MIN_BYTES <= b.ballast_bytes <= policy.BALLAST_MAX_BYTES
     assert b.data_bytes >= max_bytes // 2
     assert b.wal_autocheckpoint_pages >= 1
     assert b.low_water < b.data_bytes

@@ -13,8 +13,11 @@ One run, phases in order, every loop bounded in count and time:
 2. one long broker outage;
 3. the buffer's filesystem (a 24 MiB tmpfs when root can mount one) filled to ENOSPC
    while the broker is down, then freed;
-4. the database file corrupted while the agent is stopped;
-5. a final drain.
+4. a page in the middle of the file overwritten while hundreds of events are pending
+   (broker down, agent stopped): salvaged or announced, the lost ones counted;
+5. (tmpfs) the filesystem filled while the agent is stopped: it starts and records;
+6. the database file corrupted while the agent is stopped;
+7. a final drain.
 
 Then every seq the agent committed must be delivered, announced as never-sent by a
 ``seq_gap`` notice, or covered by the agent's eviction counters: zero unexplained gaps.
@@ -28,6 +31,7 @@ import contextlib
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +54,7 @@ from sim.slcan_adapter import SlcanPtyAdapter
 from sim.truck import Dtc, Truck, TruckParams
 from tests.conftest import CHAOS_SUMMARY_KEY as SUMMARY_KEY
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(480)]
 
 TRUCK = "CHAOS-001"
 SEED = int(os.environ.get("TRUCKGW_CHAOS_SEED", "1939"))
@@ -59,7 +63,7 @@ INFLIGHT = 8
 TMPFS_BYTES = 24 * 1024 * 1024
 MAX_BYTES = 16 * 1024 * 1024
 DRAIN_S = 90.0
-PHASE_BUDGET_S = 240.0
+PHASE_BUDGET_S = 300.0
 # every fix and every decoded frame becomes an event: hundreds per second, so kills,
 # outages and the full disk always catch data in flight
 RECORD_EVERYTHING = """
@@ -146,6 +150,12 @@ class Chaos:
         self.last_before_corruption = 0
         self.before_corruption = (0, 0, 0)
         self.disk_full_seen = False
+        self.evicted_after_corruption = 0
+        # corrupt_pending_phase: (pending, lost, lost and not announced, evicted since)
+        self.pending_fate = (0, 0, 0, 0)
+        self.lost_counted = 0
+        self.full_start_seen = False
+        self.pending_wait_s = 0.0
 
     def close(self) -> None:
         self.gateway.stop()
@@ -283,6 +293,87 @@ class Chaos:
         with (self.bufdir / "buffer.db").open("r+b") as f:
             f.write(os.urandom(4096))
         self.restart()
+        await self.wait_running()
+        # the counters are salvaged with the file now: what stretch B may use is the rest
+        self.evicted_after_corruption = evicted_total(self.gateway.state())
+
+    async def wait_running(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The restarted agent's first state file."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            st = self.gateway.state()
+            proc = self.gateway.proc
+            if st.get("phase") == "running" and proc is not None and st.get("pid") == proc.pid:
+                return st
+            assert self.gateway.running, self.gateway.log_tail()
+        pytest.fail(f"agent not running after restart\n{self.gateway.log_tail()}")
+
+    async def corrupt_pending_phase(self) -> None:
+        """Issue #13 case 1: a middle page overwritten while hundreds of events are
+        undelivered (broker down, agent stopped): each is delivered (salvaged) or
+        announced (quarantine notice), and the lost ones are counted."""
+        self.broker.stop()
+        self.outages += 1
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 45:
+            await asyncio.sleep(0.5)
+            if int((self.gateway.state().get("buffer") or {}).get("pending") or 0) >= 500:
+                break
+        self.pending_wait_s = time.monotonic() - t0
+        assert self.gateway.stop() == 0, self.gateway.log_tail()
+        buf = self.gateway.state().get("buffer") or {}
+        lost_before = int(buf.get("lost_quarantine") or 0)
+        evicted_before = evicted_total(self.gateway.state())
+        db = self.bufdir / "buffer.db"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            pending = [int(q) for t in ("ev_critical", "ev_position", "ev_telemetry")
+                       for (q,) in conn.execute(f"SELECT seq FROM {t}")]  # noqa: S608
+            leaves = [int(p) for (p,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE pagetype = 'leaf' AND name LIKE 'ev_%' "
+                "ORDER BY pageno")]
+        finally:
+            conn.close()
+        assert leaves, "no event pages to damage"
+        with db.open("r+b") as f:
+            f.seek((leaves[len(leaves) // 2] - 1) * 4096)
+            f.write(self.rng.randbytes(4096))
+        self.restart()
+        st = await self.wait_running()
+        self.lost_counted = int((st.get("buffer") or {}).get("lost_quarantine") or 0) - lost_before
+        self.broker.start()
+        final = await self.wait_drained()
+        lost = [q for q in pending if self.sink.missing_in(TRUCK, q, q)[0]]
+        unannounced = [q for q in lost if not self.sink.missing_in(TRUCK, q, q)[1]]
+        self.pending_fate = (len(pending), len(lost), len(unannounced),
+                             evicted_total(final) - evicted_before)
+
+    async def full_start_phase(self) -> None:
+        """Issue #13 case 2 (tmpfs only): the filesystem filled while the agent is
+        stopped; it starts, records with disk_full, and recovers when space is back."""
+        assert self.gateway.stop() == 0, self.gateway.log_tail()
+        hog = fill_disk(self.bufdir, leave_bytes=0)
+        self.restart()
+        st = await self.wait_running()
+        seq0 = int((st.get("buffer") or {}).get("last_seq") or 0)
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            buf = self.gateway.state().get("buffer") or {}
+            if buf.get("disk_full") and int(buf.get("last_seq") or 0) > seq0 + 100:
+                self.full_start_seen = True
+                break
+            assert self.gateway.running, self.gateway.log_tail()
+        assert not (self.bufdir / "buffer.db.seq.tmp").exists()
+        hog.unlink()
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            if not (self.gateway.state().get("buffer") or {}).get("disk_full"):
+                break
+        assert not (self.gateway.state().get("buffer") or {}).get("disk_full"), (
+            self.gateway.log_tail())
 
     async def clock_step_phase(self, sim: TruckSim) -> None:
         """Issue #13 case 3: with a 7-day telemetry TTL, the receiver's time jumps 14 days
@@ -359,6 +450,9 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
             await chaos.clock_step_phase(sim)
             if tmpfs:
                 await chaos.disk_full_phase()
+            await chaos.corrupt_pending_phase()
+            if tmpfs:
+                await chaos.full_start_phase()
             await chaos.corrupt_phase()
             await asyncio.sleep(5)  # drive on after the quarantine
             stop.set()
@@ -380,7 +474,11 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
     # must not be used to explain anything there.
     _miss_a, ann_a, unexpl_a = chaos.before_corruption
     _miss_b, ann_b, unexpl_b = chaos.unexplained(
-        chaos.last_before_corruption + 1, last, evicted_total(final))
+        chaos.last_before_corruption + 1, last,
+        evicted_total(final) - chaos.evicted_after_corruption)
+    # the events pending when a page was overwritten: each delivered (salvaged) or
+    # announced (quarantine notice), and the ones lost all counted in lost_quarantine
+    n_pending, n_lost, n_unannounced, evicted_since = chaos.pending_fate
     unexplained = unexpl_a + unexpl_b
     explained_by_notice = ann_a + ann_b
     gaps = summary["gaps"]
@@ -395,6 +493,10 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
         f"{'' if tmpfs else ' (no tmpfs: not root)'} seq_high={last} "
         f"committed={committed} delivered={summary['unique']} evicted={evicted} "
         f"never_used={explained_by_notice} duplicates={duplicates} "
+        f"pending_corrupted={n_pending} lost_with_page={n_lost} "
+        f"lost_quarantine={chaos.lost_counted} "
+        f"full_start={'yes' if chaos.full_start_seen else 'no'} "
+        f"pending_wait_s={chaos.pending_wait_s:.0f} "
         f"unexplained_gaps={unexplained} seconds={elapsed:.0f} seed={SEED}"
     )
     record_property(SUMMARY_KEY, line)
@@ -409,4 +511,10 @@ async def test_chaos_drive(mosquitto_factory: Callable[..., Mosquitto], tmp_path
     assert {"gps", "engine"} <= set(summary["by_type"]), summary["by_type"]
     if tmpfs:
         assert chaos.disk_full_seen, line
+        assert chaos.full_start_seen, line
+    assert n_pending >= 300, line
+    # a pending event not delivered is announced, or (the quarantined file takes room
+    # on the small filesystem) evicted later and counted as such
+    assert n_unannounced <= evicted_since, (line, chaos.pending_fate)
+    assert 0 < n_lost <= chaos.lost_counted, line
 

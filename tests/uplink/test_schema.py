@@ -233,6 +233,7 @@ async def test_status_of_the_status_builder_validates(
     online = json.loads(report.payload("online", await report.online_fields()))
     assert online["schema"] == wire.STATUS_SCHEMA
     assert online["pending"] == 51
+    assert online["lost_quarantine"] == 0
     for payload in (
         online,
         json.loads(report.payload("offline", {"reason": "connection lost"})),  # the last will
@@ -385,6 +386,7 @@ def test_wrong_batches_fail(batch: dict[str, Any], where: str) -> None:
 def test_wrong_status_fails() -> None:
     ok = json.loads((SAMPLES / "status-online.json").read_text())
     for bad in ({**ok, "pending": "18"}, {**ok, "state": "sleeping"},
+                {**ok, "lost_quarantine": -1},
                 {k: v for k, v in ok.items() if k != "pending"},
                 {"state": "offline", "truck_id": "t1", "ts": 1}):  # no reason
         with pytest.raises(ValidationError):

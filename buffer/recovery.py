@@ -186,6 +186,12 @@ async def open_checked(db: Path, pragmas: str, now_ms: int, mark: SeqMark | None
                 raise StoreError(f"cannot start a new buffer {db}: {exc2}") from exc2
         target = _quarantine(db, now_ms)
         try:
+            # on a full disk the close could not checkpoint: the salvaged commits are in
+            # the new file's WAL, which moves with it (first, so no moment has the file
+            # without its WAL; a missing file with a WAL is rebuilt from the WAL)
+            new_wal = new.with_name(new.name + "-wal")
+            if _size(new_wal) > 0:
+                new_wal.rename(db.with_name(db.name + "-wal"))
             new.rename(db)
             fsync_dir(db.parent)
         except OSError as exc2:
@@ -237,7 +243,9 @@ def _salvage_new(db: Path, new: Path, pragmas: str, *, mark: SeqMark | None,
             mark_clean=mark is not None and mark.clean, wal_lost=wal.damaged,
             wal_top=wal.top_seq, folder=new.parent)
     finally:
-        conn.close()  # checkpoints into the file and removes its WAL
+        # checkpoints into the file and removes its WAL; on a full disk the WAL stays
+        # (the caller moves it along with the file)
+        conn.close()
 
 
 def _is_locked(exc: BaseException) -> bool:

@@ -147,8 +147,16 @@ class SqliteStore:
     async def _load(self, start: Start) -> None:
         """Counters from the file, the first reservation, the ballast, a TTL pass."""
         self._tally.load_meta(start.meta)
-        if start.stream:  # in this file too (a new or replacing file has it nowhere else)
-            await self._db.put_meta([(schema.META_STREAM, start.stream)])
+        if start.stream and start.meta.get(schema.META_STREAM) != start.stream:
+            # in this file too (a new or replacing file has it nowhere else but the mark)
+            try:
+                await self._db.put_meta([(schema.META_STREAM, start.stream)])
+            except sqlite3.Error as exc:
+                if not is_full(exc):
+                    raise
+                # the seq mark keeps it (written before any seq is used); the next
+                # start writes it into the file once there is room
+                log.warning("buffer: stream id not written into the file, disk full: %s", exc)
         for p, (n, nbytes) in (await self._db.class_totals()).items():
             self._tally.add(p, n, nbytes)
         if start.unclean:
@@ -156,7 +164,14 @@ class SqliteStore:
         if start.quarantined:
             self._tally.extra["quarantined_now"] += 1
             self._tally.extra["salvaged_rows"] += start.salvaged_rows
-            await self._upkeep.persist_counters()
+            try:  # the salvage already wrote them into the new file; this is a refresh
+                await self._upkeep.persist_counters()
+            except sqlite3.Error as exc:
+                if not is_full(exc):
+                    raise
+                log.warning("buffer: counters not refreshed at open, the disk is full: %s",
+                            exc)
+                self._upkeep.note_full()
         try:
             await self._writer.reserve(start.next_seq - 1)
         except StoreFullError as exc:

@@ -155,7 +155,8 @@ async def test_corrupt_file_on_a_full_filesystem_is_salvaged_or_announced(
     leaves = _leaves(cfg.path)
     _smash(cfg.path, leaves[len(leaves) // 2][1])
     fill(small_fs)
-    got, ranges, lost_counter, _ = await _after(cfg)
+    # no block left: a new event may be dropped (counted) until space comes back
+    got, ranges, lost_counter, _ = await _after(cfg, append=False)
     salvaged, lost = _check(before, got, ranges)
     assert salvaged > 0 and lost > 0 and lost_counter >= lost
 

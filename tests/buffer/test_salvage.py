@@ -76,8 +76,10 @@ def _smash(path: Path, pageno: int, *, seed: int = 1) -> None:
         f.write(random.Random(seed).randbytes(PAGE_SIZE))
 
 
-async def _after(cfg: BufferConfig) -> tuple[dict[int, bytes], list[tuple[int, int]], int, int]:
-    """Open the damaged buffer: (rows now pending, quarantine ranges, lost counter, last)."""
+async def _after(cfg: BufferConfig, *, append: bool = True
+                 ) -> tuple[dict[int, bytes], list[tuple[int, int]], int, int]:
+    """Open the damaged buffer: (rows now pending, quarantine ranges, lost counter, last);
+    then record one more event (``append``) above every salvaged seq."""
     async with await SqliteStore.open(cfg) as s:
         st = await s.stats()
         assert st.quarantined_files == 1 and st.extra["quarantined_now"] == 1
@@ -91,8 +93,9 @@ async def _after(cfg: BufferConfig) -> tuple[dict[int, bytes], list[tuple[int, i
                    if decode_body(body)["type"] == "seq_gap"]
         ranges = [(int(n["first"]), int(n["last"])) for n in notices
                   if n["reason"] == "quarantine"]
-        seq = await s.append(make_event())
-        assert seq > max(got)
+        if append:
+            seq = await s.append(make_event())
+            assert seq > max(got)
         return got, ranges, st.lost_quarantine, s.last_committed_seq
 
 

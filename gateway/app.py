@@ -41,6 +41,7 @@ from gateway.health import HealthWriter
 from gateway.ingest import Ingest
 from gateway.liveness import CommitTracker, HealthProbe
 from gateway.logsetup import RateLimitFilter, set_journal_identity, setup_logging
+from gateway.remote.startup import EX_RESTART, reexec
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.snapshot import build_snapshot
 from gateway.supervisor import TaskInfo, supervise
@@ -101,6 +102,7 @@ class Agent:
         self.gps: Any = None
         self.can: Any = None
         self.uplink: Any = None
+        self.remote: Any = None  # gateway.remote.shell.RemoteShell when [remote] needs it
         self._snapshot: dict[str, Any] = {}
         self._last_hwm: int | None = None
 
@@ -164,9 +166,12 @@ class Agent:
                     drivers.append(self._spawn(tg, "gps", self._run_gps))
                 if self.cfg.can is not None:
                     drivers.append(self._spawn(tg, "can", self._run_can))
+                self.remote = self._remote_shell()
                 uplink = self._spawn(tg, "uplink", self._run_uplink)
                 aux = [tg.create_task(self._monitor(), name="monitor"),
                        tg.create_task(self._watchdog(), name="watchdog")]
+                if self.remote is not None:
+                    aux.append(tg.create_task(self.remote.run(), name="remote"))
                 await self._stop.wait()
                 await self._shutdown(drivers, uplink, aux)
         finally:
@@ -207,7 +212,8 @@ class Agent:
         from gateway.uplink import Uplink  # noqa: PLC0415  # keeps paho out of `status`
 
         assert self.store is not None  # noqa: S101  # spawned after the store opened
-        self.uplink = Uplink(self.cfg, self.store, status_extra=self.status_extra)
+        self.uplink = Uplink(self.cfg, self.store, status_extra=self.status_extra,
+                             hooks=self.remote)
         try:
             await self.uplink.run()
         except asyncio.CancelledError:
@@ -217,6 +223,61 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.uplink.close(), 2.0)
             raise
+
+    # ------------------------------------------------------------------ remote (docs/remote.md)
+
+    def _remote_shell(self) -> Any:
+        """The remote-management shell when ``[remote]`` is on or a push awaits its
+        confirmation; None otherwise."""
+        if self.cfg.source is None:
+            return None
+        from gateway.remote.shell import RemoteShell  # noqa: PLC0415  # only with [remote]
+
+        shell = RemoteShell(self)
+        return shell if shell.needed else None
+
+    def wall_ms(self) -> int:
+        """The truck's best wall clock (GPS-corrected), UNIX ms."""
+        return self.clock.now_ms()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The latest health snapshot (what ``truckgw status`` shows)."""
+        return dict(self._snapshot)
+
+    def position(self) -> dict[str, Any] | None:
+        """The latest GPS fix with a position."""
+        fix = self.ingest.last_fix
+        return None if fix is None else {
+            k: getattr(fix, k) for k in fix.__dataclass_fields__ if k != "received"}
+
+    def dtcs(self) -> list[dict[str, Any]]:
+        """The active faults of each source, from its latest DM1."""
+        return [{"src": sa, "lamps": u.dm1.lamps_dict(),
+                 "active": [d.as_dict() for d in u.dm1.active]}
+                for sa, u in sorted(self.ingest.active_dtcs.items())]
+
+    async def flush(self) -> int:
+        """Make every pending append durable; the committed seq high-water mark."""
+        assert self.store is not None  # noqa: S101  # the shell runs after the store opened
+        await self.store.flush()
+        return self.store.last_committed_seq
+
+    def apply_live(self, cfg: TruckConfig) -> None:
+        """Make the live keys of ``cfg`` take effect (gateway.remote.desired.LIVE_KEYS)."""
+        from gateway.logsetup import LEVELS  # noqa: PLC0415
+
+        self.ingest.reconfigure(cfg.gps.sampling if cfg.gps else None,
+                                cfg.can.sampling if cfg.can else None)
+        if self.store is not None:
+            self.store.set_ttl_s(cfg.buffer.ttl_s)
+        if self.uplink is not None:
+            self.uplink.reconfigure(cfg.mqtt)
+        logging.getLogger().setLevel(LEVELS[cfg.log.level])
+        self.cfg = cfg
+
+    def request_pgn(self, pgn: int) -> bool:
+        """Queue a J1939 request for ``pgn`` on the CAN bus."""
+        return self.can is not None and bool(self.can.request(pgn))
 
     async def _monitor(self) -> None:
         """Refresh the health snapshot, state file and metrics every interval."""
@@ -354,4 +415,7 @@ def run_agent(cfg: TruckConfig) -> int:
     """Entry point of ``truckgw run``: set up logging, run the agent, return the exit code."""
     set_journal_identity(truck_id=cfg.truck_id)
     limiter = setup_logging(cfg.log.level)
-    return asyncio.run(Agent(cfg, limiter=limiter).run())
+    code = asyncio.run(Agent(cfg, limiter=limiter).run())
+    if code == EX_RESTART:  # a remote change or command asked for it (docs/remote.md)
+        return reexec()
+    return code

@@ -165,7 +165,7 @@ class Observer:
         with self.lock:
             self.pubacks[mid] = int(getattr(rc, "value", rc) or 0)
 
-    def docs(self, topic: str) -> list[dict[str, Any]]:
+    def docs(self, topic: str) -> list[Any]:
         with self.lock:
             out = []
             for t, payload, _r in self.messages:
@@ -206,7 +206,7 @@ def reported(obs: Observer, truck: str, **match: Any) -> Callable[[], dict[str, 
     """A condition: the latest report of ``truck`` matching ``match``."""
     def cond() -> dict[str, Any] | None:
         for doc in reversed(obs.docs(f"fleet/{truck}/config/reported")):
-            if all(doc.get(k) == v for k, v in match.items()):
+            if isinstance(doc, dict) and all(doc.get(k) == v for k, v in match.items()):
                 return doc
         return None
     return cond

@@ -233,7 +233,8 @@ def cmd_cmd(args: argparse.Namespace) -> int:
         conn.publish(cmd_topic(args.topic_prefix, args.truck), payload, props=props)
         for msg in conn.messages(time.monotonic() + args.timeout):
             rep = _json(bytes(msg.payload))
-            if rep is None or rep.get("request_id") != rid:
+            corr = getattr(msg.properties, "CorrelationData", None)
+            if rep is None or (rep.get("request_id") != rid and corr != rid.encode()):
                 continue
             print(json.dumps(rep, indent=1))
             code = _int(rep.get("code"))

@@ -332,7 +332,10 @@ class RemoteShell:
             if req is not None and exc.code is not Code.UNAUTHORIZED:
                 self.window.add(req.request_id, int(exc.code))
                 self._save_window()
-            self._reply(resp_topic, corr, req, exc.code, {"reason": exc.reason})
+            body: dict[str, Any] = {"reason": exc.reason}
+            if req is None:  # refused before it was decoded: its id, unauthenticated
+                body["request_id"] = _request_id_of(bytes(msg.payload))
+            self._reply(resp_topic, corr, req, exc.code, body)
             return
         seen = self.window.seen(req.request_id)
         if seen is not None:
@@ -474,6 +477,18 @@ def _sha(data: bytes) -> str:
     import hashlib  # noqa: PLC0415  # only on a push
 
     return hashlib.sha256(data).hexdigest()
+
+
+def _request_id_of(payload: bytes) -> str | None:
+    """The request id a refused message claims (echoed as a hint, never trusted)."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError, TypeError, AttributeError):
+        doc = json.loads(payload)
+        if "signed" in doc and isinstance(doc["signed"], str):
+            doc = json.loads(doc["signed"])
+        rid = doc.get("request_id")
+        if isinstance(rid, str) and commands.REQUEST_ID_RE.fullmatch(rid):
+            return rid
+    return None
 
 
 def _version_of(payload: bytes) -> int | None:

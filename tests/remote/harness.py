@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from jsonschema import Draft202012Validator
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -41,6 +42,34 @@ pattern read fleet/%u/config/desired
 pattern read fleet/%u/cmd
 """
 USERS = ("ops", "intruder")
+
+
+def schema(name: str) -> Draft202012Validator:
+    """A validator for docs/schema/remote-NAME.schema.json."""
+    doc = json.loads((ROOT / "docs" / "schema" / f"remote-{name}.schema.json").read_text())
+    Draft202012Validator.check_schema(doc)
+    return Draft202012Validator(doc)
+
+
+def assert_wire_valid(obs: Observer) -> int:
+    """Every remote-management message the observer saw meets its JSON Schema; how many."""
+    signed, n = schema("signed"), 0
+    for topic, payload, _retain in list(obs.messages):
+        if not payload:
+            continue
+        kind = ("reported" if topic.endswith("/config/reported") else
+                "desired" if topic.endswith("/config/desired") else
+                "request" if topic.endswith("/cmd") else
+                "reply" if "/cmd/res/" in topic else None)
+        if kind is None:
+            continue
+        doc = json.loads(payload)
+        if kind in ("desired", "request") and "signed" in doc:
+            signed.validate(doc)
+            doc = json.loads(doc["signed"])
+        schema(kind).validate(doc)
+        n += 1
+    return n
 
 
 def acl_in_docs() -> str:

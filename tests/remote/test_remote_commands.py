@@ -19,6 +19,7 @@ from tests.remote.harness import (
     Observer,
     acl_in_docs,
     agent_config,
+    assert_wire_valid,
     broker_conf,
     fleet,
     reply,
@@ -62,6 +63,7 @@ def agent(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Any:
     try:
         wait_for("the first report", reported(obs, TRUCK), 30, gw)
         yield broker, gw, obs
+        assert assert_wire_valid(obs) > 0
     finally:
         obs.close()
         gw.stop()
@@ -203,6 +205,7 @@ def test_unsigned_commands_are_refused_when_signing_is_required(
         proc = fleet(broker, tmp_path, "--key-file", str(key), "config", "push", TRUCK,
                      str(tmp_path / "push.toml"), "--version", "2", "--timeout", "30")
         assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        assert assert_wire_valid(obs) >= 5
         # the key never appears in a reply or the log
         for out in (gw.log_path.read_text(), *(json.dumps(d) for d in obs.docs(RES))):
             assert key_text not in out

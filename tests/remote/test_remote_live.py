@@ -22,7 +22,15 @@ from sim.route import load_route
 from sim.runner import TruckSim
 from sim.slcan_adapter import SlcanPtyAdapter
 from sim.truck import Truck, TruckParams
-from tests.remote.harness import Observer, agent_config, broker_conf, reported, secret, start_agent
+from tests.remote.harness import (
+    Observer,
+    agent_config,
+    assert_wire_valid,
+    broker_conf,
+    reported,
+    secret,
+    start_agent,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -107,6 +115,7 @@ async def test_live_push_changes_the_event_rate_without_a_restart(
         rc, out, _err = await fleet(broker, tmp_path, "config", "get", TRUCK)
         assert rc == 0
         assert json.loads(out)["reported"]["running_version"] == 1
+        assert assert_wire_valid(obs) >= 3
     finally:
         stop.set()
         await drive
@@ -159,6 +168,7 @@ async def test_invalid_push_is_rejected_whole_with_check_configs_lines(
         assert rc == 1
         assert "TOML syntax error" in json.loads(out)["errors"][0]
         assert gw.running
+        assert assert_wire_valid(obs) >= 5
     finally:
         obs.close()
         gw.stop()

@@ -21,6 +21,7 @@ from sim.broker import Mosquitto, free_port
 from tests.remote.harness import (
     Observer,
     agent_config,
+    assert_wire_valid,
     broker_conf,
     fleet,
     reported,
@@ -70,6 +71,7 @@ def test_unreachable_broker_rolls_back_after_the_grace_and_reports(
         assert files.read_state(gw.config_path).phase is Phase.ROLLED_BACK
         log = gw.log_path.read_text()
         assert log.count("config version 1 written") == 1, gw.log_tail(60)
+        assert assert_wire_valid(obs) >= 4
     finally:
         obs.close()
         gw.stop()

@@ -161,3 +161,17 @@ def test_window_is_bounded_and_keeps_the_newest(ids: list[str]) -> None:
     assert len(w) == min(8, len(set(ids))) or len(w) == 8
     if ids:  # the newest id is always remembered
         assert w.seen(ids[-1]) == 200
+
+
+def test_reply_schema_lists_every_code() -> None:
+    from tests.remote.harness import schema  # noqa: PLC0415
+
+    doc_schema = schema("reply").schema
+    assert isinstance(doc_schema, dict)
+    props = doc_schema["properties"]
+    assert props["code"]["enum"] == [int(c) for c in Code]
+    assert props["result"]["enum"] == ["ok" if c is Code.OK else c.name.lower() for c in Code]
+    doc = json.loads(commands.encode_reply("r", "ping", Code.OK, {}, truck_id="T", now_ms=1))
+    schema("reply").validate(doc)
+    schema("signed").validate(json.loads(sign(req(), KEY)))
+    schema("request").validate(req())

@@ -235,3 +235,27 @@ def test_a_client_the_acl_forbids_cannot_command_or_configure(agent: Any,
         assert gw.running
     finally:
         intruder.close()
+
+
+def test_under_mqtt311_only_signed_commands_run(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    broker = mosquitto_factory(broker_conf(tmp_path, (TRUCK,)))
+    key = tmp_path / "truck.key"
+    key.write_text("ab" * 32)
+    key.chmod(0o640)
+    text = agent_config(tmp_path, TRUCK, broker, mqtt_extra='protocol = "3.1.1"\n',
+                        remote=f'key_file = "{key}"\n')
+    gw = start_agent(tmp_path, TRUCK, text)
+    obs = Observer(broker, tmp_path)
+    try:
+        wait_for("the first report", reported(obs, TRUCK), 30, gw)
+        proc = fleet(broker, tmp_path, "cmd", TRUCK, "ping")  # answered on its reply_to
+        assert (proc.returncode, reply(proc)["code"]) == (3, 401)
+        assert "3.1.1" in reply(proc)["body"]["reason"]
+        proc = fleet(broker, tmp_path, "--key-file", str(key), "cmd", TRUCK, "ping")
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        assert assert_wire_valid(obs) >= 3
+    finally:
+        obs.close()
+        gw.stop()

@@ -233,7 +233,11 @@ class Agent:
             return None
         from gateway.remote.shell import RemoteShell  # noqa: PLC0415  # only with [remote]
 
-        shell = RemoteShell(self)
+        try:
+            shell = RemoteShell(self)
+        except OSError as exc:  # the key file went away since the config was checked
+            log.error("remote management off: %s", exc)  # noqa: TRY400  # the reason says it
+            return None
         return shell if shell.needed else None
 
     def wall_ms(self) -> int:
@@ -374,7 +378,11 @@ class Agent:
     ) -> None:
         """Drivers first (no new events), then the uplink (offline status), then the rest."""
         self.phase = Phase.STOPPING
-        self.notifier.stopping(status="stopping")
+        if self.exit_code == EX_RESTART:  # re-exec follows: STOPPING=1 would end the unit
+            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                                 "STATUS=restarting (remote management)")
+        else:
+            self.notifier.stopping(status="stopping")
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         for t in drivers:
             t.cancel()

@@ -259,3 +259,37 @@ def test_under_mqtt311_only_signed_commands_run(
     finally:
         obs.close()
         gw.stop()
+
+
+def test_restart_command_re_execs_and_tells_systemd_it_reloads(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    """``restart``: replied, then a clean stop and a re-exec in the same process; systemd
+    hears RELOADING=1 and READY=1 again, never STOPPING=1 (which would end the unit)."""
+    from tests.service.agent_env import NotifyListener  # noqa: PLC0415
+
+    broker = mosquitto_factory(broker_conf(tmp_path, (TRUCK,)))
+    listener = NotifyListener()
+    gw = start_agent(tmp_path, TRUCK, agent_config(tmp_path, TRUCK, broker),
+                     env={"NOTIFY_SOCKET": listener.address})
+    obs = Observer(broker, tmp_path)
+    try:
+        wait_for("the first report", reported(obs, TRUCK), 30, gw)
+        assert gw.proc is not None
+        pid = gw.proc.pid
+        topic = f"fleet/{TRUCK}/config/reported"
+        n = len(obs.docs(topic))
+        proc = fleet(broker, tmp_path, "cmd", TRUCK, "restart")
+        assert proc.returncode == 0, proc.stderr
+        wait_for("the agent connected again", lambda: len(obs.docs(topic)) > n, 30, gw)
+        assert gw.running
+        assert gw.proc.pid == pid
+        lines = listener.lines()
+        assert lines.count("READY=1") == 2, lines
+        assert "RELOADING=1" in lines
+        assert "STOPPING=1" not in lines
+        assert gw.log_path.read_text().count("starting for truck") == 2
+    finally:
+        obs.close()
+        gw.stop()
+        listener.close()

@@ -293,3 +293,55 @@ def test_restart_command_re_execs_and_tells_systemd_it_reloads(
         obs.close()
         gw.stop()
         listener.close()
+
+
+def test_allow_list_config_push_switch_and_off_by_default(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    broker = mosquitto_factory(broker_conf(tmp_path, (TRUCK, "RMT-OFF")))
+    text = agent_config(tmp_path, TRUCK, broker,
+                        remote='config_push = false\ncommands = ["ping", "status"]\n')
+    gw = start_agent(tmp_path, TRUCK, text)
+    off_text = agent_config(tmp_path, "RMT-OFF", broker).replace(
+        "[remote]\nenabled = true", "[remote]\nenabled = false")
+    off = start_agent(tmp_path, "RMT-OFF", off_text)
+    obs = Observer(broker, tmp_path)
+    try:
+        wait_for("the first report", reported(obs, TRUCK), 30, gw)
+        assert fleet(broker, tmp_path, "cmd", TRUCK, "ping").returncode == 0
+        proc = fleet(broker, tmp_path, "cmd", TRUCK, "restart")
+        assert (proc.returncode, reply(proc)["code"]) == (3, 403)
+        (tmp_path / "push.toml").write_text(text.replace("status_interval_s = 2.0",
+                                                         "status_interval_s = 3.0"))
+        proc = fleet(broker, tmp_path, "config", "push", TRUCK, str(tmp_path / "push.toml"),
+                     "--timeout", "4")
+        assert proc.returncode == 4  # config pushes are off: no verdict
+        assert gw.config_path.read_text() == text
+        # [remote] enabled = false: nothing subscribed, nothing answered, nothing reported
+        wait_for("the other truck online", lambda: any(
+            t == "fleet/RMT-OFF/status" for t, _p, _r in list(obs.messages)), 30, off)
+        proc = fleet(broker, tmp_path, "cmd", "RMT-OFF", "ping", "--timeout", "3")
+        assert proc.returncode == 4
+        assert not obs.docs("fleet/RMT-OFF/config/reported")
+    finally:
+        obs.close()
+        gw.stop()
+        off.stop()
+
+
+def test_a_truck_that_was_offline_gets_the_retained_desired_config(
+    agent: Any, tmp_path: Path
+) -> None:
+    broker, gw, obs = agent
+    text = gw.config_path.read_text()
+    gw.stop()
+    new = text.replace("status_interval_s = 2.0", "status_interval_s = 4.0")
+    (tmp_path / "push.toml").write_text(new)
+    proc = fleet(broker, tmp_path, "config", "push", TRUCK, str(tmp_path / "push.toml"),
+                 "--no-wait")
+    assert proc.returncode == 0, proc.stderr
+    gw.start()
+    got = wait_for("version 1 applied", reported(obs, TRUCK, version=1, status="applied"),
+                   30, gw)
+    assert got["live_keys"] == ["mqtt.status_interval_s"]
+    assert gw.config_path.read_text() == new

@@ -129,8 +129,15 @@ class RemoteShell:
     # ------------------------------------------------------------------ uplink hooks
 
     def on_connected(self, client: mqtt.Client) -> None:
-        """A broker accepted the connection: confirm, report, subscribe."""
+        """A broker accepted the connection: confirm, report, subscribe (never raises:
+        remote management must not take the uplink down)."""
         self._client = client
+        try:
+            self._connected(client)
+        except Exception:
+            log.exception("remote: internal error after connecting")
+
+    def _connected(self, client: mqtt.Client) -> None:
         if self.state.phase is rollback.Phase.PENDING_CONFIRM:
             self._set_state(rollback.connected(self.state, self.agent.wall_ms()))
             log.info("remote: config version %d confirmed (broker reached)",
@@ -257,28 +264,53 @@ class RemoteShell:
         for w in warnings:
             log.warning("remote: config version %d: %s", doc.version, w)
         text = doc.toml.encode()
-        now_ms = self.agent.wall_ms()
-        if not change.needs_restart:
-            # the file first: what check-config and the next start see is what runs
-            if files.sha256_of(self.config_path) != _sha(text):
-                files.install_config(self.config_path, text)
+        before = self.state
+        try:
+            if change.needs_restart:
+                self._apply_with_restart(doc.version, new, change, text)
+            else:
+                self._apply_live(doc.version, new, change, text)
+        except OSError as exc:  # e.g. the config folder is not writable (docs/remote.md)
+            self.state = before
+            self._reject(doc.version, ((f"{name}: cannot write the config file or its "
+                                        f"state: {exc.strerror or exc}"),))
+
+    def _apply_live(self, version: int, new: TruckConfig, change: desired.Diff,
+                    text: bytes) -> None:
+        # the file first: what check-config and the next start see is what runs
+        if files.sha256_of(self.config_path) != _sha(text):
+            files.install_config(self.config_path, text)
+        try:
             self.agent.apply_live(new)
-            self.counters["configs_applied"] += 1
-            self._set_state(rollback.applied_live(self.state, doc.version, change.live, now_ms))
-            log.info("remote: config version %d applied live (%s)", doc.version,
-                     ", ".join(change.live) or "no change")
-            self._publish_reported()
+        except Exception:  # a component refused: the file is in place, a restart applies it
+            log.exception("remote: config version %d could not be applied live; "
+                          "restarting onto it", version)
+            self._persist(rollback.begin(self.state, version, new_sha256=_sha(text),
+                                         grace_s=new.remote.grace_s, live=change.live,
+                                         restart=change.restart, at_ms=self.agent.wall_ms()))
+            self._persist(rollback.written(self.state))
+            self.agent.request_stop(EX_RESTART, f"config version {version} needs a restart")
             return
-        self._set_state(rollback.begin(self.state, doc.version, new_sha256=_sha(text),
-                                       grace_s=new.remote.grace_s, live=change.live,
-                                       restart=change.restart, at_ms=now_ms))
+        self.counters["configs_applied"] += 1
+        self._set_state(rollback.applied_live(self.state, version, change.live,
+                                              self.agent.wall_ms()))
+        log.info("remote: config version %d applied live (%s)", version,
+                 ", ".join(change.live) or "no change")
         self._publish_reported()
+
+    def _apply_with_restart(self, version: int, new: TruckConfig, change: desired.Diff,
+                            text: bytes) -> None:
+        # the state must be durable before the file moves: the start check reads it
+        self._persist(rollback.begin(self.state, version, new_sha256=_sha(text),
+                                     grace_s=new.remote.grace_s, live=change.live,
+                                     restart=change.restart, at_ms=self.agent.wall_ms()))
         files.install_config(self.config_path, text)
-        self._set_state(rollback.written(self.state))
+        self._persist(rollback.written(self.state))
+        self._publish_reported()
         log.warning("remote: config version %d written (%s need a restart); restarting, "
-                    "rollback after %g s without a broker", doc.version,
+                    "rollback after %g s without a broker", version,
                     ", ".join(change.restart), self.state.grace_s)
-        self.agent.request_stop(EX_RESTART, f"config version {doc.version} needs a restart")
+        self.agent.request_stop(EX_RESTART, f"config version {version} needs a restart")
 
     def _reject(self, version: int, errors: tuple[str, ...]) -> None:
         self.counters["configs_rejected"] += 1
@@ -287,8 +319,17 @@ class RemoteShell:
         self._publish_reported()
 
     def _set_state(self, state: rollback.State) -> None:
+        """Take ``state``; persisting it is best effort (the report still goes out)."""
         self.state = state
+        try:
+            files.write_state(self.config_path, state)
+        except OSError as exc:
+            log.error("remote: cannot persist the rollback state: %s", exc)  # noqa: TRY400
+
+    def _persist(self, state: rollback.State) -> None:
+        """Persist ``state``, then take it; raises OSError (nothing taken) if it cannot."""
         files.write_state(self.config_path, state)
+        self.state = state
 
     def reported_payload(self) -> bytes:
         """The retained ``config/reported`` document."""

@@ -37,7 +37,15 @@ DEFAULT_MAX_STARTS = 3
 
 def before_run(config: Path) -> rollback.State | None:
     """Count this start against a pending change; roll back if it must. Returns the
-    state when there is one."""
+    state when there is one. Never raises: the agent starts whatever happens here."""
+    try:
+        return _before_run(config)
+    except Exception:
+        log.exception("remote: the start check failed; starting on %s as it is", config)
+        return None
+
+
+def _before_run(config: Path) -> rollback.State | None:
     if not files.state_path(config).exists():
         return None
     state = files.read_state(config)

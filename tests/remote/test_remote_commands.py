@@ -345,3 +345,24 @@ def test_a_truck_that_was_offline_gets_the_retained_desired_config(
                    30, gw)
     assert got["live_keys"] == ["mqtt.status_interval_s"]
     assert gw.config_path.read_text() == new
+
+
+@pytest.mark.parametrize("change", ["status_interval_s = 4.0", "keepalive_s = 12"])
+def test_a_config_file_that_cannot_be_written_is_a_rejection(agent: Any, tmp_path: Path,
+                                                             change: str) -> None:
+    """Live or restart: nothing half-done, the verdict says why, the agent runs on."""
+    broker, gw, _obs = agent
+    text = gw.config_path.read_text()
+    (gw.config_path.parent / "truck.toml.prev").mkdir()  # the previous file cannot be kept
+    key = change.split(" = ", maxsplit=1)[0]
+    new = "\n".join(change if ln.startswith(key + " =") else ln for ln in text.splitlines())
+    (tmp_path / "push.toml").write_text(new + "\n")
+    proc = fleet(broker, tmp_path, "config", "push", TRUCK, str(tmp_path / "push.toml"),
+                 "--timeout", "30")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr, gw.log_tail())
+    verdict = reply(proc)
+    assert verdict["status"] == "rejected"
+    assert "cannot write the config file" in verdict["errors"][0]
+    assert gw.config_path.read_text() == text
+    assert gw.running
+    assert fleet(broker, tmp_path, "cmd", TRUCK, "ping").returncode == 0

@@ -366,6 +366,8 @@ class Agent:
             problem=problem if self.phase is Phase.RUNNING else error,
             clock=self.clock.stats(),
         )
+        if self.remote is not None:  # remote-management counters (docs/remote.md)
+            self._snapshot["remote"] = self.remote.stats()
         self.writer.write(self._snapshot)
 
     # ------------------------------------------------------------------ shutdown

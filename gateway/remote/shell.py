@@ -405,7 +405,7 @@ class RemoteShell:
         if name == "ping":
             return Code.OK, {"pong": True, "agent_version": __version__}
         if name == "status":
-            return Code.OK, {**a.snapshot(), "remote": self.stats()}
+            return Code.OK, {**a.snapshot(), "remote": self.stats()}  # counters of now
         if name == "position":
             fix = a.position()
             return (Code.OK, fix) if fix is not None else (

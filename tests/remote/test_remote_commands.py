@@ -191,6 +191,9 @@ def test_unsigned_commands_are_refused_when_signing_is_required(
         assert proc.returncode == 0, proc.stdout
         counters = reply(proc)["body"]["remote"]
         assert (counters["unsigned_refused"], counters["bad_signature"]) == (1, 1)
+        # and in the local health snapshot (truckgw status --json)
+        wait_for("the counters in the state file", lambda: (gw.state().get("remote") or {})
+                 .get("bad_signature") == 1, 10, gw)
         # a signed request replayed outside the window is refused
         stale = sign({"request_id": "stale", "name": "ping", "ts_ms": 1}, key_text.encode())
         obs.publish(f"fleet/{TRUCK}/cmd", stale, response_topic=RES)

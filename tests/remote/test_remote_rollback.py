@@ -140,3 +140,49 @@ def test_kill_9_at_random_moments_never_tears_the_file(
     finally:
         obs.close()
         gw.stop()
+
+
+def test_a_config_the_agent_cannot_start_on_is_rolled_back_after_max_starts(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    """The pushed file passes check-config but the agent dies at start (its buffer cannot
+    be opened); restarted as Restart=on-failure would, it comes back on the old file at
+    start max_starts + 1 and reports why."""
+    broker = mosquitto_factory(broker_conf(tmp_path, (TRUCK,)))
+    old_text = agent_config(tmp_path, TRUCK, broker)
+    buffer_line = next(ln for ln in old_text.splitlines() if ln.startswith("path = "))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the buffer's folder should be")
+    new_text = old_text.replace(buffer_line, f'path = "{blocker / "buffer.db"}"').replace(
+        "enabled = true", "enabled = true\nmax_starts = 2")
+    check_config_of = tmp_path / "check.toml"
+    check_config_of.write_text(new_text)
+    check_config(check_config_of)  # valid as a file: only starting on it fails
+    gw = start_agent(tmp_path, TRUCK, old_text)
+    obs = Observer(broker, tmp_path)
+    try:
+        wait_for("the first report", reported(obs, TRUCK), 30, gw)
+        (tmp_path / "new.toml").write_text(new_text)
+        proc = fleet(broker, tmp_path, "config", "push", TRUCK, str(tmp_path / "new.toml"),
+                     "--no-wait")
+        assert proc.returncode == 0, proc.stderr
+        exits = []
+        verdict = reported(obs, TRUCK, version=1, status="rolled_back")
+        for _ in range(6):  # the service manager's Restart=on-failure, bounded
+            for _ in range(100):
+                if verdict() or not gw.running:
+                    break
+                time.sleep(0.2)
+            if verdict():
+                break
+            exits.append(gw.returncode)
+            gw.start()
+        got = verdict()
+        assert got, (exits, gw.log_tail(60))
+        assert exits == [1, 1], exits  # two failed starts, the third rolled back
+        assert "2 starts on the new config without reaching a broker" in got["errors"][0]
+        assert gw.config_path.read_text() == old_text
+        assert gw.running
+    finally:
+        obs.close()
+        gw.stop()

@@ -145,6 +145,7 @@ class RemoteShell:
         r = self.agent.cfg.remote
         if r.enabled:
             client.on_message = self.on_message
+            client.on_subscribe = self._on_subscribe
             topics = []
             if r.config_push:
                 topics.append(desired_topic(self.prefix, self.truck_id))
@@ -165,6 +166,14 @@ class RemoteShell:
         except asyncio.QueueFull:
             self.counters["dropped"] += 1
             log.warning("remote: request queue full; message on %s dropped", msg.topic)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
+                      codes: Any, _props: Any) -> None:
+        """A refused subscription (the broker's ACL) is logged: nothing will arrive."""
+        for rc in codes or ():
+            if getattr(rc, "is_failure", False):
+                log.error("remote: the broker refused a subscription of this truck: %s "
+                          "(check its ACL, docs/remote.md)", rc)
 
     def on_disconnected(self) -> None:
         """The connection is gone."""

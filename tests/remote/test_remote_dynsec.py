@@ -55,7 +55,8 @@ def test_the_documented_dynsec_roles_gate_commands(
     script = dynsec_block() + (
         f'add_operator ops "{PASSWORD}ops"\n'
         f'add_truck {TRUCK} "{PASSWORD}{TRUCK}"\n'
-        f'ctrl createClient intruder -p "{PASSWORD}intruder"\n')
+        f'ctrl createClient intruder -p "{PASSWORD}intruder"\n'
+        f'ctrl createClient RMT-NOROLE -p "{PASSWORD}RMT-NOROLE"\n')
     env = {**os.environ, "CTRL": f"-h {broker.host} -p {broker.port} -u admin -P adminpw"}
     ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
                          text=True, timeout=120, env=env, check=False)
@@ -77,6 +78,15 @@ def test_the_documented_dynsec_roles_gate_commands(
         proc = fleet(broker, tmp_path, "cmd", TRUCK, "ping", "--timeout", "3", user="intruder")
         assert proc.returncode == 4
         assert gw.running
+        # a truck the broker gives no role: its subscriptions are refused, and it says so
+        norole = start_agent(tmp_path, "RMT-NOROLE", agent_config(tmp_path, "RMT-NOROLE",
+                                                                  broker))
+        try:
+            wait_for("the refused subscriptions logged", lambda: "the broker refused a "
+                     "subscription of this truck: Not authorized" in norole.log_path.read_text(),
+                     30, norole)
+        finally:
+            norole.stop()
     finally:
         intruder.close()
         obs.close()

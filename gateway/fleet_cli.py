@@ -48,7 +48,7 @@ EX_OK, EX_FAILED, EX_USAGE, EX_REFUSED, EX_TIMEOUT = 0, 1, 2, 3, 4
 EX_NOINPUT, EX_UNAVAILABLE = 66, 69
 #: How long to wait for retained messages after subscribing.
 RETAINED_WAIT_S = 1.0
-FINAL = frozenset({"applied", "rejected", "rolled_back"})
+FINAL = frozenset({"applied", "rejected", "rolled_back", "rollback_failed"})
 
 
 class _Conn:

@@ -122,15 +122,14 @@ def install_config(config: Path, text: bytes) -> None:
     atomic_write(config, text, mode=mode, hold_s=hold)
 
 
-def restore_prev(config: Path) -> bool:
-    """Put ``.prev`` back in place of the config file; False when there is none."""
+def restore_prev(config: Path) -> str | None:
+    """Put ``.prev`` back in place of the config file; None, or why it cannot."""
     try:
-        old = prev_path(config).read_bytes()
+        atomic_write(config, prev_path(config).read_bytes(), mode=_mode(config))
     except OSError as exc:
         log.error("remote: cannot roll back %s: %s", config, exc)  # noqa: TRY400
-        return False
-    atomic_write(config, old, mode=_mode(config))
-    return True
+        return f"cannot restore {prev_path(config).name}: {exc.strerror or exc}"
+    return None
 
 
 def _mode(path: Path) -> int:

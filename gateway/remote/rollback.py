@@ -48,7 +48,7 @@ class Outcome:
     """What became of one desired version."""
 
     version: int
-    status: str  # "applied" | "rejected" | "rolled_back" | "pending"
+    status: str  # "applied" | "rejected" | "rolled_back" | "pending" | "rollback_failed"
     errors: tuple[str, ...] = ()
     at_ms: int = 0
     live: tuple[str, ...] = ()
@@ -201,4 +201,17 @@ def rolled_back(s: State, reason: str, at_ms: int) -> State:
         handled_version=max(s.handled_version, version), target_version=None,
         new_sha256=None, waited_s=0.0, starts=0,
         outcome=Outcome(version, "rolled_back", (reason,), at_ms,
+                        o.live if o else (), o.restart if o else ()))
+
+
+def rollback_failed(s: State, reason: str, problem: str, at_ms: int) -> State:
+    """The previous file could not be restored: the agent stays on the new one (a restart
+    loop would help nobody) and says so."""
+    version = s.target_version if s.target_version is not None else s.handled_version
+    o = s.outcome
+    return dataclasses.replace(
+        s, phase=Phase.IDLE, running_version=version,
+        handled_version=max(s.handled_version, version), target_version=None,
+        new_sha256=None, waited_s=0.0, starts=0,
+        outcome=Outcome(version, "rollback_failed", (reason, problem), at_ms,
                         o.live if o else (), o.restart if o else ()))

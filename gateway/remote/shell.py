@@ -202,11 +202,11 @@ class RemoteShell:
                 decision = rollback.waited(self.state, dt)
                 self.state = decision.state
                 if decision.roll_back is not None:
-                    self._roll_back(decision.roll_back)
-                    return
-                if now - persisted >= PERSIST_EVERY_S:
+                    if self._roll_back(decision.roll_back):
+                        return
+                elif now - persisted >= PERSIST_EVERY_S:
                     persisted = now
-                    files.write_state(self.config_path, self.state)
+                    self._set_state(self.state)
             if msg is not None:
                 try:
                     await self._handle(msg)
@@ -214,15 +214,20 @@ class RemoteShell:
                     log.exception("remote: internal error handling a message on %s",
                                   msg.topic)
 
-    def _roll_back(self, reason: str) -> None:
+    def _roll_back(self, reason: str) -> bool:
+        """Restore the previous file and restart onto it; False (staying on the new file,
+        reported) when it cannot be restored."""
         log.error("remote: rolling back config version %s: %s", self.state.target_version,
                   reason)
-        if files.restore_prev(self.config_path):
-            self.counters["rollbacks"] += 1
-            self._set_state(rollback.rolled_back(self.state, reason, self.agent.wall_ms()))
-        else:
-            files.write_state(self.config_path, self.state)
+        problem = files.restore_prev(self.config_path)
+        if problem is not None:
+            self._set_state(rollback.rollback_failed(self.state, reason, problem,
+                                                     self.agent.wall_ms()))
+            return False
+        self.counters["rollbacks"] += 1
+        self._set_state(rollback.rolled_back(self.state, reason, self.agent.wall_ms()))
         self.agent.request_stop(EX_RESTART, f"rollback: {reason}")
+        return True
 
     async def _handle(self, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == desired_topic(self.prefix, self.truck_id):

@@ -63,8 +63,10 @@ def _before_run(config: Path) -> rollback.State | None:
     if decision.roll_back is not None:
         log.error("remote: rolling back config version %s: %s", state.target_version,
                   decision.roll_back)
-        if files.restore_prev(config):
-            state = rollback.rolled_back(state, decision.roll_back, time.time_ns() // 1_000_000)
+        now_ms = time.time_ns() // 1_000_000
+        problem = files.restore_prev(config)
+        state = (rollback.rolled_back(state, decision.roll_back, now_ms) if problem is None
+                 else rollback.rollback_failed(state, decision.roll_back, problem, now_ms))
     files.write_state(config, state)
     return state
 

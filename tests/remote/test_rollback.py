@@ -138,3 +138,14 @@ def test_pending_always_ends_confirmed_or_rolled_back(events: list[tuple[str, ob
         assert s.starts <= max_starts
     if s.phase is Phase.CONFIRMED:
         assert s.running_version == 4
+
+
+def test_rollback_failed_stays_on_the_new_file_and_says_so() -> None:
+    s = rollback.rollback_failed(pending(), "no broker", "cannot restore truckgw.toml.prev",
+                                 at_ms=7)
+    assert (s.phase, s.running_version, s.handled_version) == (Phase.IDLE, 4, 4)
+    assert s.outcome is not None
+    assert s.outcome.status == "rollback_failed"
+    assert s.outcome.errors == ("no broker", "cannot restore truckgw.toml.prev")
+    assert not rollback.should_handle(s, 4)
+    assert rollback.at_start(s, SHA_NEW, None, max_starts=1).roll_back is None  # no loop

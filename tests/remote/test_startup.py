@@ -102,3 +102,19 @@ def test_truckgw_run_starts_on_the_previous_file_when_the_pushed_one_does_not_lo
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
+
+
+def test_without_a_previous_file_the_start_goes_on_and_reports_it(tmp_path: Path) -> None:
+    new = GOOD.format(d=tmp_path, port=1884)
+    cfg = pushed(tmp_path, new)
+    files.prev_path(cfg).unlink()
+    for _ in range(3):
+        startup.before_run(cfg)
+    state = startup.before_run(cfg)  # past max_starts: a rollback, but nothing to restore
+    assert state is not None
+    assert state.phase is Phase.IDLE
+    assert state.outcome is not None
+    assert state.outcome.status == "rollback_failed"
+    assert "cannot restore truck.toml.prev" in state.outcome.errors[1]
+    assert cfg.read_text() == new
+    assert startup.before_run(cfg) == state  # and no loop: the next start just runs

@@ -251,8 +251,13 @@ class Agent:
     def position(self) -> dict[str, Any] | None:
         """The latest GPS fix with a position."""
         fix = self.ingest.last_fix
-        return None if fix is None else {
-            k: getattr(fix, k) for k in fix.__dataclass_fields__ if k != "received"}
+        if fix is None:
+            return None
+        out: dict[str, Any] = {k: getattr(fix, k) for k in fix.__dataclass_fields__
+                               if k != "received"}
+        if fix.received is not None:  # how old "now" is: seconds since it arrived
+            out["age_s"] = round(time.monotonic() - fix.received, 3)
+        return out
 
     def dtcs(self) -> list[dict[str, Any]]:
         """The active faults of each source, from its latest DM1."""

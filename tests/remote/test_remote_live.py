@@ -17,6 +17,7 @@ import pytest
 from config.errors import ConfigError
 from config.loader import check_config
 from sim.broker import Mosquitto
+from sim.faults import FaultPlan
 from sim.ports import PtyPort
 from sim.route import load_route
 from sim.runner import TruckSim
@@ -72,7 +73,8 @@ async def test_live_push_changes_the_event_rate_without_a_restart(
     obs = Observer(broker, tmp_path)
     truck = Truck(load_route("hamburg-port-loop"), seed=5,
                   params=TruckParams(start_parked_s=0, warmup_s=0, fault_every_s=0))
-    sim = TruckSim(truck, gps=gps, can=can, speed=4.0, seed=5)
+    sim = TruckSim(truck, gps=gps, can=can, speed=4.0, seed=5,
+                   faults=FaultPlan.parse(["dtc@1+300"]))
     can.device.on_transmit = sim.on_frame_from_host
     stop = asyncio.Event()
     drive = asyncio.create_task(sim.run(120.0, stop), name="remote-sim")
@@ -112,6 +114,16 @@ async def test_live_push_changes_the_event_rate_without_a_restart(
         cfg, _ = check_config(gw.config_path)
         assert cfg.can is not None
         assert cfg.can.sampling.min_interval_s == 0.0
+        rc, out, _err = await fleet(broker, tmp_path, "cmd", TRUCK, "position")
+        assert rc == 0, out
+        fix = json.loads(out)["body"]
+        assert fix["fix"] in (2, 3)
+        assert 53.0 < fix["lat"] < 54.0  # the Hamburg port loop
+        assert 0 <= fix["age_s"] < 10
+        rc, out, _err = await fleet(broker, tmp_path, "cmd", TRUCK, "dtc")
+        assert rc == 0, out
+        active = json.loads(out)["body"]["active"]
+        assert any(src["active"] for src in active), active  # the injected fault, now
         rc, out, _err = await fleet(broker, tmp_path, "config", "get", TRUCK)
         assert rc == 0
         assert json.loads(out)["reported"]["running_version"] == 1

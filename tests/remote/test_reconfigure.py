@@ -11,7 +11,7 @@ from config.events import Event
 from drivers.j1939 import SignalUpdate
 from gateway.clock import Clock
 from gateway.delivery import Delivery
-from gateway.delivery_actions import SendStatus
+from gateway.delivery_actions import Publish, SendStatus, Wait
 from gateway.ingest import Ingest
 
 
@@ -24,6 +24,31 @@ def test_delivery_takes_a_new_status_interval_at_once() -> None:
     core.reconfigure(dataclasses.replace(m, status_interval_s=2.0, live_share=0.9,
                                          bandwidth_bytes_per_s=10_000), 5.0)
     assert any(isinstance(a, SendStatus) for a in core.tick(7.5, 7.5))
+
+
+def test_delivery_takes_a_bandwidth_cap_while_messages_are_in_flight() -> None:
+    from tests.uplink.test_delivery import batch, connected, lease, publish  # noqa: PLC0415
+
+    d = connected(max_payload_bytes=1024)
+    le = lease(d)
+    d.leased(le.lane, batch(le.lane, range(1, 60)))
+    first = publish(d, 0.0)
+    d.sent(first, 1, 0.0)
+    second = publish(d, 0.0)  # unlimited: no wait
+    d.sent(second, 2, 0.0)
+    assert d.in_flight(1)
+    d.reconfigure(MqttConfig(host="broker.example", max_payload_bytes=1024,
+                             bandwidth_bytes_per_s=100), 0.0)
+    assert d.in_flight(1)  # nothing in flight is dropped
+    for mid in range(3, 30):  # the new cap binds within one bucket (burst) of bytes
+        act = d.poll(0.0)
+        if isinstance(act, Wait):
+            break
+        assert isinstance(act, Publish)
+        d.sent(act, mid, 0.0)
+    else:
+        raise AssertionError("the new bandwidth cap never made the sender wait")
+    assert d.puback(1, 0, 0.1)  # the earlier message still settles
 
 
 def test_ingest_switches_policies_and_keeps_counting() -> None:

@@ -17,7 +17,7 @@ import pytest
 from config.loader import check_config
 from gateway.remote import files
 from gateway.remote.rollback import Phase
-from sim.broker import Mosquitto, free_port
+from sim.broker import Mosquitto
 from tests.remote.harness import (
     Observer,
     agent_config,
@@ -39,8 +39,9 @@ def test_unreachable_broker_rolls_back_after_the_grace_and_reports(
 ) -> None:
     broker = mosquitto_factory(broker_conf(tmp_path, (TRUCK,)))
     old_text = agent_config(tmp_path, TRUCK, broker)
-    dead = free_port()  # nothing listens there
-    new_text = agent_config(tmp_path, TRUCK, broker, port=dead, remote="grace_s = 3.0\n")
+    # another broker host, on loopback, where nothing listens
+    new_text = agent_config(tmp_path, TRUCK, broker, remote="grace_s = 3.0\n").replace(
+        f'host = "{broker.host}"', 'host = "127.0.0.3"')
     gw = start_agent(tmp_path, TRUCK, old_text)
     obs = Observer(broker, tmp_path)
     try:
@@ -56,7 +57,7 @@ def test_unreachable_broker_rolls_back_after_the_grace_and_reports(
         assert verdict["version"] == 1
         assert verdict["running_version"] == 0
         assert "grace period of 3 s" in verdict["errors"][0]
-        assert verdict["restart_keys"] == ["mqtt.port", "remote.grace_s"]
+        assert verdict["restart_keys"] == ["mqtt.host", "remote.grace_s"]
         # the truck said "pending" before it restarted onto the new file
         assert reported(obs, TRUCK, version=1, status="pending")()
         assert gw.config_path.read_text() == old_text

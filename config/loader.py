@@ -45,6 +45,7 @@ from config.schema import (
     MAX_TTL_S,
     MQTT_PLAIN_PORT,
     MQTT_TLS_PORT,
+    REMOTE_COMMANDS,
     TruckConfig,
 )
 
@@ -193,6 +194,7 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
     if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
         ctx.err("mqtt.tls", "cert_file and key_file go together (mutual TLS)")
     _mqtt_security(cfg, ctx)
+    _remote_checks(cfg, ctx)
     if cfg.can is not None and cfg.can.interface not in can_interfaces():
         ctx.err("can.interface",
                 f"unknown python-can interface {cfg.can.interface!r}"
@@ -240,6 +242,22 @@ def _runtime_dir(target: Path) -> bool:
     """A file in a folder under /run: the service manager makes it at start
     (``RuntimeDirectory=`` of the unit), so it need not exist when the file is checked."""
     return len(target.parts) >= 3 and target.parts[:2] == ("/", "run")
+
+
+def _remote_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """``[remote]``: known command names; signing needs a key (docs/remote.md)."""
+    r = cfg.remote
+    for name in r.commands:
+        if name not in REMOTE_COMMANDS:
+            ctx.err("remote.commands",
+                    f"unknown command {name!r}{_did_you_mean(name, REMOTE_COMMANDS)} "
+                    f"(known: {', '.join(REMOTE_COMMANDS)})")
+    if r.require_signed and r.key_file is None:
+        ctx.err("remote.require_signed", "needs remote.key_file (the per-truck HMAC key)")
+    if r.enabled and r.commands and cfg.mqtt.protocol == "3.1.1" and r.key_file is None:
+        ctx.warn("remote.commands",
+                 "MQTT 3.1.1 has no response topic or message expiry: commands are "
+                 "refused unless signed, and remote.key_file is not set")
 
 
 def _mqtt_security(cfg: TruckConfig, ctx: _Ctx) -> None:
@@ -353,6 +371,8 @@ class _Ctx:
             return value
         if tp is Path:
             return self._path(value, key, meta)
+        if origin is tuple:
+            return self._str_list(value, key)
         if origin in (Mapping, dict) or tp is Mapping:
             return self._float_map(value, key)
         raise TypeError(f"config schema: unsupported type {tp!r} for {key}")  # pragma: no cover
@@ -401,6 +421,12 @@ class _Ctx:
                                f"{stat.S_IMODE(st.st_mode):o}); "
                                "chown root:truckgw and chmod 640 it")
         return p
+
+    def _str_list(self, value: Any, key: str) -> Any:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.err(key, f"expected an array of strings, got {_show(value)}")
+            return _BAD
+        return tuple(value)
 
     def _float_map(self, value: Any, key: str) -> Any:
         if not isinstance(value, Mapping):

@@ -221,6 +221,33 @@ class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = _f("info")
 
 
+#: The commands ``[remote] commands`` may allow (docs/remote.md).
+REMOTE_COMMANDS = ("ping", "status", "position", "dtc", "flush", "config_get",
+                   "set_log_level", "restart", "retry_refused", "request_pgn")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """``[remote]``: configuration pushes and commands from the fleet over the uplink's
+    MQTT connection (docs/remote.md). Off unless ``enabled``."""
+
+    enabled: bool = _f(False)
+    #: desired configurations on ``{prefix}/{truck_id}/config/desired`` are applied
+    config_push: bool = _f(True)
+    #: the allow-list of commands on ``{prefix}/{truck_id}/cmd``
+    commands: tuple[str, ...] = _f(REMOTE_COMMANDS)
+    #: per-truck HMAC-SHA256 key (the file's bytes, surrounding whitespace stripped)
+    key_file: Path | None = _f(None, path=True, must_exist=True, secret=True)
+    #: refuse every request and desired configuration that is not signed with key_file
+    require_signed: bool = _f(False)
+    #: a signed request whose ts_ms is further than this from the truck's clock is refused
+    signature_window_s: float = _f(300.0, lo=1, hi=DAY_S)
+    #: after a change that needs a restart: no broker within this long => roll back
+    grace_s: float = _f(600.0, lo=1, hi=DAY_S)
+    #: after a change that needs a restart: this many starts without a broker => roll back
+    max_starts: int = _f(3, lo=1, hi=100)
+
+
 @dataclass(frozen=True, slots=True)
 class TruckConfig:
     """The whole configuration of one truck."""
@@ -233,6 +260,7 @@ class TruckConfig:
     buffer: BufferConfig = _f(factory=BufferConfig)
     metrics: MetricsConfig = _f(factory=MetricsConfig)
     log: LogConfig = _f(factory=LogConfig)
+    remote: RemoteConfig = _f(factory=RemoteConfig)
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     @property

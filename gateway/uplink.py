@@ -26,13 +26,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from buffer.api import EventStore
-from config import TruckConfig
+from config import MqttConfig, TruckConfig
 from config.errors import UplinkError
 from config.retry import sleep_unless
 from gateway import wire
 from gateway.delivery import BACKFILL_MAX_EVENTS, LIVE_MAX_EVENTS, Delivery
 from gateway.delivery_actions import Ack, Release, UplinkState, UplinkStats
-from gateway.uplink_link import CLOSE_GRACE_S, Link, LinkSetup
+from gateway.uplink_link import CLOSE_GRACE_S, Link, LinkHooks, LinkSetup
 from gateway.uplink_settle import Settler
 from gateway.uplink_status import StatusReport
 
@@ -57,8 +57,10 @@ class Uplink:
         *,
         status_extra: Callable[[], Mapping[str, Any]] | None = None,
         wire_context: Callable[[], wire.WireContext] | None = None,
+        hooks: LinkHooks | None = None,
     ) -> None:
         self._cfg = cfg
+        self._hooks = hooks
         self._store = store
         self._core = Delivery(cfg.truck_id, cfg.mqtt, time.monotonic())
         if wire_context is not None:  # the stream id and ts correction (docs/wire-format.md)
@@ -96,6 +98,11 @@ class Uplink:
             if isinstance(act, Release):
                 self._settler.release(act.seqs)
 
+    def reconfigure(self, m: MqttConfig) -> None:
+        """New live settings (live share, bandwidth cap, status interval); see
+        :meth:`Delivery.reconfigure`."""
+        self._core.reconfigure(m, time.monotonic())
+
     async def run(self) -> None:
         """Connect, deliver, reconnect with backoff; runs until cancelled or closed."""
         if self._running:
@@ -107,7 +114,7 @@ class Uplink:
             while not self._closing:
                 self._link = Link(self._setup, self._core, store=self._store,
                                   settler=self._settler, status=self._status,
-                                  executor=executor)
+                                  executor=executor, hooks=self._hooks)
                 try:
                     again = await self._link.serve()
                 finally:

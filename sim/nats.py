@@ -1,0 +1,313 @@
+"""Run a private NATS JetStream cluster on loopback (tests, bench): 3 real ``nats-server``
+processes, each with an MQTT 3.1.1 listener, its own JetStream store folder and a
+``server_name``, routed to each other on loopback ports.
+
+A missing ``nats-server`` binary raises :class:`NatsUnavailableError` with the command that
+installs it: a run without it fails loudly, never skips. Nodes keep their ports and store
+folders across :meth:`NatsNode.kill` / :meth:`NatsNode.start`, so a killed node rejoins the
+cluster with its JetStream state (what a real node restart does).
+
+The MQTT streams (``$MQTT_sess``, ``$MQTT_msgs``, ``$MQTT_rmsgs``) are created by the servers
+on the first MQTT connection of the account, with ``mqtt.stream_replicas`` (3 here) replicas:
+docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from config.errors import GatewayError
+from sim.broker import free_port
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install it with: sudo apt-get install -y nats-server"
+START_TIMEOUT_S = 20.0
+CLUSTER_NAME = "truckgw"
+
+
+class NatsUnavailableError(GatewayError):
+    """nats-server is not installed, did not start, or the cluster did not form."""
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary (PATH, then /usr/sbin), or raise with an install hint."""
+    found = shutil.which("nats-server") or shutil.which("nats-server",
+                                                        path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise NatsUnavailableError(f"nats-server not found on PATH or in /usr/sbin; {INSTALL_HINT}")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUser:
+    """A user of the cluster: MQTT clients log in with ``name``/``password``; ``publish``
+    and ``subscribe`` are NATS subject permissions (None: everything)."""
+
+    name: str
+    password: str
+    publish: tuple[str, ...] | None = None
+    subscribe: tuple[str, ...] | None = None
+
+
+def truck_user(truck_id: str, password: str, prefix: str = "fleet") -> NatsUser:
+    """A truck that may publish only under its own id (``{prefix}/{truck_id}/...``, the NATS
+    subject ``{prefix}.{truck_id}.>``) and subscribe to nothing of the fleet."""
+    subject = prefix.replace("/", ".")
+    return NatsUser(truck_id, password, publish=(f"{subject}.{truck_id}.>",),
+                    subscribe=("_INBOX.>",))
+
+
+def authorization_block(users: Iterable[NatsUser]) -> str:
+    """The ``authorization { users = [...] }`` block of a nats-server config (the same shape
+    deploy/nats/auth.conf ships)."""
+    lines = ["authorization {", "  users = ["]
+    for u in users:
+        perms = []
+        if u.publish is not None:
+            perms.append(f"publish = {json.dumps(list(u.publish))}")
+        if u.subscribe is not None:
+            perms.append(f"subscribe = {json.dumps(list(u.subscribe))}")
+        perm = f", permissions = {{ {', '.join(perms)} }}" if perms else ""
+        lines.append(f"    {{ user = {json.dumps(u.name)}, password = {json.dumps(u.password)}"
+                     f"{perm} }}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePorts:
+    """The loopback ports of one node; they stay the same across restarts."""
+
+    client: int
+    cluster: int
+    mqtt: int
+    http: int
+
+
+class NatsNode:
+    """One nats-server process of a :class:`NatsCluster`."""
+
+    def __init__(self, name: str, ports: NodePorts, routes: list[int], workdir: Path, *,
+                 host: str, mqtt_conf: Mapping[str, Any], extra_conf: str) -> None:
+        self.binary = find_nats_server()
+        self.name = name
+        self.ports = ports
+        self.host = host
+        self.routes = routes
+        self.workdir = workdir
+        self.mqtt_conf = dict(mqtt_conf)
+        self.extra_conf = extra_conf
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "nats.log"
+        self.store_dir = workdir / "jetstream"
+        self.conf_path = workdir / "nats.conf"
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def mqtt_address(self) -> tuple[str, int]:
+        return self.host, self.ports.mqtt
+
+    @property
+    def url(self) -> str:
+        """The NATS client URL."""
+        return f"nats://{self.host}:{self.ports.client}"
+
+    def write_conf(self) -> None:
+        mqtt = "\n".join(f"  {k}: {json.dumps(v) if isinstance(v, str) else v}"
+                         for k, v in self.mqtt_conf.items())
+        routes = ", ".join(f'"nats-route://{self.host}:{p}"' for p in self.routes)
+        self.conf_path.write_text(f"""\
+server_name: {json.dumps(self.name)}
+listen: "{self.host}:{self.ports.client}"
+http: "{self.host}:{self.ports.http}"
+max_payload: 1MB
+jetstream {{
+  store_dir: {json.dumps(str(self.store_dir))}
+  max_memory_store: 64MB
+  max_file_store: 2GB
+}}
+cluster {{
+  name: {CLUSTER_NAME}
+  listen: "{self.host}:{self.ports.cluster}"
+  routes: [{routes}]
+  connect_retries: 120
+}}
+mqtt {{
+  listen: "{self.host}:{self.ports.mqtt}"
+{mqtt}
+}}
+{self.extra_conf}
+""")
+
+    def start(self) -> None:
+        """Start the process and wait until its MQTT and client ports accept TCP."""
+        if self.running:
+            return
+        self.write_conf()
+        with self.log_path.open("ab") as logf:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf_path)],
+                                         stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise NatsUnavailableError(f"nats-server {self.name} exited with "
+                                           f"{self.proc.returncode} at start: {self.log_tail()}")
+            if all(_accepts(self.host, p) for p in (self.ports.client, self.ports.mqtt)):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise NatsUnavailableError(f"nats-server {self.name} did not listen: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to routes or clients (a node's power cut)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM (lame duck not waited for), then SIGKILL after 10 s."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def monitor(self, path: str) -> dict[str, Any] | None:
+        """A JSON monitoring endpoint (``/jsz``, ``/healthz``...), None when unreachable."""
+        url = f"http://{self.host}:{self.ports.http}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # loopback http
+                data = json.loads(r.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def healthy(self) -> bool:
+        """``/healthz`` says ok: JetStream is up and current with the cluster."""
+        data = self.monitor("/healthz")
+        return data is not None and data.get("status") == "ok"
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<NatsNode {self.name} mqtt={self.ports.mqtt} {state}>"
+
+
+class NatsCluster:
+    """``size`` nats-server nodes forming one JetStream cluster on loopback."""
+
+    def __init__(self, size: int = 3, *, host: str = "127.0.0.1", workdir: Path | None = None,
+                 users: Iterable[NatsUser] = (), stream_replicas: int = 3,
+                 mqtt_ack_wait_s: int = 10, mqtt_max_ack_pending: int = 1024) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self._own_tmp = None if workdir else tempfile.TemporaryDirectory(prefix="truckgw-nats-")
+        self.workdir = workdir or Path(self._own_tmp.name)  # type: ignore[union-attr]
+        self.host = host
+        ports = [NodePorts(free_port(host), free_port(host), free_port(host), free_port(host))
+                 for _ in range(size)]
+        users = list(users)
+        extra = authorization_block(users) if users else ""
+        mqtt_conf = {"stream_replicas": min(stream_replicas, size),
+                     "ack_wait": f"{mqtt_ack_wait_s}s", "max_ack_pending": mqtt_max_ack_pending}
+        self.nodes = [
+            NatsNode(f"n{i + 1}", p, [q.cluster for q in ports if q is not p],
+                     self.workdir / f"n{i + 1}", host=host, mqtt_conf=mqtt_conf,
+                     extra_conf=extra)
+            for i, p in enumerate(ports)
+        ]
+
+    @property
+    def mqtt_addresses(self) -> list[tuple[str, int]]:
+        return [n.mqtt_address for n in self.nodes]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def start(self) -> None:
+        """Start every node, then wait until the cluster elected a JetStream meta leader
+        and every node reports healthy."""
+        for n in self.nodes:
+            n.start()
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S * 2) -> None:
+        """Until every running node is healthy and agrees on a meta leader."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = [n for n in self.nodes if n.running]
+            if running and all(n.healthy() and self.meta_leader(n) for n in running):
+                return
+            time.sleep(0.2)
+        tails = "\n".join(f"--- {n.name}\n{n.log_tail(15)}" for n in self.nodes)
+        raise NatsUnavailableError(f"the NATS cluster did not become healthy:\n{tails}")
+
+    @staticmethod
+    def meta_leader(node: NatsNode) -> str | None:
+        jsz = node.monitor("/jsz")
+        meta = (jsz or {}).get("meta_cluster") or {}
+        leader = meta.get("leader")
+        return leader if isinstance(leader, str) and leader else None
+
+    def node_of(self, port: int) -> NatsNode:
+        """The node whose MQTT or client port is ``port``."""
+        for n in self.nodes:
+            if port in (n.ports.mqtt, n.ports.client):
+                return n
+        raise KeyError(port)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_tmp is not None:
+            self._own_tmp.cleanup()
+
+    def __enter__(self) -> NatsCluster:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _accepts(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False

@@ -210,9 +210,29 @@ mqtt {{
         return data if isinstance(data, dict) else None
 
     def healthy(self) -> bool:
-        """``/healthz`` says ok: JetStream is up and current with the cluster."""
-        data = self.monitor("/healthz")
+        """``/healthz?js-server-only=true`` says ok: JetStream is up and current with the
+        cluster's meta leader. (The full check also waits for every consumer, and a node
+        restarted after SIGKILL keeps one of the MQTT retained-message consumers "not
+        current" for good.)"""
+        data = self.monitor("/healthz?js-server-only=true")
         return data is not None and data.get("status") == "ok"
+
+    def streams_current(self) -> bool | None:
+        """Of the streams this node hosts: False when one has no leader or, where this node
+        leads, a replica is behind (only a leader knows its followers); None when the node
+        cannot be asked."""
+        jsz = self.monitor("/jsz?accounts=true&streams=true")
+        if jsz is None:
+            return None
+        for acc in jsz.get("account_details") or []:
+            for st in acc.get("stream_detail") or []:
+                cl = st.get("cluster") or {}
+                if not cl.get("leader"):
+                    return False
+                if cl.get("leader") == self.name and not all(
+                        r.get("current") for r in cl.get("replicas") or []):
+                    return False
+        return True
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -265,11 +285,13 @@ class NatsCluster:
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = START_TIMEOUT_S * 2) -> None:
-        """Until every running node is healthy and agrees on a meta leader."""
+        """Until every running node is healthy, knows the meta leader and sees every replica
+        of its streams current (a restarted node has caught up)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             running = [n for n in self.nodes if n.running]
-            if running and all(n.healthy() and self.meta_leader(n) for n in running):
+            if running and all(n.healthy() and self.meta_leader(n) and n.streams_current()
+                               for n in running):
                 return
             time.sleep(0.2)
         tails = "\n".join(f"--- {n.name}\n{n.log_tail(15)}" for n in self.nodes)

@@ -105,7 +105,8 @@ class NatsNode:
     """One nats-server process of a :class:`NatsCluster`."""
 
     def __init__(self, name: str, ports: NodePorts, routes: list[int], workdir: Path, *,
-                 host: str, mqtt_conf: Mapping[str, Any], extra_conf: str) -> None:
+                 host: str, mqtt_conf: Mapping[str, Any], extra_conf: str,
+                 env: Mapping[str, str] | None = None) -> None:
         self.binary = find_nats_server()
         self.name = name
         self.ports = ports
@@ -114,6 +115,7 @@ class NatsNode:
         self.workdir = workdir
         self.mqtt_conf = dict(mqtt_conf)
         self.extra_conf = extra_conf
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "nats.log"
         self.store_dir = workdir / "jetstream"
@@ -163,7 +165,8 @@ mqtt {{
         self.write_conf()
         with self.log_path.open("ab") as logf:
             self.proc = subprocess.Popen([self.binary, "-c", str(self.conf_path)],
-                                         stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+                                         stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env})
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -249,8 +252,12 @@ class NatsCluster:
     """``size`` nats-server nodes forming one JetStream cluster on loopback."""
 
     def __init__(self, size: int = 3, *, host: str = "127.0.0.1", workdir: Path | None = None,
-                 users: Iterable[NatsUser] = (), stream_replicas: int = 3,
+                 users: Iterable[NatsUser] = (), include: Path | None = None,
+                 env: Mapping[str, str] | None = None, stream_replicas: int = 3,
                  mqtt_ack_wait_s: int = 10, mqtt_max_ack_pending: int = 1024) -> None:
+        """``users``: an authorization block built here; ``include``: a config file (such as
+        deploy/nats/auth.conf) copied next to each node's config and included, its
+        ``$VARIABLES`` taken from ``env``."""
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self._own_tmp = None if workdir else tempfile.TemporaryDirectory(prefix="truckgw-nats-")
@@ -260,14 +267,19 @@ class NatsCluster:
                  for _ in range(size)]
         users = list(users)
         extra = authorization_block(users) if users else ""
+        if include is not None:
+            extra += f'\ninclude "{include.name}"\n'
         mqtt_conf = {"stream_replicas": min(stream_replicas, size),
                      "ack_wait": f"{mqtt_ack_wait_s}s", "max_ack_pending": mqtt_max_ack_pending}
         self.nodes = [
             NatsNode(f"n{i + 1}", p, [q.cluster for q in ports if q is not p],
                      self.workdir / f"n{i + 1}", host=host, mqtt_conf=mqtt_conf,
-                     extra_conf=extra)
+                     extra_conf=extra, env=env)
             for i, p in enumerate(ports)
         ]
+        if include is not None:
+            for n in self.nodes:
+                shutil.copyfile(include, n.workdir / include.name)
 
     @property
     def mqtt_addresses(self) -> list[tuple[str, int]]:

@@ -16,9 +16,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from buffer.store import SqliteStore
 from gateway.uplink import Uplink, UplinkState
-from sim.nats import NatsCluster, NatsUnavailableError, find_nats_server
+from sim.nats import (
+    Fleet,
+    JetStreamSinkProcess,
+    NatsCluster,
+    NatsUnavailableError,
+    find_nats_server,
+    truck_config,
+)
 from sim.sink_fleet import fleet_events, truck_messages
-from tests.cluster.fleet import Fleet, JetStreamSinkProcess, truck_config
 from tests.sink.helpers import count, query
 from tests.uplink.helpers import append_many, wait_until
 

@@ -16,8 +16,7 @@ import pytest
 
 from gateway.sink.gaps import account
 from gateway.sink.store import open_store
-from sim.nats import NatsCluster, NatsNode
-from tests.cluster.fleet import RECONNECT_MAX_S, Fleet, JetStreamSinkProcess
+from sim.nats import RECONNECT_MAX_S, Fleet, JetStreamSinkProcess, NatsCluster, NatsNode
 from tests.sink.helpers import count, query
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(240)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -367,14 +368,16 @@ RECONNECT_MAX_S = 1.0
 
 
 def truck_config(workdir: Path, truck_id: str, addresses: list[tuple[str, int]],
-                 encoding: Literal["json", "compact"]) -> TruckConfig:
+                 encoding: Literal["json", "compact"], *,
+                 reconnect_max_s: float = RECONNECT_MAX_S) -> TruckConfig:
     """MQTT 3.1.1 (all NATS speaks), the first address first, the others as failover."""
     (host, port), rest = addresses[0], addresses[1:]
     return TruckConfig(
         truck_id=truck_id,
         mqtt=MqttConfig(host=host, port=port, failover=tuple(f"{h}:{p}" for h, p in rest),
                         protocol="3.1.1", encoding=encoding, keepalive_s=5,
-                        reconnect_min_s=0.2, reconnect_max_s=RECONNECT_MAX_S,
+                        reconnect_min_s=min(0.2, reconnect_max_s),
+                        reconnect_max_s=reconnect_max_s,
                         publish_timeout_s=10.0, status_interval_s=5.0, inflight_window=32),
         buffer=BufferConfig(path=workdir / f"{truck_id}.db", commit_interval_ms=20),
     )
@@ -385,7 +388,7 @@ class FleetTruck:
     cfg: TruckConfig
     store: SqliteStore
     uplink: Uplink
-    task: asyncio.Task[None]
+    task: asyncio.Task[None] | None
     first_node: int
     appended: list[int] = field(default_factory=list)
 
@@ -397,11 +400,21 @@ class FleetTruck:
         return self.uplink.stats().acked_events
 
 
+def _event(i: int, now_ms: int) -> Event:
+    """A position every third event, engine data otherwise, recorded at ``now_ms``."""
+    if i % 3 == 0:
+        return Event("gps", now_ms, {"lat": 48.1 + i * 1e-6, "lon": 11.5, "fix": 3,
+                                     "speed_kmh": 70.0})
+    return Event("engine", now_ms, {"src": 0, "engine_speed_rpm": 1400 + i % 50})
+
+
 class Fleet:
     """``n`` trucks, truck i first on node i % 3 with the other nodes in order after it."""
 
-    def __init__(self, cluster: NatsCluster, workdir: Path, n: int) -> None:
+    def __init__(self, cluster: NatsCluster, workdir: Path, n: int, *,
+                 reconnect_max_s: float = RECONNECT_MAX_S) -> None:
         self.cluster = cluster
+        self.reconnect_max_s = reconnect_max_s
         self.workdir = workdir
         self.n = n
         self.trucks: list[FleetTruck] = []
@@ -415,17 +428,28 @@ class Fleet:
         """``fn(*args)`` in the fleet's thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def start(self) -> None:
+    async def start(self, *, prefill: int = 0, encoding: Literal["json", "compact"] | None = None,
+                    inflight_window: int = 32) -> None:
+        """Open the buffers (``prefill`` events each, before any uplink runs), then start the
+        uplinks. ``encoding`` None alternates json and compact."""
         addrs = self.cluster.mqtt_addresses
         for i in range(self.n):
             k = i % len(addrs)
             order = addrs[k:] + addrs[:k]
-            cfg = truck_config(self.workdir, f"truck-{i:02d}", order,
-                               "compact" if i % 2 else "json")
+            enc: Literal["json", "compact"] = encoding or ("compact" if i % 2 else "json")
+            cfg = truck_config(self.workdir, f"truck-{i:02d}", order, enc,
+                               reconnect_max_s=self.reconnect_max_s)
+            cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(
+                cfg.mqtt, inflight_window=inflight_window))
             store = await SqliteStore.open(cfg.buffer)
-            up = Uplink(cfg, store)
-            task = asyncio.create_task(up.run(), name=f"uplink-{cfg.truck_id}")
-            self.trucks.append(FleetTruck(cfg, store, up, task, k))
+            truck = FleetTruck(cfg, store, Uplink(cfg, store), None, k)
+            if prefill:
+                now = time.time_ns() // 1_000_000
+                futs = [store.submit(_event(j, now)) for j in range(prefill)]
+                truck.appended.extend(await asyncio.gather(*futs))
+            self.trucks.append(truck)
+        for t in self.trucks:
+            t.task = asyncio.create_task(t.uplink.run(), name=f"uplink-{t.truck_id}")
 
     def feed(self, events_per_tick: int, tick_s: float) -> None:
         """Append ``events_per_tick`` events per truck every ``tick_s`` until :meth:`stop_feed`."""
@@ -440,11 +464,7 @@ class Fleet:
             for t in self.trucks:
                 for _ in range(per_tick):
                     i += 1
-                    ev = (Event("gps", now, {"lat": 48.1 + i * 1e-6, "lon": 11.5, "fix": 3,
-                                             "speed_kmh": 70.0})
-                          if i % 3 == 0 else
-                          Event("engine", now, {"src": 0, "engine_speed_rpm": 1400 + i % 50}))
-                    futs.append((t, t.store.submit(ev)))
+                    futs.append((t, t.store.submit(_event(i, now))))
             for t, fut in futs:  # every submitted event is counted, even when stopping
                 t.appended.append(await fut)
             with contextlib.suppress(TimeoutError):
@@ -490,8 +510,10 @@ class Fleet:
         for t in self.trucks:
             with contextlib.suppress(Exception):
                 await t.uplink.close()
-            t.task.cancel()
-        await asyncio.gather(*(t.task for t in self.trucks), return_exceptions=True)
+        tasks = [t.task for t in self.trucks if t.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for t in self.trucks:
             await t.store.close()
         self._pool.shutdown(wait=True)

@@ -7,9 +7,9 @@ one SQLite buffer each, in this process), real ``truckgw sink run --source jetst
 processes sharing one durable consumer into one SQLite file. A fresh cluster per phase.
 
 1. drain: ``--trucks`` trucks with ``--backlog`` buffered events each, uplinks started at
-   once; events/s = events / (uplinks started -> last row counted in the table). Also with
-   the sink over MQTT instead (one persistent 3.1.1 session, the only MQTT way on NATS: no
-   MQTT 5, no shared subscriptions), for the choice of the sink's source.
+   once; events/s = events / (uplinks started -> last row counted in the table); two
+   JetStream sinks, one, and the sink over MQTT instead (one persistent 3.1.1 session, the
+   only MQTT way on NATS: no MQTT 5, no shared subscriptions), for the choice of the source.
 2. live: the trucks record ``--rate`` events/s between them (event ``ts`` = append time) for
    ``--seconds``; the sinks' lag p50/p99 is event ``ts`` (recorded on the truck) to the
    commit that stored it: buffer, uplink batching, cluster, sink, database.
@@ -96,7 +96,8 @@ class MqttSessionSink:
         self.store.close()
 
 
-async def drain(work: Path, trucks: int, backlog: int, source: str) -> dict[str, Any]:
+async def drain(work: Path, trucks: int, backlog: int, source: str,
+                n_sinks: int = 2) -> dict[str, Any]:
     url = f"sqlite:///{work / 'fleet.db'}"
     with NatsCluster(3, workdir=work / "nats") as cluster:
         fleet = Fleet(cluster, work, trucks)
@@ -105,9 +106,8 @@ async def drain(work: Path, trucks: int, backlog: int, source: str) -> dict[str,
         try:
             if source == "jetstream":
                 urls = cluster.urls
-                sinks = [JetStreamSinkProcess(urls, url, work / "a.out", ack_wait_s=30),
-                         JetStreamSinkProcess(urls[1:] + urls[:1], url, work / "b.out",
-                                              ack_wait_s=30)]
+                sinks = [JetStreamSinkProcess(urls[i:] + urls[:i], url, work / f"s{i}.out",
+                                              ack_wait_s=30) for i in range(n_sinks)]
                 for s in sinks:
                     await fleet.blocking(s.start)
             else:
@@ -126,7 +126,8 @@ async def drain(work: Path, trucks: int, backlog: int, source: str) -> dict[str,
                     await fleet.blocking(s.stop)
             await fleet.close()
     secs = t_end - t0
-    return {"phase": f"drain/{source}", "trucks": trucks, "events": trucks * backlog,
+    label = f"drain/{source}" + (f"x{n_sinks}" if source == "jetstream" else "")
+    return {"phase": label, "trucks": trucks, "events": trucks * backlog,
             "seconds": round(secs, 2), "events_per_s": round(trucks * backlog / secs),
             "prefill_s": round(t_fill, 1),
             "messages": sum(c.get("messages", 0) for c in counters) or None}
@@ -208,12 +209,13 @@ async def _failover(fleet: Fleet, cluster: NatsCluster) -> list[float]:
 
 async def main_async(args: argparse.Namespace) -> None:
     results = []
-    for source in () if args.live_only else ("jetstream", "mqtt"):
+    drains = [("jetstream", 2), ("jetstream", 1), ("mqtt", 1)]
+    for source, n in [] if args.live_only else drains:
         with tempfile.TemporaryDirectory(prefix="truckgw-clbench-") as d:
-            r = await drain(Path(d), args.trucks, args.backlog, source)
+            r = await drain(Path(d), args.trucks, args.backlog, source, n)
             print(r, flush=True)
             results.append(r)
-    for cap in args.backoff_caps:
+    for cap in [] if args.drain_only else args.backoff_caps:
         with tempfile.TemporaryDirectory(prefix="truckgw-clbench-") as d:
             r = await live(Path(d), args.trucks, args.rate, args.seconds, cap)
             print(r, flush=True)
@@ -231,6 +233,7 @@ def main() -> None:
     p.add_argument("--backoff-caps", type=float, nargs="+", default=[RECONNECT_MAX_S, 5.0],
                    metavar="S", help="[mqtt].reconnect_max_s of the trucks, one live run each")
     p.add_argument("--live-only", action="store_true", help="skip the drain phases")
+    p.add_argument("--drain-only", action="store_true", help="skip the live phases")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     args = p.parse_args()
     if args.quick:

@@ -192,10 +192,13 @@ async def _failover(fleet: Fleet, cluster: NatsCluster) -> list[float]:
     times = []
     for node in cluster.nodes:
         affected = fleet.on_node(node)
-        before = {t.truck_id: t.acked() for t in affected}
+        before, connects = fleet.acked(), fleet.connects()
+        addr = f"{node.host}:{node.ports.mqtt}"
         t0 = time.monotonic()
         node.kill()
-        while any(t.acked() <= before[t.truck_id] for t in affected):
+        # a new connection to another node and a PUBACK on it, for each truck that was there
+        while not all(fleet.publishing_again(t, before[t.truck_id], connects[t.truck_id], addr)
+                      for t in affected):
             if time.monotonic() - t0 > 60:
                 raise TimeoutError(f"trucks of {node.name} not publishing after 60 s")
             await asyncio.sleep(POLL_S / 5)

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,7 +35,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +45,7 @@ from buffer.store import SqliteStore
 from config import BufferConfig, MqttConfig, TruckConfig
 from config.errors import GatewayError, SimError
 from config.events import Event
-from gateway.uplink import Uplink
+from gateway.uplink import Uplink, UplinkState
 from sim.broker import free_port
 
 log = logging.getLogger(__name__)
@@ -275,8 +276,8 @@ class NatsCluster:
         self._own_tmp = None if workdir else tempfile.TemporaryDirectory(prefix="truckgw-nats-")
         self.workdir = workdir or Path(self._own_tmp.name)  # type: ignore[union-attr]
         self.host = host
-        ports = [NodePorts(free_port(host), free_port(host), free_port(host), free_port(host))
-                 for _ in range(size)]
+        taken: set[int] = set()
+        ports = [NodePorts(*(_listen_port(host, taken) for _ in range(4))) for _ in range(size)]
         users = list(users)
         extra = authorization_block(users) if users else ""
         if include is not None:
@@ -351,6 +352,27 @@ class NatsCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+#: Listen ports come from below Linux's ephemeral range (32768-60999 by default): a
+#: client's outgoing connection can never take a port of a node that is down for a restart.
+LISTEN_PORTS = range(20000, 32000)
+
+
+def _listen_port(host: str, taken: set[int]) -> int:
+    """A free port of :data:`LISTEN_PORTS` not in ``taken`` (which it joins)."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    return free_port(host)  # a crowded range: any free port
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -483,16 +505,39 @@ class Fleet:
         addr = f"{node.host}:{node.ports.mqtt}"
         return [t for t in self.trucks if t.uplink.broker.address == addr]
 
-    async def wait_all_publishing(self, since: dict[str, int], limit_s: float) -> float:
-        """Until every truck acked more than ``since[truck]``; seconds it took (bounded)."""
+    def publishing_again(self, t: FleetTruck, since_acked: int, since_connects: int,
+                         avoid: str | None) -> bool:
+        """``t`` is on a new connection (not to ``avoid``) and has new PUBACKs since."""
+        st = t.uplink.stats()
+        return (st.acked_events > since_acked and st.connects > since_connects
+                and st.state is UplinkState.CONNECTED
+                and (avoid is None or t.uplink.broker.address != avoid))
+
+    async def wait_all_publishing(self, since: dict[str, int], limit_s: float, *,
+                                  moved: Sequence[FleetTruck] = (),
+                                  connects: dict[str, int] | None = None,
+                                  avoid: str | None = None) -> float:
+        """Until every truck acked more than ``since[truck]`` and each of ``moved`` is on a
+        new connection to another node than ``avoid``; seconds it took (bounded)."""
         t0 = time.monotonic()
-        for _ in range(int(limit_s / 0.05)):
-            if all(t.acked() > since[t.truck_id] for t in self.trucks):
+        conn = connects or {}
+
+        def done(t: FleetTruck) -> bool:
+            if t in moved:
+                return self.publishing_again(t, since[t.truck_id], conn.get(t.truck_id, 0),
+                                             avoid)
+            return t.acked() > since[t.truck_id]
+
+        for _ in range(int(limit_s / 0.02)):
+            if all(done(t) for t in self.trucks):
                 return time.monotonic() - t0
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         late = [(t.truck_id, t.uplink.broker.address, str(t.uplink.state))
-                for t in self.trucks if t.acked() <= since[t.truck_id]]
+                for t in self.trucks if not done(t)]
         raise SimError(f"trucks not publishing again after {limit_s} s: {late}")
+
+    def connects(self) -> dict[str, int]:
+        return {t.truck_id: t.uplink.stats().connects for t in self.trucks}
 
     def acked(self) -> dict[str, int]:
         return {t.truck_id: t.acked() for t in self.trucks}
@@ -529,13 +574,17 @@ class JetStreamSinkProcess:
                      "--ack-wait", str(ack_wait_s), "-v"]
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
 
     def start(self, limit_s: float = 30.0) -> None:
+        self._offset = len(self.text())  # a restart appends to the same file
         with self.out.open("ab") as f:
+            # faulthandler: a sink that does not stop is aborted and prints where it hung
             self.proc = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         deadline = time.monotonic() + limit_s
-        while "sink: subscribed" not in self.text():
+        while "sink: subscribed" not in self.text()[self._offset:]:
             if not self.alive() or time.monotonic() > deadline:
                 raise SimError(f"sink did not subscribe:\n{self.text()[-3000:]}")
             time.sleep(0.05)
@@ -564,8 +613,12 @@ class JetStreamSinkProcess:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.proc.send_signal(signal.SIGABRT)  # tracebacks into the output file
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
         lines = [ln for ln in self.text().splitlines() if ln.startswith("sink: stopped ")]
         if not lines:
             raise SimError(f"sink printed no counters:\n{self.text()[-3000:]}")

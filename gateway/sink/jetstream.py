@@ -72,6 +72,8 @@ FETCH_TIMEOUT_S: Final = 0.2
 MAX_ACK_PENDING: Final = 8192
 #: A message not acked this long goes to another sink (or the same one) again.
 ACK_WAIT_S: Final = 30.0
+#: How long the connection's close may take at stop (pending acks flushed, or dropped).
+CLOSE_TIMEOUT_S: Final = 5.0
 #: Cluster trouble (no stream leader yet, a node gone): retried quickly, capped.
 CLUSTER_RETRY: Final = RetryPolicy(min_s=0.2, max_s=3.0, stable_s=30.0)
 
@@ -161,7 +163,8 @@ class JetStreamSink:
                 await self._consume(psub, db, stop)
         finally:
             with contextlib.suppress(Exception):
-                await nc.close()
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):  # a lost node must not hang us
+                    await nc.close()
             await asyncio.get_running_loop().run_in_executor(db, self.store.close)
             db.shutdown(wait=True)
             self.state = SinkState.STOPPED
@@ -220,7 +223,7 @@ class JetStreamSink:
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(self.options.fetch_batch, timeout=FETCH_TIMEOUT_S)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # nothing came within the wait
                 cluster.reset()
                 continue
             except (nats.errors.Error, OSError) as exc:  # a node gone, a leader moving
@@ -245,9 +248,11 @@ class JetStreamSink:
                 log.info("sink: database back")
                 self.state = SinkState.SUBSCRIBED
             store.reset()
-            for m in msgs:  # after the commit; a lost ack is a redelivery, not a loss
-                with contextlib.suppress(nats.errors.Error):
-                    await m.ack()
+            # after the commit; a lost ack is a redelivery, not a loss
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                async with asyncio.timeout(self.options.ack_wait_s):
+                    for m in msgs:
+                        await m.ack()
 
     def _commit(self, msgs: list[Msg]) -> None:
         """On the database thread: classify and store each message, one transaction each."""

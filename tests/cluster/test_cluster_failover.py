@@ -37,11 +37,11 @@ def _sinks(cluster: NatsCluster, url: str, tmp_path: Path) -> list[JetStreamSink
 
 
 async def _node_dies(fleet: Fleet, cluster: NatsCluster, node: NatsNode, *,
-                     kill: bool) -> list[str]:
+                     kill: bool, need_trucks: bool = True) -> list[str]:
     """Stop ``node`` (SIGKILL or SIGTERM) under load, wait until every truck publishes
     again, restart it; the trucks that were on it."""
     moved = fleet.on_node(node)
-    assert moved, f"no truck on {node}"
+    assert moved or not need_trucks, f"no truck on {node}"
     before, connects = fleet.acked(), fleet.connects()
     addr = f"{node.host}:{node.ports.mqtt}"
     if kill:
@@ -108,9 +108,12 @@ async def test_node_killed_and_the_sinks_node_killed(nats_cluster: NatsCluster,
         fleet.feed(EVENTS_PER_TICK, TICK_S)
         await fleet.wait_all_publishing(dict.fromkeys(fleet.acked(), 0), AGAIN_LIMIT_S)
         await asyncio.sleep(LOAD_S)
-        n1, n2, _ = nats_cluster.nodes
-        moved_n2 = await _node_dies(fleet, nats_cluster, n2, kill=True)
-        moved_n1 = await _node_dies(fleet, nats_cluster, n1, kill=True)  # sink a's node
+        n1, n2, n3 = nats_cluster.nodes
+        # first the busier of n2 and n3 (start-up moves trucks around: the MQTT streams are
+        # created on the first connects), then n1, the node sink a is on, whoever is there
+        busy = max((n2, n3), key=lambda n: len(fleet.on_node(n)))
+        moved_busy = await _node_dies(fleet, nats_cluster, busy, kill=True)
+        moved_n1 = await _node_dies(fleet, nats_cluster, n1, kill=True, need_trucks=False)
         # and a sink itself SIGKILLed mid-stream: what it wrote but never acked comes again
         sinks[1].kill()
         await asyncio.sleep(LOAD_S)
@@ -121,13 +124,13 @@ async def test_node_killed_and_the_sinks_node_killed(nats_cluster: NatsCluster,
             if s.alive():
                 await fleet.blocking(s.stop)
         await fleet.close()
-    n1_addr, n2_addr = (f"{n.host}:{n.ports.mqtt}" for n in (n1, n2))
-    for truck in moved_n2:
-        seen = _switches_in_status(url, truck)
-        assert seen[0] == (n2_addr, 0), seen
-        assert any(a != n2_addr and s >= 1 for a, s in seen), seen
-    for truck in moved_n1:
-        assert any(a != n1_addr and s >= 1 for a, s in _switches_in_status(url, truck))
+    for node, moved in ((busy, moved_busy), (n1, moved_n1)):
+        addr = f"{node.host}:{node.ports.mqtt}"
+        for truck in moved:
+            seen = _switches_in_status(url, truck)
+            # on the node before it died, then on another one with more switches
+            first = next(i for i, (a, _) in enumerate(seen) if a == addr)
+            assert any(a != addr and n > seen[first][1] for a, n in seen[first:]), seen
     assert "sink: disconnected" in sinks[0].text()  # sink a lost its node and carried on
 
 
@@ -136,6 +139,7 @@ async def test_rolling_restart_under_load(nats_cluster: NatsCluster, tmp_path: P
     fleet = Fleet(nats_cluster, tmp_path, TRUCKS)
     sinks = _sinks(nats_cluster, url, tmp_path)
     moved: list[str] = []
+    switches: list[int] = []
     try:
         for sink in sinks:
             await fleet.blocking(sink.start)
@@ -143,14 +147,16 @@ async def test_rolling_restart_under_load(nats_cluster: NatsCluster, tmp_path: P
         fleet.feed(EVENTS_PER_TICK, TICK_S)
         await fleet.wait_all_publishing(dict.fromkeys(fleet.acked(), 0), AGAIN_LIMIT_S)
         for node in nats_cluster.nodes:
-            moved += await _node_dies(fleet, nats_cluster, node, kill=False)
+            moved += await _node_dies(fleet, nats_cluster, node, kill=False, need_trucks=False)
+        switches = [t.uplink.broker.switches for t in fleet.trucks]
         await _finish(fleet, url, sinks)
     finally:
         for s in sinks:
             if s.alive():
                 await fleet.blocking(s.stop)
         await fleet.close()
-    assert len(set(moved)) == TRUCKS  # every truck had to move at least once
+    # each truck was on a node when it restarted, unless it had moved off before
+    assert all(n >= 1 for n in switches), switches
     for truck in set(moved):
         assert any(s >= 1 for _, s in _switches_in_status(url, truck))
 

@@ -42,6 +42,7 @@ from config.dbc_check import dbc_problem
 from config.errors import ConfigError
 from config.schema import (
     MAX_DEADBAND,
+    MAX_FAILOVER,
     MAX_TTL_S,
     MQTT_PLAIN_PORT,
     MQTT_TLS_PORT,
@@ -195,6 +196,7 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
         ctx.err("mqtt.tls", "cert_file and key_file go together (mutual TLS)")
     _mqtt_security(cfg, ctx)
     _remote_checks(cfg, ctx)
+    _mqtt_failover(cfg, ctx)
     if cfg.can is not None and cfg.can.interface not in can_interfaces():
         ctx.err("can.interface",
                 f"unknown python-can interface {cfg.can.interface!r}"
@@ -279,6 +281,23 @@ def _mqtt_security(cfg: TruckConfig, ctx: _Ctx) -> None:
         ctx.warn("mqtt.port",
                  f"[mqtt.tls] is configured but port {MQTT_PLAIN_PORT} is MQTT's plain "
                  f"port (the broker's TLS listener is usually {MQTT_TLS_PORT})")
+
+
+def _mqtt_failover(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """``mqtt.failover``: real ports, no address twice, a bounded list."""
+    m = cfg.mqtt
+    if len(m.failover) > MAX_FAILOVER:
+        ctx.err("mqtt.failover", f"at most {MAX_FAILOVER} addresses, got {len(m.failover)}")
+        return
+    seen = {(m.host.lower(), m.port)}
+    for i, (text, (host, port)) in enumerate(zip(m.failover, m.brokers[1:], strict=True)):
+        key = f"mqtt.failover[{i}]"
+        if not 1 <= port <= 65535:
+            ctx.err(key, f"port must be 1..65535, got \"{text}\"")
+        elif (host.lower(), port) in seen:
+            ctx.err(key, f"\"{text}\" is already in the broker list (host:port and "
+                         "failover are tried in order, each once per round)")
+        seen.add((host.lower(), port))
 
 
 class _Ctx:
@@ -372,7 +391,7 @@ class _Ctx:
         if tp is Path:
             return self._path(value, key, meta)
         if origin is tuple:
-            return self._str_list(value, key)
+            return self._str_tuple(value, key, meta)
         if origin in (Mapping, dict) or tp is Mapping:
             return self._float_map(value, key)
         raise TypeError(f"config schema: unsupported type {tp!r} for {key}")  # pragma: no cover
@@ -422,11 +441,13 @@ class _Ctx:
                                "chown root:truckgw and chmod 640 it")
         return p
 
-    def _str_list(self, value: Any, key: str) -> Any:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    def _str_tuple(self, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+        """An array of strings (each checked against the field's pattern) as a tuple."""
+        if not isinstance(value, list):
             self.err(key, f"expected an array of strings, got {_show(value)}")
             return _BAD
-        return tuple(value)
+        out = [self.convert(str, v, f"{key}[{i}]", meta) for i, v in enumerate(value)]
+        return _BAD if any(v is _BAD for v in out) else tuple(out)
 
     def _float_map(self, value: Any, key: str) -> Any:
         if not isinstance(value, Mapping):

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -351,6 +351,10 @@ class SqliteStore:
         return n
 
     # ------------------------------------------------------------------ upkeep, stats
+
+    def set_ttl_s(self, ttl_s: Mapping[str, float]) -> None:
+        """New ``[buffer] ttl_s`` while running (remote configuration)."""
+        self._upkeep.set_ttl_s(ttl_s)
 
     async def expire_now(self) -> int:
         """Drop events older than their class TTL now; returns how many (also periodic)."""

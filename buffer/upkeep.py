@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aiosqlite
 
@@ -68,6 +68,11 @@ class Upkeep:
         self._disk_full = False
         self._last_sync = time.monotonic()
         self._last_expire = time.monotonic()
+
+    def set_ttl_s(self, ttl_s: Mapping[str, float]) -> None:
+        """New maximum ages per class (remote configuration); bind at the next expiry."""
+        self._ttl_ms = {schema.CLASS_BY_NAME[k]: int(v * 1000) for k, v in ttl_s.items()}
+        self._last_expire = 0.0  # expire at the next tick, not an interval later
 
     def __repr__(self) -> str:
         return f"Upkeep({str(self._db.path)!r}, disk_full={self._disk_full})"

@@ -25,6 +25,7 @@ from config.schema import (
     LogConfig,
     MetricsConfig,
     MqttConfig,
+    RemoteConfig,
     TlsConfig,
     TruckConfig,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "MqttConfig",
+    "RemoteConfig",
     "TlsConfig",
     "TruckConfig",
     "load_config",

@@ -42,9 +42,11 @@ from config.dbc_check import dbc_problem
 from config.errors import ConfigError
 from config.schema import (
     MAX_DEADBAND,
+    MAX_FAILOVER,
     MAX_TTL_S,
     MQTT_PLAIN_PORT,
     MQTT_TLS_PORT,
+    REMOTE_COMMANDS,
     TruckConfig,
 )
 
@@ -193,6 +195,8 @@ def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
     if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
         ctx.err("mqtt.tls", "cert_file and key_file go together (mutual TLS)")
     _mqtt_security(cfg, ctx)
+    _remote_checks(cfg, ctx)
+    _mqtt_failover(cfg, ctx)
     if cfg.can is not None and cfg.can.interface not in can_interfaces():
         ctx.err("can.interface",
                 f"unknown python-can interface {cfg.can.interface!r}"
@@ -242,6 +246,22 @@ def _runtime_dir(target: Path) -> bool:
     return len(target.parts) >= 3 and target.parts[:2] == ("/", "run")
 
 
+def _remote_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """``[remote]``: known command names; signing needs a key (docs/remote.md)."""
+    r = cfg.remote
+    for name in r.commands:
+        if name not in REMOTE_COMMANDS:
+            ctx.err("remote.commands",
+                    f"unknown command {name!r}{_did_you_mean(name, REMOTE_COMMANDS)} "
+                    f"(known: {', '.join(REMOTE_COMMANDS)})")
+    if r.require_signed and r.key_file is None:
+        ctx.err("remote.require_signed", "needs remote.key_file (the per-truck HMAC key)")
+    if r.enabled and r.commands and cfg.mqtt.protocol == "3.1.1" and r.key_file is None:
+        ctx.warn("remote.commands",
+                 "MQTT 3.1.1 has no response topic or message expiry: commands are "
+                 "refused unless signed, and remote.key_file is not set")
+
+
 def _mqtt_security(cfg: TruckConfig, ctx: _Ctx) -> None:
     """Secure by default: clear-text passwords refused, risky transports warned about."""
     m = cfg.mqtt
@@ -261,6 +281,23 @@ def _mqtt_security(cfg: TruckConfig, ctx: _Ctx) -> None:
         ctx.warn("mqtt.port",
                  f"[mqtt.tls] is configured but port {MQTT_PLAIN_PORT} is MQTT's plain "
                  f"port (the broker's TLS listener is usually {MQTT_TLS_PORT})")
+
+
+def _mqtt_failover(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """``mqtt.failover``: real ports, no address twice, a bounded list."""
+    m = cfg.mqtt
+    if len(m.failover) > MAX_FAILOVER:
+        ctx.err("mqtt.failover", f"at most {MAX_FAILOVER} addresses, got {len(m.failover)}")
+        return
+    seen = {(m.host.lower(), m.port)}
+    for i, (text, (host, port)) in enumerate(zip(m.failover, m.brokers[1:], strict=True)):
+        key = f"mqtt.failover[{i}]"
+        if not 1 <= port <= 65535:
+            ctx.err(key, f"port must be 1..65535, got \"{text}\"")
+        elif (host.lower(), port) in seen:
+            ctx.err(key, f"\"{text}\" is already in the broker list (host:port and "
+                         "failover are tried in order, each once per round)")
+        seen.add((host.lower(), port))
 
 
 class _Ctx:
@@ -353,6 +390,8 @@ class _Ctx:
             return value
         if tp is Path:
             return self._path(value, key, meta)
+        if origin is tuple:
+            return self._str_tuple(value, key, meta)
         if origin in (Mapping, dict) or tp is Mapping:
             return self._float_map(value, key)
         raise TypeError(f"config schema: unsupported type {tp!r} for {key}")  # pragma: no cover
@@ -401,6 +440,14 @@ class _Ctx:
                                f"{stat.S_IMODE(st.st_mode):o}); "
                                "chown root:truckgw and chmod 640 it")
         return p
+
+    def _str_tuple(self, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+        """An array of strings (each checked against the field's pattern) as a tuple."""
+        if not isinstance(value, list):
+            self.err(key, f"expected an array of strings, got {_show(value)}")
+            return _BAD
+        out = [self.convert(str, v, f"{key}[{i}]", meta) for i, v in enumerate(value)]
+        return _BAD if any(v is _BAD for v in out) else tuple(out)
 
     def _float_map(self, value: Any, key: str) -> Any:
         if not isinstance(value, Mapping):

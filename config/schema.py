@@ -31,6 +31,11 @@ MAX_INFLIGHT = 4096
 #: The IANA ports for MQTT over plain TCP and over TLS.
 MQTT_PLAIN_PORT = 1883
 MQTT_TLS_PORT = 8883
+#: One ``[mqtt].failover`` entry: ``host``, ``host:port``, ``[v6addr]`` or ``[v6addr]:port``.
+BROKER_ADDRESS_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[^\s/#+:\[\]]{1,253})(?::[0-9]{1,5})?")
+#: Most failover addresses (a cluster has a handful of nodes; more is a typo or a list of
+#: the whole fleet's brokers, and every one costs a connect attempt per round).
+MAX_FAILOVER = 16
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus uses it
 
 
@@ -185,6 +190,8 @@ class MqttConfig:
 
     host: str = _f(pattern=re.compile(r"[^\s/#+]{1,253}"))
     port: int = _f(8883, lo=1, hi=65535)
+    #: more nodes of the same broker cluster, tried in order after ``host:port``
+    failover: tuple[str, ...] = _f((), pattern=BROKER_ADDRESS_RE)
     topic_prefix: str = _f("fleet", pattern=re.compile(r"[^#+\x00]{1,128}"))
     keepalive_s: int = _f(60, lo=5, hi=65535)
     protocol: Literal["5", "3.1.1"] = _f("5")
@@ -204,6 +211,22 @@ class MqttConfig:
     reconnect_min_s: float = _f(1.0, lo=0.01, hi=3600)
     reconnect_max_s: float = _f(120.0, lo=0.01, hi=DAY_S)
 
+    @property
+    def brokers(self) -> tuple[tuple[str, int], ...]:
+        """Every broker address in order: ``host:port`` first, then ``failover``."""
+        return ((self.host, self.port),
+                *(split_address(a, self.port) for a in self.failover))
+
+
+def split_address(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as ``(host, port)`` (an IPv6
+    host without its brackets). The text matches :data:`BROKER_ADDRESS_RE`."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    host, sep, port = text.partition(":")
+    return host, int(port) if sep else default_port
+
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
@@ -221,6 +244,33 @@ class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = _f("info")
 
 
+#: The commands ``[remote] commands`` may allow (docs/remote.md).
+REMOTE_COMMANDS = ("ping", "status", "position", "dtc", "flush", "config_get",
+                   "set_log_level", "restart", "retry_refused", "request_pgn")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """``[remote]``: configuration pushes and commands from the fleet over the uplink's
+    MQTT connection (docs/remote.md). Off unless ``enabled``."""
+
+    enabled: bool = _f(False)
+    #: desired configurations on ``{prefix}/{truck_id}/config/desired`` are applied
+    config_push: bool = _f(True)
+    #: the allow-list of commands on ``{prefix}/{truck_id}/cmd``
+    commands: tuple[str, ...] = _f(REMOTE_COMMANDS)
+    #: per-truck HMAC-SHA256 key (the file's bytes, surrounding whitespace stripped)
+    key_file: Path | None = _f(None, path=True, must_exist=True, secret=True)
+    #: refuse every request and desired configuration that is not signed with key_file
+    require_signed: bool = _f(False)
+    #: a signed request whose ts_ms is further than this from the truck's clock is refused
+    signature_window_s: float = _f(300.0, lo=1, hi=DAY_S)
+    #: after a change that needs a restart: no broker within this long => roll back
+    grace_s: float = _f(600.0, lo=1, hi=DAY_S)
+    #: after a change that needs a restart: this many starts without a broker => roll back
+    max_starts: int = _f(3, lo=1, hi=100)
+
+
 @dataclass(frozen=True, slots=True)
 class TruckConfig:
     """The whole configuration of one truck."""
@@ -233,6 +283,7 @@ class TruckConfig:
     buffer: BufferConfig = _f(factory=BufferConfig)
     metrics: MetricsConfig = _f(factory=MetricsConfig)
     log: LogConfig = _f(factory=LogConfig)
+    remote: RemoteConfig = _f(factory=RemoteConfig)
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     @property

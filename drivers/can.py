@@ -302,6 +302,17 @@ class CanDriver:
                 is_extended_id=True,
             ))
 
+    def request(self, pgn: int) -> bool:
+        """Queue one J1939 Request (PGN 59904) for ``pgn`` to all nodes; False when the
+        bus is not open or the driver is listen-only (it never transmits then)."""
+        reader = self._reader
+        if reader is None or self.cfg.listen_only:
+            return False
+        reader.outbox.put(can.Message(
+            arbitration_id=make_id(PGN_REQUEST, REQUEST_SA, da=GLOBAL, priority=6),
+            data=request_payload(pgn), is_extended_id=True))
+        return True
+
     def _drain(self) -> None:
         """Decode every frame the reader has handed over and pass them on (on the loop)."""
         reader = self._reader

@@ -46,6 +46,7 @@ from gateway.health import HealthWriter
 from gateway.ingest import Ingest
 from gateway.liveness import CommitTracker, HealthProbe
 from gateway.logsetup import RateLimitFilter, set_journal_identity, setup_logging
+from gateway.remote.startup import EX_RESTART, reexec
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.snapshot import build_snapshot
 from gateway.supervisor import TaskInfo, supervise
@@ -111,6 +112,7 @@ class Agent:
         self.gps: Any = None
         self.can: Any = None
         self.uplink: Any = None
+        self.remote: Any = None  # gateway.remote.shell.RemoteShell when [remote] needs it
         self._snapshot: dict[str, Any] = {}
         self._last_hwm: int | None = None
         self._fleet_saved: bytes | None = None  # the blob the buffer holds now
@@ -183,10 +185,13 @@ class Agent:
                     drivers.append(self._spawn(tg, "gps", self._run_gps))
                 if self.cfg.can is not None:
                     drivers.append(self._spawn(tg, "can", self._run_can))
+                self.remote = self._remote_shell()
                 uplink = self._spawn(tg, "uplink", self._run_uplink)
                 aux = [tg.create_task(self._monitor(), name="monitor"),
                        tg.create_task(self._watchdog(), name="watchdog"),
                        tg.create_task(self._fleet(), name="fleet")]
+                if self.remote is not None:
+                    aux.append(tg.create_task(self.remote.run(), name="remote"))
                 await self._stop.wait()
                 await self._shutdown(drivers, uplink, aux)
         finally:
@@ -228,7 +233,8 @@ class Agent:
 
         assert self.store is not None  # noqa: S101  # spawned after the store opened
         self.uplink = Uplink(self.cfg, self.store, status_extra=self.status_extra,
-                             wire_context=self.wire_context)
+                             wire_context=self.wire_context,
+                             hooks=self.remote)
         try:
             await self.uplink.run()
         except asyncio.CancelledError:
@@ -238,6 +244,75 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.uplink.close(), 2.0)
             raise
+
+    # ------------------------------------------------------------------ remote (docs/remote.md)
+
+    def _remote_shell(self) -> Any:
+        """The remote-management shell when ``[remote]`` is on or a push awaits its
+        confirmation; None otherwise."""
+        if self.cfg.source is None:
+            return None
+        from gateway.remote.shell import RemoteShell  # noqa: PLC0415  # only with [remote]
+
+        try:
+            shell = RemoteShell(self)
+        except OSError as exc:  # the key file went away since the config was checked
+            log.error("remote management off: %s", exc)  # noqa: TRY400  # the reason says it
+            return None
+        return shell if shell.needed else None
+
+    def wall_ms(self) -> int:
+        """The truck's best wall clock (GPS-corrected), UNIX ms."""
+        return self.clock.now_ms()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The latest health snapshot (what ``truckgw status`` shows)."""
+        return dict(self._snapshot)
+
+    def position(self) -> dict[str, Any] | None:
+        """The latest GPS fix with a position."""
+        fix = self.ingest.last_fix
+        if fix is None:
+            return None
+        out: dict[str, Any] = {k: getattr(fix, k) for k in fix.__dataclass_fields__
+                               if k != "received"}
+        if fix.received is not None:  # how old "now" is: seconds since it arrived
+            out["age_s"] = round(time.monotonic() - fix.received, 3)
+        return out
+
+    def dtcs(self) -> list[dict[str, Any]]:
+        """The active faults of each source, from its latest DM1."""
+        return [{"src": sa, "lamps": u.dm1.lamps_dict(),
+                 "active": [d.as_dict() for d in u.dm1.active]}
+                for sa, u in sorted(self.ingest.active_dtcs.items())]
+
+    async def flush(self) -> int:
+        """Make every pending append durable; the committed seq high-water mark."""
+        assert self.store is not None  # noqa: S101  # the shell runs after the store opened
+        await self.store.flush()
+        return self.store.last_committed_seq
+
+    async def retry_refused(self) -> int:
+        """Move the events the broker refused (dead letters) back to pending; how many."""
+        assert self.store is not None  # noqa: S101  # the shell runs after the store opened
+        return await self.store.retry_dead_letters()
+
+    def apply_live(self, cfg: TruckConfig) -> None:
+        """Make the live keys of ``cfg`` take effect (gateway.remote.desired.LIVE_KEYS)."""
+        from gateway.logsetup import LEVELS  # noqa: PLC0415
+
+        self.ingest.reconfigure(cfg.gps.sampling if cfg.gps else None,
+                                cfg.can.sampling if cfg.can else None)
+        if self.store is not None:
+            self.store.set_ttl_s(cfg.buffer.ttl_s)
+        if self.uplink is not None:
+            self.uplink.reconfigure(cfg.mqtt)
+        logging.getLogger().setLevel(LEVELS[cfg.log.level])
+        self.cfg = cfg
+
+    def request_pgn(self, pgn: int) -> bool:
+        """Queue a J1939 request for ``pgn`` on the CAN bus."""
+        return self.can is not None and bool(self.can.request(pgn))
 
     async def _monitor(self) -> None:
         """Refresh the health snapshot, state file and metrics every interval."""
@@ -381,6 +456,8 @@ class Agent:
             problem=problem if self.phase is Phase.RUNNING else error,
             clock=self.clock.stats(),
         )
+        if self.remote is not None:  # remote-management counters (docs/remote.md)
+            self._snapshot["remote"] = self.remote.stats()
         self.writer.write(self._snapshot)
 
     # ------------------------------------------------------------------ shutdown
@@ -393,7 +470,11 @@ class Agent:
     ) -> None:
         """Drivers first (no new events), then the uplink (offline status), then the rest."""
         self.phase = Phase.STOPPING
-        self.notifier.stopping(status="stopping")
+        if self.exit_code == EX_RESTART:  # re-exec follows: STOPPING=1 would end the unit
+            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                                 "STATUS=restarting (remote management)")
+        else:
+            self.notifier.stopping(status="stopping")
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         for t in drivers:
             t.cancel()
@@ -439,4 +520,7 @@ def run_agent(cfg: TruckConfig) -> int:
     """Entry point of ``truckgw run``: set up logging, run the agent, return the exit code."""
     set_journal_identity(truck_id=cfg.truck_id)
     limiter = setup_logging(cfg.log.level)
-    return asyncio.run(Agent(cfg, limiter=limiter).run())
+    code = asyncio.run(Agent(cfg, limiter=limiter).run())
+    if code == EX_RESTART:  # a remote change or command asked for it (docs/remote.md)
+        return reexec()
+    return code

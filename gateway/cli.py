@@ -80,6 +80,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     # logging first, so the config's warnings reach the journal with a priority
     setup_logging("info")
+    # a remote config push that failed is rolled back before the file is read
+    importlib.import_module("gateway.remote.startup").before_run(args.config)
     cfg = _load_or_exit(args.config, log_warnings=True)
     # TRUCK_ID= stays on every journal entry: app.run_agent's setup_logging keeps it
     app = importlib.import_module("gateway.app")
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_status)
 
     add_sink_parser(sub)
+    importlib.import_module("gateway.fleet_cli").add_parser(sub)
     _register_optional(sub)
     return parser
 

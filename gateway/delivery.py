@@ -250,6 +250,19 @@ class Delivery:
         self._chooser = LaneChooser(window, self._m.live_share)
         self._next_status = now + self._m.status_interval_s
 
+    def reconfigure(self, m: MqttConfig, now: float) -> None:
+        """Take the live keys of a new ``[mqtt]`` (remote configuration): ``live_share``,
+        ``bandwidth_bytes_per_s`` and ``status_interval_s`` bind from now on; the
+        in-flight table is untouched (nothing is dropped or sent twice)."""
+        old = self._m
+        self._m = m
+        if m.bandwidth_bytes_per_s != old.bandwidth_bytes_per_s:
+            self._bucket = TokenBucket(m.bandwidth_bytes_per_s, m.max_payload_bytes, now)
+        if m.live_share != old.live_share:
+            self._chooser = LaneChooser(self.window, m.live_share)
+        if m.status_interval_s != old.status_interval_s:
+            self._next_status = min(self._next_status, now + m.status_interval_s)
+
     def disconnected(self, now: float, reason_code: int, text: str) -> list[Action]:
         """The connection went away (broker DISCONNECT, socket closed)."""
         if self.state is UplinkState.CONNECTING:

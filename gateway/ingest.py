@@ -40,7 +40,7 @@ from typing import Any
 from config import CanSampling, GpsSampling
 from config.events import TS_UNVERIFIED, Event
 from config.schema import EventsConfig
-from drivers.j1939 import Decoded, SignalUpdate
+from drivers.j1939 import Decoded, DtcUpdate, SignalUpdate
 from drivers.nmea_epoch import Fix
 from gateway.clock import Clock
 from gateway.recording.can import CanRecorder, record_decoded
@@ -98,7 +98,8 @@ class Ingest:
         self._mono = mono
         self.gps_sampling = gps or GpsSampling()
         self.points: PointRecorder = point_recorder(self.gps_sampling)
-        self.engine: CanRecorder | CurveCanRecorder = _can_recorder(can or CanSampling())
+        self._can_sampling = can or CanSampling()
+        self.engine: CanRecorder | CurveCanRecorder = _can_recorder(self._can_sampling)
         events = events or EventsConfig()
         self.fleet: FleetEvents | None = FleetEvents(events) if events.enabled else None
         self._fleet_events = 0
@@ -107,12 +108,43 @@ class Ingest:
         self._provisional = 0
         self._can_messages = 0
         self._submit_errors = 0
+        self.last_fix: Fix | None = None  # the newest fix with a position (``position``)
+        self.active_dtcs: dict[int, DtcUpdate] = {}  # the latest DM1 per source (``dtc``)
+        self._base = (0, 0, 0)  # counters of recorders replaced by reconfigure()
+
+    def reconfigure(self, gps: GpsSampling | None, can: CanSampling | None) -> None:
+        """New recording settings (remote configuration) from the next reading on.
+
+        The old policies first hand over every point and engine event they still owe
+        (nothing is dropped); the new ones start from a fresh baseline, so each source's
+        next reading is recorded (nothing is recorded twice). Counters carry on.
+        """
+        gps = gps or GpsSampling()
+        can = can or CanSampling()
+        points, engine, dtc = self._base
+        if gps != self.gps_sampling:
+            for point in self.points.flush():
+                self._gps_point(point)
+            points += self.points.recorded
+            self.gps_sampling = gps
+            self.points = point_recorder(gps)
+        if can != self._can_sampling:
+            if isinstance(self.engine, CurveCanRecorder):
+                for ev in self.engine.flush():
+                    self._emit(self._stamped(ev))
+            engine += self.engine.engine_events
+            dtc += self.engine.dtc_events
+            self._can_sampling = can
+            self.engine = _can_recorder(can)
+        self._base = (points, engine, dtc)
 
     # ------------------------------------------------------------------ GPS
 
     def on_fix(self, fix: Fix) -> None:
         """One decoded epoch from the receiver."""
         self._fixes += 1
+        if fix.fix:
+            self.last_fix = fix
         received = fix.received if fix.received is not None else self._mono()
         if fix.utc_ms is not None:
             self.clock.on_gps_time(fix.utc_ms, received, fix.time_trusted)
@@ -162,6 +194,8 @@ class Ingest:
             plain = self.engine
         fleet = self.fleet
         for out in batch:
+            if type(out) is DtcUpdate:
+                self.active_dtcs[out.sa] = out
             if type(out) is SignalUpdate:
                 if fleet is not None:
                     derived = fleet.on_signals(ts, out.sa, out.values)
@@ -246,11 +280,11 @@ class Ingest:
         """Counters of the policies and of the hand-over."""
         return IngestStats(
             fixes=self._fixes,
-            points_recorded=self.points.recorded,
+            points_recorded=self._base[0] + self.points.recorded,
             points_provisional=self._provisional,
             can_messages=self._can_messages,
-            engine_events=self.engine.engine_events,
-            dtc_events=self.engine.dtc_events,
+            engine_events=self._base[1] + self.engine.engine_events,
+            dtc_events=self._base[2] + self.engine.dtc_events,
             sources=len(self.engine.sources),
             submit_errors=self._submit_errors,
         )

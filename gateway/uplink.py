@@ -20,19 +20,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from buffer.api import EventStore
-from config import TruckConfig
+from config import MqttConfig, TruckConfig
 from config.errors import UplinkError
 from config.retry import sleep_unless
 from gateway import wire
-from gateway.delivery import BACKFILL_MAX_EVENTS, LIVE_MAX_EVENTS, Delivery
+from gateway.delivery import BACKFILL_MAX_EVENTS, HEALTHY_AFTER_S, LIVE_MAX_EVENTS, Delivery
 from gateway.delivery_actions import Ack, Release, UplinkState, UplinkStats
-from gateway.uplink_link import CLOSE_GRACE_S, Link, LinkSetup
+from gateway.failover import BrokerView, Failover, format_address
+from gateway.uplink_link import CLOSE_GRACE_S, Link, LinkHooks, LinkSetup
 from gateway.uplink_settle import Settler
 from gateway.uplink_status import StatusReport
 
@@ -57,15 +59,20 @@ class Uplink:
         *,
         status_extra: Callable[[], Mapping[str, Any]] | None = None,
         wire_context: Callable[[], wire.WireContext] | None = None,
+        hooks: LinkHooks | None = None,
     ) -> None:
         self._cfg = cfg
+        self._hooks = hooks
         self._store = store
         self._core = Delivery(cfg.truck_id, cfg.mqtt, time.monotonic())
         if wire_context is not None:  # the stream id and ts correction (docs/wire-format.md)
             self._core.wire_context = wire_context
         self._settler = Settler(store, self._ack_report)
-        self._status = StatusReport(cfg, store, self.stats, status_extra, wire_context)
+        self._failover = Failover.from_config(cfg.mqtt, HEALTHY_AFTER_S)
+        self._status = StatusReport(cfg, store, self.stats, status_extra, wire_context,
+                                    broker=self._broker_fields)
         self._setup = LinkSetup.from_config(cfg)
+        self._setups: dict[int, LinkSetup] = {0: self._setup}
         self._link: Link | None = None
         self._closing = False
         self._wake = asyncio.Event()
@@ -82,6 +89,26 @@ class Uplink:
         """The payload limit now (shrunk below the broker's limits when it refused)."""
         return self._core.max_payload_bytes
 
+    @property
+    def broker(self) -> BrokerView:
+        """The broker of the failover list the uplink is on (or tries next)."""
+        return self._failover.view()
+
+    def _broker_fields(self) -> dict[str, object]:
+        v = self._failover.view()
+        return {"address": v.address, "index": v.index, "switches": v.switches}
+
+    def _link_setup(self) -> LinkSetup:
+        """The setup of the current failover address (its host and port in the config)."""
+        i = self._failover.index
+        if i not in self._setups:
+            host, port = self._failover.current
+            cfg = self._cfg
+            cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, host=host,
+                                                                    port=port))
+            self._setups[i] = dataclasses.replace(self._setup, cfg=cfg)
+        return self._setups[i]
+
     def stats(self) -> UplinkStats:
         """Counters for the status topic, the state file and metrics."""
         return self._core.stats(time.monotonic(), time.time_ns() // 1_000_000)
@@ -96,6 +123,11 @@ class Uplink:
             if isinstance(act, Release):
                 self._settler.release(act.seqs)
 
+    def reconfigure(self, m: MqttConfig) -> None:
+        """New live settings (live share, bandwidth cap, status interval); see
+        :meth:`Delivery.reconfigure`."""
+        self._core.reconfigure(m, time.monotonic())
+
     async def run(self) -> None:
         """Connect, deliver, reconnect with backoff; runs until cancelled or closed."""
         if self._running:
@@ -105,17 +137,24 @@ class Uplink:
         executor = concurrent.futures.ThreadPoolExecutor(1, "truckgw-uplink-connect")
         try:
             while not self._closing:
-                self._link = Link(self._setup, self._core, store=self._store,
+                self._link = Link(self._link_setup(), self._core, store=self._store,
                                   settler=self._settler, status=self._status,
-                                  executor=executor)
+                                  executor=executor, hooks=self._hooks)
+                connects, started = self._core.stats(0.0, 0).connects, time.monotonic()
                 try:
                     again = await self._link.serve()
                 finally:
                     self._link = None
                 if again is None or self._closing:
                     break
+                up = self._core.stats(0.0, 0).connects > connects
+                after = self._failover.ended(up_s=time.monotonic() - started if up else None,
+                                             core_after_s=again.after_s)
+                if len(self._failover.addresses) > 1:
+                    log.warning("uplink: next broker %s in %.1f s",
+                                format_address(*self._failover.current), after)
                 self._wake.clear()
-                if await sleep_unless(self._wake, again.after_s):
+                if await sleep_unless(self._wake, after):
                     break
         finally:
             self._core.stopped()

@@ -23,7 +23,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -72,6 +72,18 @@ def _worth_a_probe(exc: UplinkError) -> bool:
     return isinstance(cause, ssl.SSLError) or not isinstance(cause, OSError)
 
 
+class LinkHooks(Protocol):
+    """Optional listener on the connection (remote management, :mod:`gateway.remote`):
+    ``on_connected`` after the online status (it may subscribe and set
+    ``client.on_message``), ``on_disconnected`` when the connection is over."""
+
+    def on_connected(self, client: mqtt.Client) -> None:
+        """The connection is up and the online status published."""
+
+    def on_disconnected(self) -> None:
+        """The connection is gone (the client must not be used any more)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkSetup:
     """What every connection of one uplink shares: config, topics, properties."""
@@ -101,8 +113,10 @@ class Link:
 
     def __init__(self, setup: LinkSetup, core: Delivery, *, store: EventStore,
                  settler: Settler, status: StatusReport,
-                 executor: concurrent.futures.ThreadPoolExecutor) -> None:
+                 executor: concurrent.futures.ThreadPoolExecutor,
+                 hooks: LinkHooks | None = None) -> None:
         self.setup = setup
+        self.hooks = hooks
         self.core = core
         self.store = store
         self.settler = settler
@@ -141,6 +155,8 @@ class Link:
                          self.m.encoding)
                 await self._deliver_guarded()
         finally:
+            if self.hooks is not None:
+                self.hooks.on_disconnected()
             self._hard_close()
             await self._settle_late_lease()
             if core.state in (UplinkState.CONNECTING, UplinkState.CONNECTED):
@@ -218,6 +234,8 @@ class Link:
 
     async def _deliver(self) -> None:
         await self._publish_status("online", await self.status.online_fields())
+        if self.hooks is not None and self.client is not None:
+            self.hooks.on_connected(self.client)
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._sender(), name="uplink-sender"),

@@ -29,12 +29,15 @@ class StatusReport:
         stats: Callable[[], UplinkStats],
         extra: Callable[[], Mapping[str, Any]] | None = None,
         wire_context: Callable[[], wire.WireContext] | None = None,
+        *,
+        broker: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._stats = stats
         self._extra = extra
         self._wire_context = wire_context
+        self._broker = broker
 
     def payload(self, state: str, fields: Mapping[str, Any]) -> bytes:
         """A status message body with the extra fields of the embedding app."""
@@ -55,7 +58,7 @@ class StatusReport:
         now = _now_ms()
         oldest = st.oldest_pending_ts_ms
         stats = self._stats()
-        return {
+        out: dict[str, Any] = {
             "version": __version__,
             "pending": st.pending,
             "pending_bytes": st.pending_bytes,
@@ -69,6 +72,9 @@ class StatusReport:
             "encoding": self._cfg.mqtt.encoding,
             "uplink": {k: getattr(stats, k) for k in STATUS_COUNTERS},
         }
+        if self._broker is not None:  # the failover list's address, index and moves
+            out["broker"] = dict(self._broker())
+        return out
 
 
 def _now_ms() -> int:

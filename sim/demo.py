@@ -9,7 +9,11 @@ and uplink state (from its state file), the broker's state and events/s. The gat
 ``[events]`` thresholds are scaled by the time-lapse (:func:`events_config`): at
 ``--speed 4`` a second of the agent's clock is four seconds of the truck's.
 ``--outage-at S --outage-for N`` stops the broker for N seconds so one can watch the
-buffer fill and drain. Ctrl-C / SIGTERM stops everything cleanly.
+buffer fill and drain.
+``--push-config-at S`` pushes a new config to the gateway S seconds in
+(``truckgw fleet config push``, docs/remote.md): every CAN frame recorded instead of
+the deadbands, applied live, so the events/s line jumps. Ctrl-C / SIGTERM stops
+everything cleanly.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +46,9 @@ EX_OK, EX_FAIL, EX_UNAVAILABLE = 0, 1, 69
 TRUCK_ID = "DEMO-0001"
 WORKING_STATES = ("rest", "available", "work", "drive")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: ``--push-config-at``: remote management on, and the pushed change (live)
+REMOTE_ON = "\n[remote]\nenabled = true\n"
+EVERY_FRAME = "\n[can.sampling]\nmin_interval_s = 0.0\nmax_interval_s = 0.0\n"
 DTC_TEXT = {(spn, fmi): desc for spn, fmi, desc, _lamp in DTC_CATALOGUE}
 
 
@@ -59,6 +69,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="stop the broker S seconds into the demo")
     p.add_argument("--outage-for", type=float, default=20.0, metavar="N",
                    help="length of the broker outage in seconds (default 20)")
+    p.add_argument("--push-config-at", type=float, default=None, metavar="S",
+                   help="push a config that records every CAN frame S seconds into the "
+                   "demo (remote configuration, applied live)")
     p.add_argument("--fault-every", type=float, default=120.0, metavar="S",
                    help="mean seconds of drive between DTC episodes (default 120)")
     p.add_argument("--encoding", choices=("json", "compact"), default="json",
@@ -108,11 +121,17 @@ class Demo:
         self.sim = TruckSim(Truck(load_route(args.route), seed=args.seed, params=params),
                             gps=self.gps, can=self.can, speed=args.speed, seed=args.seed)
         self.can.device.on_transmit = self.sim.on_frame_from_host
-        self.gateway = GatewayProcess(base / "gateway", truck_config(
-            truck_id=TRUCK_ID, workdir=base / "gateway", mqtt_host=self.broker.host,
-            mqtt_port=self.broker.port, gps_port=str(self.gps.link),
-            can_channel=self.can.channel, encoding=args.encoding,
-            extra=events_config(args.speed)))
+        self._gw_config = functools.partial(
+            truck_config, truck_id=TRUCK_ID, workdir=base / "gateway",
+            mqtt_host=self.broker.host, mqtt_port=self.broker.port,
+            gps_port=str(self.gps.link), can_channel=self.can.channel,
+            encoding=args.encoding)
+        self._events = events_config(args.speed)
+        remote = REMOTE_ON if args.push_config_at is not None else ""
+        self.gateway = GatewayProcess(base / "gateway",
+                                      self._gw_config(extra=self._events + remote))
+        self.push: subprocess.Popen[str] | None = None
+        self.push_line: str | None = None
         # the fleet side's embedded default: every event once in a SQLite database
         # (docs/sink.md), which `truckgw sink gaps/report --db` read afterwards
         self.fleet_db = base / "fleet.db"
@@ -150,6 +169,7 @@ class Demo:
         try:
             while not sim_task.done():
                 self._outage()
+                self._push_config()
                 self.render()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(sim_task), timeout=1.0)
@@ -174,6 +194,32 @@ class Demo:
             self.outage_until = None
             a.outage_at = None  # one outage
 
+    def _push_config(self) -> None:
+        """``--push-config-at``: push once, then show the truck's verdict."""
+        a = self.args
+        if a.push_config_at is None:
+            return
+        if self.push is None and time.monotonic() - self.t0 >= a.push_config_at:
+            path = self.base / "pushed.toml"
+            path.write_text(self._gw_config(extra=self._events + REMOTE_ON + EVERY_FRAME))
+            self.push = subprocess.Popen(  # our own CLI
+                [sys.executable, "-m", "gateway.cli", "fleet", "--host", self.broker.host,
+                 "--port", str(self.broker.port), "config", "push", TRUCK_ID, str(path),
+                 "--timeout", "60"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                text=True)
+            self.push_line = (f"config push at t={a.push_config_at:.0f} s: every CAN frame "
+                              "recorded ... waiting for the truck")
+        elif self.push is not None and self.push.poll() is not None and a.push_config_at:
+            out = self.push.communicate()[0]
+            self.push_line = f"config push failed (exit {self.push.returncode})"
+            with contextlib.suppress(ValueError, AttributeError):
+                rep = json.loads(out)
+                self.push_line = (f"config push: version {rep.get('version')} "
+                                  f"{rep.get('status')} "
+                                  f"({', '.join(rep.get('live_keys') or [])} live)")
+            a.push_config_at = 0.0  # done: keep the line, never push again
+
     def render(self) -> None:
         """Draw one frame of the live view."""
         lines = view_lines(self.sink.live(TRUCK_ID), self.gateway.state(),
@@ -182,7 +228,7 @@ class Demo:
                            if self.outage_until is not None else None,
                            phase=self.sim.truck.state.phase.value,
                            counts=self.sink.summary()["trucks"].get(TRUCK_ID, {}).get(
-                               "by_type", {}))
+                               "by_type", {}), remote=self.push_line)
         if not self.args.plain and self.out.isatty():
             self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
         else:  # a log or a pipe: plain lines, one block per refresh
@@ -191,6 +237,9 @@ class Demo:
 
     def close(self) -> None:
         """Stop the gateway (SIGTERM), the sink, the simulator's ports and the broker."""
+        if self.push is not None and self.push.poll() is None:
+            self.push.kill()
+            self.push.wait(5)
         self.gateway.stop()
         if not self.broker.running:
             with contextlib.suppress(BrokerUnavailableError):
@@ -255,9 +304,10 @@ def _trips_text(latest: dict[str, Any], counts: dict[str, int]) -> str:
 
 def view_lines(live: dict[str, Any], state: dict[str, Any], *, broker_up: bool,
                elapsed: float, outage_left: float | None, phase: str,
-               counts: dict[str, int] | None = None) -> list[str]:
+               counts: dict[str, int] | None = None, remote: str | None = None
+               ) -> list[str]:
     """The text of one frame of the live view (pure, for tests); ``counts`` are the
-    events received per type."""
+    events received per type, ``remote`` the line of a config push."""
     counts = counts or {}
     latest = live.get("latest", {})
     gps, eng, dtc = latest.get("gps", {}), latest.get("engine", {}), latest.get("dtc", {})
@@ -294,4 +344,5 @@ def view_lines(live: dict[str, Any], state: dict[str, Any], *, broker_up: bool,
         f"  buffer    {buf.get('pending', '--')} events pending (evicted {buf.get('evicted', 0)})",
         (f"  received  {live.get('events', 0)} events, {live.get('rate', 0.0):.1f}/s, "
          f"missing {live.get('missing', 0)}, duplicates {live.get('duplicates', 0)}"),
+        *([f"  remote    {remote}"] if remote else []),
     ]

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from gateway.sink.base import SinkError
 from gateway.sink.consumer import SESSION_EXPIRY_S, FleetSink, SinkOptions
@@ -20,6 +21,9 @@ from gateway.sink.gaps import GapState, account
 from gateway.sink.report import build
 from gateway.sink.rows import DEFAULT_MAX_PAYLOAD_BYTES
 from gateway.sink.store import open_store
+
+if TYPE_CHECKING:
+    from gateway.sink.jetstream import JetStreamSink
 
 EX_OK, EX_GAPS, EX_USAGE = 0, 1, 2
 EX_NO_EVENTS = 1
@@ -51,6 +55,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--session-expiry", type=int, default=SESSION_EXPIRY_S, metavar="S",
                    help="seconds the broker keeps this sink's session (and what is queued for "
                    f"it) after it left (default {SESSION_EXPIRY_S}; 0 to leave a group for good)")
+    r.add_argument("--source", choices=("mqtt", "jetstream"), default="mqtt",
+                   help="mqtt: subscribe to the broker (default); jetstream: a durable consumer "
+                   "on a NATS cluster's MQTT stream, shared by every sink of --durable "
+                   "(docs/cluster.md; needs the nats extra)")
+    r.add_argument("--nats", default="nats://127.0.0.1:4222", metavar="URLS",
+                   help="with --source jetstream: comma-separated NATS URLs of the cluster")
+    r.add_argument("--durable", default="truckgw-sink",
+                   help="with --source jetstream: the durable consumer the sinks share")
+    r.add_argument("--stream-replicas", type=int, default=3, metavar="N",
+                   help="with --source jetstream: replicas of $MQTT_msgs if the sink creates "
+                   "it (match the servers' mqtt.stream_replicas; default 3)")
+    r.add_argument("--ack-wait", type=float, default=30.0, metavar="S",
+                   help="with --source jetstream: seconds before an unacked message goes to a "
+                   "sink again (default 30)")
+    r.add_argument("--nats-user", default=None, help="with --source jetstream: NATS user")
+    r.add_argument("--nats-password-file", default=None, metavar="PATH",
+                   help="with --source jetstream: file whose first line is the password")
     r.add_argument("--duration", type=float, default=None, metavar="S",
                    help="exit after S seconds (default: until Ctrl-C/SIGTERM)")
     r.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
@@ -87,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run one sink process."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.source == "jetstream":
+        return _run_jetstream(args)
     group_part = f"-{args.group}" if args.group else ""
     client_id = args.client_id or f"truckgw-sink{group_part}-{socket.gethostname()}"
     try:
@@ -107,7 +130,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-async def _run(sink: FleetSink, duration: float | None) -> None:
+def _run_jetstream(args: argparse.Namespace) -> int:
+    """``--source jetstream``: one process of a shared durable consumer."""
+    try:
+        from gateway.sink.jetstream import JetStreamOptions, JetStreamSink  # noqa: PLC0415
+    except ImportError as exc:
+        print(f"truckgw sink: --source jetstream needs nats-py ({exc}); "
+              "install it with: pip install 'truckgw[nats]'", file=sys.stderr)
+        return EX_USAGE
+    try:
+        password = None
+        if args.nats_password_file:
+            with open(args.nats_password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        options = JetStreamOptions(
+            servers=tuple(u.strip() for u in args.nats.split(",") if u.strip()),
+            prefix=args.topic_prefix, durable=args.durable, replicas=args.stream_replicas,
+            user=args.nats_user, password=password, max_payload_bytes=args.max_payload_bytes,
+            ack_wait_s=args.ack_wait)
+        store = open_store(args.db)
+    except (ValueError, OSError, SinkError) as exc:
+        print(f"truckgw sink: {exc}", file=sys.stderr)
+        return EX_USAGE
+    sink = JetStreamSink(options, store, on_subscribed=lambda: print("sink: subscribed",
+                                                                      flush=True))
+    print(f"sink: jetstream {','.join(options.servers)} durable {options.durable} "
+          f"({options.filter_subject}) into {args.db.split('@')[-1]}", flush=True)
+    asyncio.run(_run(sink, args.duration))
+    print("sink: stopped " + json.dumps(asdict(sink.counters())), flush=True)
+    return EX_OK
+
+
+async def _run(sink: FleetSink | JetStreamSink, duration: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

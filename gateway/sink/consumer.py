@@ -156,6 +156,10 @@ class _Tally:
                             lag_p99_ms=lags[min(len(lags) - 1, len(lags) * 99 // 100)])
 
 
+#: The counters' accumulator, shared with the JetStream source (gateway/sink/jetstream.py).
+Tally = _Tally
+
+
 class FleetSink:
     """One sink process's consumer: ``await FleetSink(options, store).run(stop)``."""
 

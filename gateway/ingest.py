@@ -57,6 +57,9 @@ WHEEL_SPEED_SIGNAL = "vehicle_speed_kmh"
 #: An unverified event handed out later than this after its ts: the wall clock stepped
 #: meanwhile, so its boottime is taken as now.
 MAX_STAMP_AGE_MS = 3_600_000
+#: a move of the clock's offset from the monotonic clock beyond this is a step (GPS
+#: sync, NTP): the fleet policies' open episodes are moved with it
+FLEET_STEP_MS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class Ingest:
         events = events or EventsConfig()
         self.fleet: FleetEvents | None = FleetEvents(events) if events.enabled else None
         self._fleet_events = 0
+        self._fleet_offset: int | None = None  # wall - monotonic at the last fleet input
         self._wheel: tuple[float, float] | None = None  # (km/h, mono s)
         self._fixes = 0
         self._provisional = 0
@@ -151,9 +155,10 @@ class Ingest:
         for point in self.points.offer(fix, received, self.moving()):
             self._gps_point(point)
         if self.fleet is not None and fix.lat is not None and fix.lon is not None:
+            self._fleet_clock()
             ts = self.clock.now_ms() - round((self._mono() - received) * 1000)
             self._fleet_out(self.fleet.on_position(ts, fix.lat, fix.lon, fix.speed_kmh,
-                                                   fix.heading_deg))
+                                                   fix.heading_deg, fix_ms=fix.utc_ms))
 
     def flush(self) -> None:
         """Points and engine events the policies still owe (at shutdown)."""
@@ -193,6 +198,8 @@ class Ingest:
         else:
             plain = self.engine
         fleet = self.fleet
+        if fleet is not None:
+            self._fleet_clock()
         for out in batch:
             if type(out) is DtcUpdate:
                 self.active_dtcs[out.sa] = out
@@ -217,6 +224,7 @@ class Ingest:
     def tick(self) -> None:
         """Time passes (about once a second): a trip whose ignition stayed off ends."""
         if self.fleet is not None:
+            self._fleet_clock()
             self._fleet_out(self.fleet.tick(self.clock.now_ms()))
 
     def fleet_state(self) -> dict[str, object] | None:
@@ -227,6 +235,16 @@ class Ingest:
         """Continue the trip of :meth:`fleet_state` saved by the previous run."""
         if self.fleet is not None:
             self.fleet.restore(state)
+
+    def _fleet_clock(self) -> None:
+        """Tell the fleet policies when the clock stepped (its offset from the monotonic
+        clock moved by more than :data:`FLEET_STEP_MS`), so their open episodes follow."""
+        if self.fleet is None:
+            return
+        offset = self.clock.now_ms() - round(self._mono() * 1000)
+        last, self._fleet_offset = self._fleet_offset, offset
+        if last is not None and abs(offset - last) > FLEET_STEP_MS:
+            self.fleet.shift(offset - last)
 
     def _fleet_out(self, events: list[Event]) -> None:
         for ev in events:

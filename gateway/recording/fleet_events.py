@@ -92,6 +92,7 @@ class FleetEvents:
         self._fuel_rate: float | None = None
         self._pos: tuple[float, float] | None = None
         self._last_fix: tuple[int, float, float, float] | None = None  # ts, lat, lon, heading
+        self._last_fix_utc: int | None = None  # the receiver's time of that fix
         self._trip: _Trip | None = None
         self._account_ms: int | None = None
         self._idle: tuple[int, float | None, float] | None = None  # start, fuel0, burnt
@@ -148,10 +149,15 @@ class FleetEvents:
         return out
 
     def on_position(self, ts_ms: int, lat: float, lon: float, speed_kmh: float | None,
-                    heading_deg: float | None) -> list[Event]:
-        """One GPS fix with a position (speed and heading None when the fix lacks them)."""
+                    heading_deg: float | None, *, fix_ms: int | None = None) -> list[Event]:
+        """One GPS fix with a position (speed and heading None when the fix lacks them).
+
+        ``fix_ms``: the receiver's own time of the fix, when it has one: heading rates are
+        taken over it, since fixes read from a backed-up serial line arrive bunched.
+        """
         out: list[Event] = []
         last = self._last_fix
+        last_utc, self._last_fix_utc = self._last_fix_utc, fix_ms
         trip = self._trip
         if trip is not None and self._pos is not None:
             trip.gps_m += distance_m(self._pos[0], self._pos[1], lat, lon)
@@ -166,9 +172,12 @@ class FleetEvents:
         if heading_deg is None:
             self._last_fix = None
             return out
-        if last is not None and 0 < ts_ms - last[0] <= FRESH_MS and speed_kmh >= CORNER_MIN_KMH:
+        dt_ms = ts_ms - last[0] if last is not None else 0
+        if fix_ms is not None and last_utc is not None:
+            dt_ms = fix_ms - last_utc
+        if last is not None and 0 < dt_ms <= FRESH_MS and speed_kmh >= CORNER_MIN_KMH:
             turn = (heading_deg - last[3] + 180.0) % 360.0 - 180.0
-            lateral = speed_kmh / 3.6 * math.radians(abs(turn)) / ((ts_ms - last[0]) / 1000)
+            lateral = speed_kmh / 3.6 * math.radians(abs(turn)) / (dt_ms / 1000)
             out += self._corner_sample(ts_ms, lateral, speed_kmh)
         self._last_fix = (ts_ms, lat, lon, heading_deg)
         return out
@@ -357,6 +366,31 @@ class FleetEvents:
                 "pos": list(self._pos) if self._pos else None,
                 "drivers": [[sa, n, card, state]
                             for (sa, n), (card, state) in sorted(self._drivers.items())]}
+
+    def shift(self, delta_ms: int) -> None:
+        """The truck's clock stepped by ``delta_ms`` (first GPS sync of a Pi that booted
+        with a stale clock, or a later step): move every time held here with it, so an
+        open trip, idle or harsh episode keeps its true duration and is stamped on the
+        corrected clock."""
+        if not delta_ms:
+            return
+        if self._wheel is not None:
+            self._wheel = (self._wheel[0] + delta_ms, self._wheel[1])
+        if self._last_fix is not None:
+            t, lat, lon, heading = self._last_fix
+            self._last_fix = (t + delta_ms, lat, lon, heading)
+        if self._trip is not None:
+            self._trip.start_ms += delta_ms
+            self._trip.last_on_ms += delta_ms
+        if self._account_ms is not None:
+            self._account_ms += delta_ms
+        if self._idle is not None:
+            start, fuel0, burnt = self._idle
+            self._idle = (start + delta_ms, fuel0, burnt)
+        self._speeds = deque((t + delta_ms, v) for t, v in self._speeds)
+        for ep in (self._episode, self._corner):
+            if ep is not None:
+                ep.start_ms += delta_ms
 
     def restore(self, state: Mapping[str, object] | None) -> None:
         """Continue the trip of a :meth:`snapshot` (after an agent restart).

@@ -195,3 +195,47 @@ def test_a_fix_without_speed_or_heading_moves_the_position_only() -> None:
     assert fe.on_position(2000, 53.502, 10.0, None, 90.0) == []
     state = fe.snapshot()
     assert state is not None and state["gps_m"] == pytest.approx(222.4, abs=1)
+
+
+def test_a_clock_step_mid_trip_keeps_every_duration() -> None:
+    """A Pi that booted with a stale clock syncs to GPS in the middle of the idle (the
+    clock jumps 170 days) and is stepped back 14 days while cruising: the episodes keep
+    their true durations and are stamped on the corrected clock."""
+    fwd, back = 170 * 86_400_000, -14 * 86_400_000
+    fe = FleetEvents(CFG)
+    fe.on_position(0, 53.5, 10.0, 0.0, 0.0)
+    events: list[Event] = []
+    for ts, values in drive_script():
+        if ts == 30_000:
+            fe.shift(fwd)
+        if ts == 150_000:
+            fe.shift(back)
+        t = ts + (fwd if ts >= 30_000 else 0) + (back if ts >= 150_000 else 0)
+        events += fe.on_signals(t, 0, values)
+    end = 185_000 + fwd + back
+    (idle,) = [e for e in events if e.type == "idle"]
+    assert idle.fields["duration_s"] == 62.0
+    assert idle.fields["start_ts"] == fwd  # the start, on the clock as corrected later
+    (harsh,) = [e for e in events if e.type == "harsh"]
+    assert harsh.fields["duration_s"] >= 0 and harsh.ts_ms == 181_000 + fwd + back
+    (trip,) = fe.tick(end + 121_000)
+    assert trip.fields["duration_s"] == 185.0
+    assert trip.fields["start_ts"] == fwd + back
+    assert trip.fields["idle_s"] == pytest.approx(61, abs=2)
+    assert trip.fields["driving_s"] == pytest.approx(124, abs=2)
+
+
+def test_cornering_rates_use_the_receivers_time_not_the_arrival() -> None:
+    """Fixes read in a burst from a backed-up serial line arrive milliseconds apart: the
+    heading rate is over the receiver's own times (1 s apart), so no harsh cornering."""
+    fe = FleetEvents(CFG)
+    events: list[Event] = []
+    for s in range(10):
+        events += fe.on_position(5_000 + s * 3, 48.0, 11.0, 30.0, s * 10.0,
+                                 fix_ms=1_781_524_800_000 + s * 1000)  # 10 deg/s at 30 km/h
+    assert [e for e in events if e.type == "harsh"] == []
+    bunched = FleetEvents(CFG)  # the arrival times alone would have made it one
+    for s in range(10):
+        events += bunched.on_position(5_000 + s * 3, 48.0, 11.0, 30.0, s * 10.0)
+    events += bunched.on_position(6_000, 48.0, 11.0, 30.0, 90.0)
+    assert [e.fields["kind"] for e in events if e.type == "harsh"] == ["cornering"]

@@ -33,6 +33,11 @@
 #   KEEP_VENVS   how many venvs to keep, the current one included (default 2, min 2)
 #   SYSTEMCTL    the systemctl command (default systemctl)
 #   PURGE=1      same as --purge
+#   REMOTE_CONFIG
+#                1: let the fleet push configs (docs/remote.md): a new config gets
+#                [remote] enabled = true, /etc/truckgw and truckgw.toml become writable by
+#                group truckgw (0770/0660) and a unit drop-in adds ReadWritePaths=; 0: undo
+#                that (the config file itself is not edited); unset: leave it as it is
 set -eu
 
 SERVICE_USER=truckgw
@@ -57,6 +62,7 @@ if [ -n "$ROOT" ]; then START=${START:-0}; else START=${START:-1}; fi
 
 say() { printf 'truckgw-install: %s\n' "$*"; }
 die() { printf 'truckgw-install: error: %s\n' "$*" >&2; exit 1; }
+case "${REMOTE_CONFIG:-}" in ""|0|1) ;; *) die "REMOTE_CONFIG must be 1 or 0" ;; esac
 
 # systemctl acting on $ROOT when installing into another tree
 sysctl() {
@@ -197,11 +203,16 @@ do_install() {
             -e "s#@CAN_CHANNEL@#${CAN_CHANNEL:-can0}#g" -e "s#@STATE_DIR@#$STATE_DIR#g" \
             -e "s%^#@CA@%$ca%" -e "s%^#@CERT@%$cert%" \
             "$HERE/truckgw.toml.in" > "$ROOT$CONF.new"
+        if [ "${REMOTE_CONFIG:-}" = 1 ]; then
+            printf '\n# remote management from the fleet side (docs/remote.md)\n[remote]\nenabled = true\n' \
+                >> "$ROOT$CONF.new"
+        fi
         chown "0:$gid" "$ROOT$CONF.new"
         chmod 0640 "$ROOT$CONF.new"
         mv -f "$ROOT$CONF.new" "$ROOT$CONF"
         say "placed $CONF for truck $truck (edit it, then: systemctl restart truckgw)"
     fi
+    remote_config
     if [ ! -d "$ROOT$STATE_DIR" ]; then
         mkdir -p "$ROOT$STATE_DIR"
         chown "$uid:$gid" "$ROOT$STATE_DIR"
@@ -249,6 +260,33 @@ do_install() {
     prune_venvs
 }
 
+# REMOTE_CONFIG=1: the service may replace its own config (a push needing a restart
+# writes truckgw.toml, keeps truckgw.toml.prev and its rollback state beside it);
+# REMOTE_CONFIG=0: back to a config only root can change
+remote_config() {
+    dropin="$ROOT$UNIT_DIR/$UNIT.d"
+    case "${REMOTE_CONFIG:-}" in
+        1)
+            chmod 0770 "$ROOT$CONF_DIR"
+            chmod 0660 "$ROOT$CONF"
+            mkdir -p "$dropin"
+            printf '# written by install.sh REMOTE_CONFIG=1 (docs/remote.md)\n[Service]\nReadWritePaths=%s\n' \
+                "$CONF_DIR" > "$dropin/remote-config.conf"
+            chmod 0644 "$dropin/remote-config.conf"
+            say "remote config pushes allowed: $CONF_DIR writable by group $SERVICE_USER"
+            ;;
+        0)
+            chmod 0750 "$ROOT$CONF_DIR"
+            chown "0:$gid" "$ROOT$CONF"  # a pushed file belongs to the service user
+            chmod 0640 "$ROOT$CONF"
+            rm -f "$dropin/remote-config.conf"
+            rmdir "$dropin" 2>/dev/null || true
+            say "remote config pushes no longer allowed by the unit ($CONF_DIR root-only again)"
+            ;;
+        *) ;;
+    esac
+}
+
 do_uninstall() {
     [ "$(id -u)" = 0 ] || die "run as root (sudo)"
     for unit in "$ROOT$UNIT_DIR"/truckgw.service "$ROOT$UNIT_DIR"/truckgw@*.service; do
@@ -257,6 +295,7 @@ do_uninstall() {
         if [ -z "$ROOT" ]; then sysctl stop "$name" 2>/dev/null || true; fi
         sysctl disable "$name" 2>/dev/null || true
         rm -f "$unit"
+        rm -rf "$unit.d"
         say "removed $name"
     done
     if [ -z "$ROOT" ]; then sysctl daemon-reload; fi

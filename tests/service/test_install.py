@@ -226,3 +226,35 @@ def test_offline_install_from_a_wheelhouse(sandbox: Sandbox) -> None:
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
                            check=False, capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
+
+
+@pytest.mark.slow
+def test_remote_config_lets_the_service_replace_its_config(sandbox: Sandbox) -> None:
+    """REMOTE_CONFIG=1: [remote] on in a new config, the config folder writable by the
+    service's group, a unit drop-in with ReadWritePaths=; REMOTE_CONFIG=0 undoes it."""
+    root = sandbox["root"]
+    pki = sandbox["pki"]
+    res = run_install(sandbox, START="1", MQTT_HOST="broker.example.net", TRUCK_ID="TRK-0042",
+                      MQTT_CA=str(pki / "ca.pem"), REMOTE_CONFIG="1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    conf_dir = root / "etc/truckgw"
+    conf = conf_dir / "truckgw.toml"
+    cfg = load_config(conf)
+    assert cfg.remote.enabled
+    assert (conf_dir.stat().st_mode & 0o777, conf.stat().st_mode & 0o777) == (0o770, 0o660)
+    dropin = root / "etc/systemd/system/truckgw.service.d/remote-config.conf"
+    assert "ReadWritePaths=/etc/truckgw" in dropin.read_text()
+    uid, gid = service_ids(root)
+    # what a push does as the service: a new file beside the config, renamed over it
+    made = run_as(uid, gid, [], "sh", "-c", f"cat {conf} > {conf}.tmp && mv {conf}.tmp {conf}")
+    assert made.returncode == 0, made.stderr
+    res = run_install(sandbox, START="1", REMOTE_CONFIG="0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not dropin.exists()
+    assert conf_dir.stat().st_mode & 0o777 == 0o750
+    assert (conf.stat().st_uid, conf.stat().st_mode & 0o777) == (0, 0o640)
+    refused = run_install(sandbox, REMOTE_CONFIG="yes")
+    assert refused.returncode != 0 and "REMOTE_CONFIG must be 1 or 0" in refused.stderr
+    res = run_install(sandbox, "--uninstall")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not dropin.parent.exists()

@@ -432,13 +432,18 @@ def test_asyncapi_document_parses_and_points_at_the_schemas() -> None:
     assert doc["asyncapi"].startswith("3.0")
     addresses = {c["address"] for c in doc["channels"].values()}
     assert addresses == {"{prefix}/{truck_id}/events", "{prefix}/{truck_id}/events/json-zstd",
-                         "{prefix}/{truck_id}/status"}
+                         "{prefix}/{truck_id}/status", "{prefix}/{truck_id}/config/desired",
+                         "{prefix}/{truck_id}/config/reported", "{prefix}/{truck_id}/cmd",
+                         "{prefix}/{truck_id}/cmd/res/{reply}"}
     refs = set(re.findall(r"\$ref: '?\"?([^'\"\s#]+\.json)", text))
-    assert refs == {"./schema/batch.schema.json", "./schema/status.schema.json"}
+    assert refs == {"./schema/batch.schema.json", "./schema/status.schema.json",
+                    "./schema/remote-desired.schema.json", "./schema/remote-reported.schema.json",
+                    "./schema/remote-request.schema.json", "./schema/remote-reply.schema.json"}
     for ref in refs:
         assert (ROOT / "docs" / ref).is_file(), ref
+    receives = {"receiveDesiredConfig", "receiveCommand"}  # the two ways into the truck
     for name, op in doc["operations"].items():
-        assert op["action"] == "send", name
+        assert op["action"] == ("receive" if name in receives else "send"), name
         assert op["channel"]["$ref"].removeprefix("#/channels/") in doc["channels"], name
     for msg in doc["components"]["messages"].values():
         for example in msg.get("examples", []):

@@ -148,7 +148,7 @@ async def test_events_from_before_verification_are_sent_with_the_corrected_ts(
         t2 = time.time()
         gw.start()
         await until(gw, "run 2 records unverified",
-                    lambda st: last_seq(st) >= run1 + 4
+                    lambda st: last_seq(st) >= run1 + 6
                     and not (st.get("clock") or {}).get("verified"))
         t_switch = time.time()
         sim.gps_time_offset_s = AHEAD_S
@@ -183,7 +183,7 @@ async def test_events_from_before_verification_are_sent_with_the_corrected_ts(
                  if s > run1 and ev["type"] in OBSERVATIONS]
     corrected = [ev for ev in this_boot if ev.get("ts_corrected")]
     verified = [ev for ev in this_boot if not ev.get("ts_corrected")]
-    assert len(corrected) >= 4 and len(verified) >= 3, this_boot
+    assert len(corrected) >= 3 and len(verified) >= 3, this_boot
     assert [ev["seq"] for ev in this_boot] == [ev["seq"] for ev in corrected + verified]
     for ev in corrected:  # stamped by a system clock 14 days behind, corrected
         assert "ts_unverified" not in ev, ev

@@ -46,6 +46,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, grace_s: float) -> None:
+    """Stop a child we started: SIGTERM, SIGKILL once ``grace_s`` passed (None or an
+    exited child: nothing to do)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 class Mosquitto:
     """A Mosquitto process bound to ``host:port`` on loopback.
 
@@ -123,14 +136,7 @@ class Mosquitto:
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 5 s)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc, 5.0)
 
     @property
     def running(self) -> bool:

@@ -46,7 +46,7 @@ from config import BufferConfig, MqttConfig, TruckConfig
 from config.errors import GatewayError, SimError
 from config.events import Event
 from gateway.uplink import Uplink, UplinkState
-from sim.broker import free_port
+from sim.broker import free_port, terminate
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +202,7 @@ mqtt {{
     def stop(self) -> None:
         """SIGTERM (lame duck not waited for), then SIGKILL after 10 s."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc, 10.0)
 
     @property
     def running(self) -> bool:

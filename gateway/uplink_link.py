@@ -352,7 +352,7 @@ class Link:
         self._lease = (act.lane, fut)
         batch = await asyncio.shield(fut)
         self._lease = None
-        for a in self.core.leased(act.lane, batch):
+        for a in self.core.leased(act.lane, batch, time.monotonic()):
             if isinstance(a, WaitPending):
                 await self.store.wait_pending(a.timeout_s)
             else:

@@ -186,6 +186,8 @@ class Delivery:
         self._linger_due: float | None = None
         #: actions of a linger flushed from poll() (unencodable events), given by tick()
         self._side: list[Action] = []
+        #: the data budget's linger (gateway.budget), None: ``max_latency_s``
+        self._budget_linger: float | None = None
 
     # ---------------------------------------------------------------- views
 
@@ -198,6 +200,19 @@ class Delivery:
     def closing(self) -> bool:
         """close() was called: no new leases."""
         return self._closing
+
+    @property
+    def max_latency_s(self) -> float:
+        """How long live events may wait to share a message now (the data budget may
+        have made it longer, :meth:`set_budget_linger`)."""
+        if self._budget_linger is not None:
+            return self._budget_linger
+        return self._m.max_latency_s
+
+    def set_budget_linger(self, seconds: float | None) -> None:
+        """The data budget's linger (None: back to ``max_latency_s``); from the next
+        lingering event on."""
+        self._budget_linger = seconds
 
     @property
     def lingering_events(self) -> int:
@@ -363,7 +378,7 @@ class Delivery:
             seqs = batch.seqs
             self._n.released_events += len(seqs)
             return [Release(seqs)]
-        if now is None or self._m.max_latency_s <= 0:
+        if now is None or self.max_latency_s <= 0:
             return self._encode(lane, batch.events)
         nbytes, full = batch.nbytes, self._linger_full_bytes()
         if not self._linger and nbytes >= full:
@@ -371,7 +386,7 @@ class Delivery:
         self._linger.extend(batch.events)
         self._linger_bytes += nbytes
         if self._linger_due is None:
-            self._linger_due = now + self._m.max_latency_s
+            self._linger_due = now + self.max_latency_s
         if (self._linger_bytes >= full
                 or any(e.priority is Priority.CRITICAL for e in batch.events)):
             return self._flush_linger()

@@ -31,6 +31,7 @@ from config import MqttConfig, TruckConfig
 from config.errors import StoreError, UplinkError
 from config.retry import sleep_unless
 from gateway import wire
+from gateway.budget import STEPS, BudgetPolicy, linger_s
 from gateway.delivery import BACKFILL_MAX_EVENTS, HEALTHY_AFTER_S, LIVE_MAX_EVENTS, Delivery
 from gateway.delivery_actions import Ack, Release, UplinkState, UplinkStats
 from gateway.failover import BrokerView, Failover, format_address
@@ -61,6 +62,7 @@ class Uplink:
         status_extra: Callable[[], Mapping[str, Any]] | None = None,
         wire_context: Callable[[], wire.WireContext] | None = None,
         hooks: LinkHooks | None = None,
+        on_budget_step: Callable[[int], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._hooks = hooks
@@ -72,9 +74,12 @@ class Uplink:
         self._failover = Failover.from_config(cfg.mqtt, HEALTHY_AFTER_S)
         self.usage = UsageMeter()
         self._usage_loaded = False
+        self.budget = BudgetPolicy(cfg.mqtt.data_budget_mb_month)
+        self._on_budget_step = on_budget_step
         self._status = StatusReport(cfg, store, self.stats, status_extra, wire_context,
                                     broker=self._broker_fields,
-                                    usage=lambda: self.usage.view(_wall_ms()).as_status())
+                                    usage=lambda: self.usage.view(_wall_ms()).as_status(),
+                                    budget=self._budget_fields)
         self._setup = LinkSetup.from_config(cfg)
         self._setups: dict[int, LinkSetup] = {0: self._setup}
         self._link: Link | None = None
@@ -134,6 +139,28 @@ class Uplink:
         except StoreError as exc:
             log.warning("uplink: usage counters not read from the buffer: %s", exc)
 
+    def _budget_fields(self) -> dict[str, object] | None:
+        return self.budget.view().as_status() if self.budget.enabled else None
+
+    async def every_minute(self) -> None:
+        """Keep the usage counters; look at the data budget's projection."""
+        await self.save_usage()
+        self.check_budget()
+
+    def check_budget(self) -> None:
+        """Move to the data budget's next (or previous) step if the projection says so
+        (gateway.budget): a longer linger here, the recording steps through
+        ``on_budget_step``."""
+        if not self.budget.update(self.usage.projected_month(_wall_ms()), time.monotonic()):
+            return
+        b, m = self.budget, self._cfg.mqtt
+        log.warning("uplink: data budget %g MB a month, projected %.1f MB: step %d (%s)",
+                    b.mb_month, b.projected_mb, b.step, STEPS[b.step])
+        self._core.set_budget_linger(None if b.step == 0 else linger_s(m.max_latency_s,
+                                                                       b.step))
+        if self._on_budget_step is not None:
+            self._on_budget_step(b.step)
+
     async def save_usage(self) -> None:
         """Keep the usage counters in the buffer's state table (every minute, at close)."""
         if not _has_state(self._store):
@@ -167,11 +194,12 @@ class Uplink:
         executor = concurrent.futures.ThreadPoolExecutor(1, "truckgw-uplink-connect")
         try:
             await self._load_usage()
+            self.check_budget()
             while not self._closing:
                 self._link = Link(self._link_setup(), self._core, store=self._store,
                                   settler=self._settler, status=self._status,
                                   executor=executor, hooks=self._hooks,
-                                  usage=self.usage, save_usage=self.save_usage)
+                                  usage=self.usage, every_minute=self.every_minute)
                 connects, started = self._core.stats(0.0, 0).connects, time.monotonic()
                 try:
                     again = await self._link.serve()

@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 CLOSE_GRACE_S = 3.0
 #: Extra paho in-flight slots beyond the event window (status messages).
 EXTRA_INFLIGHT = 4
-#: How often the usage counters are written to the buffer's state table.
+#: How often the usage counters are written to the buffer's state table (and the data
+#: budget's projection looked at).
 USAGE_SAVE_S = 60.0
 _OK = mqtt.MQTT_ERR_SUCCESS
 
@@ -119,10 +120,10 @@ class Link:
                  settler: Settler, status: StatusReport,
                  executor: concurrent.futures.ThreadPoolExecutor,
                  hooks: LinkHooks | None = None, usage: UsageMeter | None = None,
-                 save_usage: Callable[[], Awaitable[None]] | None = None) -> None:
+                 every_minute: Callable[[], Awaitable[None]] | None = None) -> None:
         self.setup = setup
         self._usage = ConnectionUsage(usage) if usage is not None else None
-        self._save_usage = save_usage
+        self._every_minute = every_minute
         self.hooks = hooks
         self.core = core
         self.store = store
@@ -380,9 +381,9 @@ class Link:
             await asyncio.sleep(core.tick_interval)
             driver.misc()
             self._sample_usage()
-            if self._save_usage is not None and time.monotonic() - saved >= USAGE_SAVE_S:
+            if self._every_minute is not None and time.monotonic() - saved >= USAGE_SAVE_S:
                 saved = time.monotonic()
-                await self._save_usage()
+                await self._every_minute()
             for act in core.tick(time.monotonic(), driver.last_inbound):
                 if isinstance(act, SendStatus):
                     fields = await self.status.online_fields()

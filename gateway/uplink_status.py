@@ -48,6 +48,7 @@ class StatusReport:
         *,
         broker: Callable[[], Mapping[str, Any]] | None = None,
         usage: Callable[[], Mapping[str, Any]] | None = None,
+        budget: Callable[[], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -56,6 +57,7 @@ class StatusReport:
         self._wire_context = wire_context
         self._broker = broker
         self._usage = usage
+        self._budget = budget
         #: on change plus the heartbeat (shared by every connection of the uplink)
         self.gate = StatusGate(cfg.mqtt.status_heartbeat_s)
 
@@ -99,6 +101,9 @@ class StatusReport:
             out["broker"] = dict(self._broker())
         if self._usage is not None:  # the SIM's bytes today and this month (heartbeat)
             out["usage"] = dict(self._usage())
+        budget = self._budget() if self._budget is not None else None
+        if budget is not None:  # [mqtt].data_budget_mb_month set: its step
+            out["budget"] = dict(budget)
         return out
 
 

@@ -50,6 +50,7 @@ from gateway.uplink_conn import (
     SocketDriver,
     connect_blocking,
     is_failure,
+    keep_tls_session,
     make_client,
     publish_props,
     reason_text,
@@ -426,6 +427,7 @@ class Link:
             receive_maximum=recv if isinstance(recv, int) else None,
             keepalive_s=float(getattr(client, "keepalive", 0) or self.m.keepalive_s),
         )
+        keep_tls_session(client)  # a TLS 1.3 ticket came before CONNACK
         self._connack.set_result(None)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, rc: Any,

@@ -97,3 +97,18 @@ async def test_the_uplink_counts_its_bytes_and_keeps_them_across_restarts(
             await asyncio.gather(task2, return_exceptions=True)
     finally:
         await store2.close()
+
+
+def test_usage_is_in_the_prometheus_textfile() -> None:
+    from gateway.health import render_prometheus  # noqa: PLC0415
+
+    text = render_prometheus({"truck_id": "T1", "uplink": {
+        "state": "connected", "usage_up_bytes_today": 1234, "usage_down_bytes_today": 56,
+        "usage_up_bytes_month": 7890, "usage_down_bytes_month": 123}})
+    lines = text.splitlines()
+    for name, way, value in (("today", "up", "1234"), ("today", "down", "56"),
+                             ("month", "up", "7890"), ("month", "down", "123")):
+        hits = [ln for ln in lines if ln.startswith(f"truckgw_uplink_usage_bytes_{name}{{")
+                and f'direction="{way}"' in ln]
+        assert len(hits) == 1, (name, way, text)
+        assert hits[0].endswith(f" {value}"), hits[0]

@@ -35,8 +35,9 @@ PUBACK, one round of TCP acks instead of one per event). :meth:`poll` publishes 
 once that deadline is reached (the shell's wait for the store is bounded by it), or at
 once when they fill that size or a critical event (``dtc``, ``trip``, ...) joins. A
 batch at least that large goes at once: a backlog drains as before, and a live event
-leased with backlog events is not delayed. ``max_latency_s = 0``: every lease goes at
-once.
+leased with backlog events is not delayed. Nor is the tail of a backlog: after CONNACK
+or a large batch, the core lingers only once a lease came back empty (caught up).
+``max_latency_s = 0``: every lease goes at once.
 
 Invariant: a seq is acked only for the PUBACK (reason < 0x80) of the message that
 carried it, or because it can never be encoded; it is set aside (:class:`DeadLetter`)
@@ -188,6 +189,9 @@ class Delivery:
         self._side: list[Action] = []
         #: the data budget's linger (gateway.budget), None: ``max_latency_s``
         self._budget_linger: float | None = None
+        #: a backlog is draining (since CONNACK or a large batch, until a lease comes
+        #: back empty): no linger, its tail goes at once
+        self._draining = True
 
     # ---------------------------------------------------------------- views
 
@@ -291,6 +295,7 @@ class Delivery:
         self.window = window
         self._chooser = LaneChooser(window, self._m.live_share)
         self._next_status = now + self._m.status_interval_s
+        self._draining = True  # what piled up while offline goes at once
 
     def reconfigure(self, m: MqttConfig, now: float) -> None:
         """Take the live keys of a new ``[mqtt]`` (remote configuration): ``live_share``,
@@ -370,6 +375,7 @@ class Delivery:
         no linger, the batch goes at once)."""
         self._leasing = False
         if batch is None or not batch.events:
+            self._draining = False  # caught up: from now on live events may linger
             wait = EMPTY_WAIT_S
             if self._linger_due is not None and now is not None:
                 wait = max(0.0, min(wait, self._linger_due - now))
@@ -382,7 +388,10 @@ class Delivery:
             return self._encode(lane, batch.events)
         nbytes, full = batch.nbytes, self._linger_full_bytes()
         if not self._linger and nbytes >= full:
+            self._draining = True
             return self._encode(lane, batch.events)  # a backlog: no reason to wait
+        if self._draining and not self._linger:
+            return self._encode(lane, batch.events)  # the tail of a backlog
         self._linger.extend(batch.events)
         self._linger_bytes += nbytes
         if self._linger_due is None:

@@ -9,7 +9,7 @@ import pytest
 
 from buffer.api import Batch
 from buffer.store import SqliteStore
-from config import CanSampling, GpsSampling, MqttConfig
+from config import CanSampling, GpsSampling
 from config.events import Priority
 from gateway.budget import (
     BUDGET_LINGER_S,
@@ -20,12 +20,11 @@ from gateway.budget import (
     degraded_gps,
     linger_s,
 )
-from gateway.delivery import Delivery
 from gateway.delivery_actions import Lease, Publish
 from gateway.uplink import Uplink
 from sim.broker import Mosquitto
 from tests.uplink.helpers import Subscriber, append_many, make_cfg, wait_until
-from tests.uplink.test_linger import event
+from tests.uplink.test_linger import connected, event
 from tests.uplink.test_schema import STATUS, errors
 
 MB = 1_000_000
@@ -75,9 +74,7 @@ def test_the_recording_steps_keep_critical_events_as_they_are() -> None:
 
 
 def test_the_budget_linger_is_longer_and_critical_events_still_go_at_once() -> None:
-    d = Delivery("T1", MqttConfig(host="b.example", max_latency_s=5.0), 0.0)
-    d.connecting(0.0)
-    d.connack(0.0)
+    d = connected(max_latency_s=5.0)
     d.set_budget_linger(60.0)
     le = d.poll(0.0)
     assert isinstance(le, Lease)

@@ -17,12 +17,18 @@ from gateway.delivery_actions import Lease, Publish, Release, UplinkState, WaitP
 TRUCK = "truck-001"
 
 
-def connected(**kw: Any) -> Delivery:
+def connected(*, caught_up: bool = True, **kw: Any) -> Delivery:
+    """A connected core; ``caught_up``: its first lease came back empty (what piled up
+    while offline went), so live events linger from now on."""
     kw.setdefault("reconnect_min_s", 1.0)
     d = Delivery(TRUCK, MqttConfig(host="broker.example", **kw), now=0.0)
     d.connecting(0.0)
     d.connack(0.0)
     assert d.state is UplinkState.CONNECTED
+    if caught_up:
+        le = d.poll(0.0)
+        assert isinstance(le, Lease)
+        assert isinstance(d.leased(le.lane, None, 0.0)[0], WaitPending)
     return d
 
 
@@ -131,7 +137,11 @@ def test_lingering_events_are_released_on_disconnect_and_on_close() -> None:
     d.connack(2.0)
     le = d.poll(2.0)
     assert isinstance(le, Lease)
-    d.leased(le.lane, Batch(le.lane, (event(3),)), 2.0)
+    d.leased(le.lane, None, 2.0)  # caught up
+    le = d.poll(2.0)
+    assert isinstance(le, Lease)
+    assert d.leased(le.lane, Batch(le.lane, (event(3),)), 2.0) == []
+    assert d.lingering_events == 1
     assert Release((3,)) in d.close(2.5)
 
 
@@ -185,3 +195,36 @@ def test_no_live_event_is_published_later_than_max_latency_after_it_was_leasable
     for s, at in published.items():
         assert at - arrived_at[s] <= max_latency + 1e-9, (s, arrived_at[s], at)
     assert sorted(published) == [s for _, s in arrivals]
+
+
+def test_the_tail_of_a_backlog_goes_at_once_then_live_events_linger() -> None:
+    d = connected(caught_up=False, max_latency_s=30.0)
+    # what piled up while offline: the first (small) batch goes at once
+    le = d.poll(0.0)
+    assert isinstance(le, Lease)
+    d.leased(le.lane, Batch(le.lane, (event(1), event(2))), 0.0)
+    pub = d.poll(0.0)
+    assert isinstance(pub, Publish)
+    d.sent(pub, 1, 0.0)
+    # a backlog batch, then its small tail: at once too
+    le = d.poll(0.0)
+    assert isinstance(le, Lease)
+    d.leased(le.lane, Batch(le.lane, tuple(event(s, nfields=20) for s in range(3, 400))), 0.0)
+    pub = d.poll(0.0)
+    assert isinstance(pub, Publish)
+    d.sent(pub, 2, 0.0)
+    le = d.poll(0.0)
+    assert isinstance(le, Lease)
+    d.leased(le.lane, Batch(le.lane, (event(400),)), 0.0)
+    pub = d.poll(0.0)
+    assert isinstance(pub, Publish), pub
+    assert pub.seqs == (400,)
+    d.sent(pub, 3, 0.0)
+    # caught up (an empty lease): the next live event lingers
+    le = d.poll(0.0)
+    assert isinstance(le, Lease)
+    d.leased(le.lane, None, 0.0)
+    le = d.poll(1.0)
+    assert isinstance(le, Lease)
+    assert d.leased(le.lane, Batch(le.lane, (event(401),)), 1.0) == []
+    assert d.lingering_events == 1

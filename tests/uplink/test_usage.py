@@ -112,3 +112,21 @@ def test_usage_is_in_the_prometheus_textfile() -> None:
                 and f'direction="{way}"' in ln]
         assert len(hits) == 1, (name, way, text)
         assert hits[0].endswith(f" {value}"), hits[0]
+
+
+def test_truckgw_status_shows_the_sims_bytes(tmp_path: Path) -> None:
+    import time  # noqa: PLC0415
+
+    from gateway.health import encode_state, write_atomic  # noqa: PLC0415
+    from gateway.status import build_report, render_text  # noqa: PLC0415
+    from tests.service.test_status import _cfg, _state  # noqa: PLC0415
+
+    cfg = _cfg(tmp_path)
+    now = time.time()
+    write_atomic(cfg.state_file, encode_state(_state(uplink={
+        "state": "connected", "last_publish_at": now - 3, "usage_up_bytes_today": 1_500_000,
+        "usage_down_bytes_today": 250_000, "usage_up_bytes_month": 31_000_000,
+        "usage_down_bytes_month": 4_000_000})))
+    text = render_text(build_report(cfg, now=now)[0], now)
+    assert ("data:     today 1.50 MB up, 0.25 MB down; this month 31.00 MB up, "
+            "4.00 MB down") in text, text

@@ -456,10 +456,14 @@ def main() -> int:
                     help="comma-separated: " + ",".join(VARIANTS))
     ap.add_argument("--no-naive", action="store_true", help="skip the naive publisher")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--drive-s", type=float, default=None, help="driving phase (s)")
+    ap.add_argument("--parked-s", type=float, default=None,
+                    help="parked phase (s); make it several keepalives long")
     ap.add_argument("--mixed-s", type=float, default=None,
                     help="length of the real mixed run (default 600 s, 120 s when quick)")
     args = ap.parse_args()
     drive_s, parked_s, reconnects = (45.0, 60.0, 2) if args.quick else (600.0, 900.0, 6)
+    drive_s, parked_s = args.drive_s or drive_s, args.parked_s or parked_s
     # the day's proportions: 10 h : 14 h, scaled to a 10-minute run (2 min when quick)
     mixed_total = args.mixed_s or (120.0 if args.quick else 600.0)
     mixed = (mixed_total * 10 / 24, mixed_total * 14 / 24)

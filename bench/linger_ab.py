@@ -22,11 +22,16 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--live-backlog", type=int, default=100_000)
     ap.add_argument("--quick", action="store_true", help="20k events, 20k live backlog")
+    ap.add_argument("--latencies", default=None,
+                    help="comma-separated max_latency_s values in run order (default: 0, the"
+                         " default)")
     a = ap.parse_args()
     if a.quick:
         a.events, a.live_backlog = 20_000, 20_000
     default = MqttConfig(host="x").max_latency_s
-    for latency in (0.0, default):
+    order = ([float(x) for x in a.latencies.split(",")] if a.latencies
+             else [0.0, default])
+    for latency in order:
         print(f"\n======== max_latency_s = {latency} ========", flush=True)
 
         def cfg(*args: Any, _latency: float = latency, **kw: Any) -> Any:

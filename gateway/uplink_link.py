@@ -388,7 +388,7 @@ class Link:
             for act in core.tick(time.monotonic(), driver.last_inbound):
                 if isinstance(act, SendStatus):
                     fields = await self.status.online_fields()
-                    if self.status.gate.due(fields, time.monotonic()):
+                    if self.status.gate.due(self.status.gate_view(fields), time.monotonic()):
                         await self._publish_status(act.state, fields)
                 else:
                     self._do([act])
@@ -405,7 +405,7 @@ class Link:
         now = time.monotonic()
         self.core.status_sent(info.mid, len(payload), now)
         if state == "online":
-            self.status.gate.sent(fields, now)
+            self.status.gate.sent(self.status.gate_view(fields), now)
         return info.mid
 
     # ---------------------------------------------------------------- paho callbacks

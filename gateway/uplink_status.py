@@ -77,6 +77,23 @@ class StatusReport:
                 log.exception("uplink: status_extra callback failed")
         return wire.encode_status(self._cfg.truck_id, state, _now_ms(), out)
 
+    def gate_view(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """``fields`` with what the gate also watches from the health: ``healthy`` and,
+        with ``status_detail = "full"``, the ``state`` of each health section."""
+        out = dict(fields)
+        if self._extra is None:
+            return out
+        try:
+            extra = dict(self._extra())
+        except Exception:  # a health callback must never break the uplink
+            log.exception("uplink: status_extra callback failed")
+            return out
+        out["healthy"] = extra.get("healthy")
+        if self._cfg.mqtt.status_detail == "full":
+            out["sections"] = tuple(sorted(
+                (k, v.get("state")) for k, v in extra.items() if isinstance(v, Mapping)))
+        return out
+
     async def online_fields(self) -> dict[str, Any]:
         """Fields of the online status: version, buffer backlog, drop counters, uplink."""
         st = await self._store.stats()
@@ -126,10 +143,11 @@ def signature(fields: Mapping[str, Any]) -> tuple[Any, ...]:
 
     The identity (stream, version, encoding, broker address), every drop counter a
     consumer's gap accounting uses (``evicted``, ``expired``, ``refused``,
-    ``lost_quarantine``), the disk, the refusal counters, the data budget's step, and the
-    backlog by decade (:func:`backlog_level`). Not the counters that move with every
-    event (``published_events``, ``acked_events``, ``pending`` itself): those go with
-    the heartbeat."""
+    ``lost_quarantine``), the disk, the refusal counters, the data budget's step, the
+    backlog by decade (:func:`backlog_level`), ``healthy`` and (``status_detail =
+    "full"``) the state of each health section (:meth:`StatusReport.gate_view`). Not
+    the counters that move with every event (``published_events``, ``acked_events``,
+    ``pending`` itself): those go with the heartbeat."""
     up = fields.get("uplink") or {}
     broker = fields.get("broker") or {}
     budget = fields.get("budget") or {}
@@ -140,7 +158,8 @@ def signature(fields: Mapping[str, Any]) -> tuple[Any, ...]:
         tuple(sorted((fields.get("evicted") or {}).items())),
         tuple(sorted((fields.get("expired") or {}).items())),
         up.get("refusals"), up.get("ack_failures"), up.get("size_refusals"),
-        budget.get("step"), backlog_level(fields),
+        budget.get("step"), backlog_level(fields), fields.get("healthy"),
+        fields.get("sections"),
     )
 
 

@@ -134,3 +134,23 @@ async def test_full_detail_and_a_short_heartbeat(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         sub.close()
+
+
+@pytest.mark.parametrize(("detail", "section_change_is_due"), [("slim", False), ("full", True)])
+async def test_health_changes_are_changes(
+    tmp_path: Path, store: SqliteStore, detail: str, section_change_is_due: bool,
+) -> None:
+    from gateway.delivery_actions import UplinkState, UplinkStats  # noqa: PLC0415
+    from gateway.uplink_status import StatusReport  # noqa: PLC0415
+
+    extra: dict[str, Any] = {"healthy": True, "can": {"state": "active"}}
+    cfg = make_cfg(tmp_path, "127.0.0.1", 1, status_detail=detail)
+    report = StatusReport(cfg, store, lambda: UplinkStats(UplinkState.CONNECTED),
+                          lambda: extra)
+    fields = await report.online_fields()
+    report.gate.sent(report.gate_view(fields), 0.0)
+    assert not report.gate.due(report.gate_view(fields), 60.0)
+    extra["can"] = {"state": "silent"}
+    assert report.gate.due(report.gate_view(fields), 120.0) is section_change_is_due
+    extra["healthy"] = False  # a truck turning unhealthy is news, slim or full
+    assert report.gate.due(report.gate_view(fields), 180.0)

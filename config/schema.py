@@ -193,7 +193,9 @@ class MqttConfig:
     #: more nodes of the same broker cluster, tried in order after ``host:port``
     failover: tuple[str, ...] = _f((), pattern=BROKER_ADDRESS_RE)
     topic_prefix: str = _f("fleet", pattern=re.compile(r"[^#+\x00]{1,128}"))
-    keepalive_s: int = _f(60, lo=5, hi=65535)
+    #: 240 s: below the shortest cellular NAT idle timeouts seen in the field (about
+    #: 270 s on one European operator; 10 to 15 min is common), see docs/operations.md
+    keepalive_s: int = _f(240, lo=5, hi=65535)
     protocol: Literal["5", "3.1.1"] = _f("5")
     client_id: str | None = _f(None, pattern=re.compile(r"[^\x00]{1,128}"))
     username: str | None = _f(None)
@@ -207,6 +209,17 @@ class MqttConfig:
     live_share: float = _f(0.5, lo=0, hi=1)
     bandwidth_bytes_per_s: int = _f(0, lo=0, hi=1_000_000_000)
     status_interval_s: float = _f(60.0, lo=1, hi=DAY_S)
+    #: live events wait up to this long to share one message (0 = each lease goes at once)
+    max_latency_s: float = _f(5.0, lo=0, hi=600)
+    #: the online status goes on a change (checked every status_interval_s) and at least
+    #: this often (the heartbeat)
+    status_heartbeat_s: float = _f(3600.0, lo=1, hi=DAY_S)
+    #: "slim": the status has what a fleet needs (the full health is local and on
+    #: request); "full": the health sections (gps, can, buffer, ...) too
+    status_detail: Literal["slim", "full"] = _f("slim")
+    #: optional monthly data budget (MB, IP-level estimate); 0 = none. When the month's
+    #: projection exceeds it the agent degrades in steps (docs/operations.md)
+    data_budget_mb_month: float = _f(0.0, lo=0, hi=1_000_000)
     publish_timeout_s: float = _f(30.0, lo=1, hi=3600)
     reconnect_min_s: float = _f(1.0, lo=0.01, hi=3600)
     reconnect_max_s: float = _f(120.0, lo=0.01, hi=DAY_S)

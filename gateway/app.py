@@ -234,7 +234,7 @@ class Agent:
         assert self.store is not None  # noqa: S101  # spawned after the store opened
         self.uplink = Uplink(self.cfg, self.store, status_extra=self.status_extra,
                              wire_context=self.wire_context,
-                             hooks=self.remote)
+                             hooks=self.remote, on_budget_step=self.budget_step)
         try:
             await self.uplink.run()
         except asyncio.CancelledError:
@@ -309,6 +309,17 @@ class Agent:
             self.uplink.reconfigure(cfg.mqtt)
         logging.getLogger().setLevel(LEVELS[cfg.log.level])
         self.cfg = cfg
+        if self.uplink is not None and self.uplink.budget.step:
+            self.budget_step(self.uplink.budget.step)  # the budget's step still holds
+
+    def budget_step(self, step: int) -> None:
+        """The data budget's recording steps (gateway.budget): fewer positions from step
+        2, engine telemetry as a heartbeat at step 3; critical events as before."""
+        from gateway.budget import degraded_can, degraded_gps  # noqa: PLC0415
+
+        cfg = self.cfg
+        self.ingest.reconfigure(degraded_gps(cfg.gps.sampling, step) if cfg.gps else None,
+                                degraded_can(cfg.can.sampling, step) if cfg.can else None)
 
     def request_pgn(self, pgn: int) -> bool:
         """Queue a J1939 request for ``pgn`` on the CAN bus."""

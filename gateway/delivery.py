@@ -8,7 +8,8 @@ with (:mod:`gateway.delivery_actions`)::
     connack(now, max_packet_size=, receive_maximum=, keepalive_s=)
     connect_failed(now, reason, refused=) -> [Release?, Reconnect]
     poll(now)                             -> Lease | Publish | Wait | None (window full)
-    leased(lane, batch)                   -> [Ack (unencodable)] | [WaitPending] | [Release]
+    leased(lane, batch, now)              -> [Ack (unencodable)] | [WaitPending] | [Release]
+                                             | [] (lingering, see below)
     sent(publish, mid, now) / publish_failed(publish, now, reason)
     status_sent(mid, nbytes, now)
     puback(mid, reason_code, now)         -> [Ack] | [Release] | [DeadLetter]
@@ -25,6 +26,18 @@ It owns the in-flight table (packet id -> the seqs that message carries, bounded
 configured window, the broker's Receive Maximum and the 16-bit packet ids), the lane
 split, the token bucket, the payload-size adaptation, the reconnect backoff
 (:class:`config.retry.Backoff`) and the counters (:class:`UplinkStats`).
+
+**The live linger** (issue #14): a small batch (below :data:`LINGER_FULL_BYTES` of
+bodies and below half of what a lease may take, no critical event in it) is not
+published at once: its events wait, at most ``[mqtt].max_latency_s`` after the lease
+that brought the first of them, for more to share one message (one TLS record, one
+PUBACK, one round of TCP acks instead of one per event). :meth:`poll` publishes them
+once that deadline is reached (the shell's wait for the store is bounded by it), or at
+once when they fill that size or a critical event (``dtc``, ``trip``, ...) joins. A
+batch at least that large goes at once: a backlog drains as before, and a live event
+leased with backlog events is not delayed. Nor is the tail of a backlog: after CONNACK
+or a large batch, the core lingers only once a lease came back empty (caught up).
+``max_latency_s = 0``: every lease goes at once.
 
 Invariant: a seq is acked only for the PUBACK (reason < 0x80) of the message that
 carried it, or because it can never be encoded; it is set aside (:class:`DeadLetter`)
@@ -57,8 +70,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from buffer.api import Batch, Lane
+from buffer.api import Batch, Lane, StoredEvent
 from config import MqttConfig
+from config.events import Priority
 from config.retry import Backoff, RetryPolicy
 from gateway import wire
 from gateway.delivery_actions import (
@@ -110,6 +124,9 @@ SIZE_CLOSE_RATIO = 1.5
 #: before they are released and sent again.
 ACK_RETRY_MIN_S = 1.0
 ACK_RETRY_MAX_S = 30.0
+#: Body bytes from which lingering events (or a leased batch) go at once: the overhead
+#: of a message (about 200 bytes of TLS, MQTT, PUBACK and TCP acks) is then below 2 %.
+LINGER_FULL_BYTES = 16384
 
 
 @dataclass(slots=True)
@@ -164,6 +181,17 @@ class Delivery:
         #: the broker's Maximum Packet Size (CONNACK), and what a PUBLISH adds to a payload
         self._broker_max: int | None = None
         self._publish_overhead = _publish_overhead(truck_id, m)
+        #: the live linger: events waiting to share a message, and until when at most
+        self._linger: list[StoredEvent] = []
+        self._linger_bytes = 0
+        self._linger_due: float | None = None
+        #: actions of a linger flushed from poll() (unencodable events), given by tick()
+        self._side: list[Action] = []
+        #: the data budget's linger (gateway.budget), None: ``max_latency_s``
+        self._budget_linger: float | None = None
+        #: a backlog is draining (since CONNACK or a large batch, until a lease comes
+        #: back empty): no linger, its tail goes at once
+        self._draining = True
 
     # ---------------------------------------------------------------- views
 
@@ -176,6 +204,24 @@ class Delivery:
     def closing(self) -> bool:
         """close() was called: no new leases."""
         return self._closing
+
+    @property
+    def max_latency_s(self) -> float:
+        """How long live events may wait to share a message now (the data budget may
+        have made it longer, :meth:`set_budget_linger`)."""
+        if self._budget_linger is not None:
+            return self._budget_linger
+        return self._m.max_latency_s
+
+    def set_budget_linger(self, seconds: float | None) -> None:
+        """The data budget's linger (None: back to ``max_latency_s``); from the next
+        lingering event on."""
+        self._budget_linger = seconds
+
+    @property
+    def lingering_events(self) -> int:
+        """Live events leased and waiting (at most ``max_latency_s``) to share a message."""
+        return len(self._linger)
 
     @property
     def held_events(self) -> int:
@@ -249,6 +295,7 @@ class Delivery:
         self.window = window
         self._chooser = LaneChooser(window, self._m.live_share)
         self._next_status = now + self._m.status_interval_s
+        self._draining = True  # what piled up while offline goes at once
 
     def reconfigure(self, m: MqttConfig, now: float) -> None:
         """Take the live keys of a new ``[mqtt]`` (remote configuration): ``live_share``,
@@ -292,7 +339,7 @@ class Delivery:
             acts = self._end(now, "closed")
             self.state = UplinkState.CLOSED
             return held + acts
-        return held + self._release_outbox()
+        return held + self._release_linger() + self._release_outbox()
 
     def stopped(self) -> None:
         """The shell stopped (cancelled) between connections: DISCONNECTED, or CLOSED
@@ -307,6 +354,9 @@ class Delivery:
             return None
         if self._live + self._backfill >= self.window:
             return None
+        if self._linger and not self._outbox and (
+                self._closing or self._linger_due is None or now >= self._linger_due):
+            self._side.extend(self._flush_linger())
         if self._outbox:
             delay = self._bucket.delay(len(self._outbox[0].payload), now)
             if delay > 0:
@@ -319,16 +369,44 @@ class Delivery:
         max_events = LIVE_MAX_EVENTS if lane is Lane.LIVE else BACKFILL_MAX_EVENTS
         return Lease(lane, max_events, max(256, int(self.max_payload_bytes * LEASE_BYTES_SHARE)))
 
-    def leased(self, lane: Lane, batch: Batch | None) -> list[Action]:
-        """The store answered a :class:`Lease` (None: nothing pending)."""
+    def leased(self, lane: Lane, batch: Batch | None, now: float | None = None,
+               ) -> list[Action]:
+        """The store answered a :class:`Lease` (None: nothing pending) at ``now`` (None:
+        no linger, the batch goes at once)."""
         self._leasing = False
         if batch is None or not batch.events:
-            return [WaitPending(EMPTY_WAIT_S)]
+            self._draining = False  # caught up: from now on live events may linger
+            wait = EMPTY_WAIT_S
+            if self._linger_due is not None and now is not None:
+                wait = max(0.0, min(wait, self._linger_due - now))
+            return [WaitPending(wait)]
         if self.state is not UplinkState.CONNECTED or self._closing:
             seqs = batch.seqs
             self._n.released_events += len(seqs)
             return [Release(seqs)]
-        return self._encode(lane, batch)
+        if now is None or self.max_latency_s <= 0:
+            return self._encode(lane, batch.events)
+        nbytes, full = batch.nbytes, self._linger_full_bytes()
+        if not self._linger and nbytes >= full:
+            self._draining = True
+            return self._encode(lane, batch.events)  # a backlog: no reason to wait
+        if self._draining and not self._linger:
+            return self._encode(lane, batch.events)  # the tail of a backlog
+        self._linger.extend(batch.events)
+        self._linger_bytes += nbytes
+        if self._linger_due is None:
+            self._linger_due = now + self.max_latency_s
+        if (self._linger_bytes >= full
+                or any(e.priority is Priority.CRITICAL for e in batch.events)):
+            return self._flush_linger()
+        return []
+
+    def _linger_full_bytes(self) -> int:
+        """Body bytes from which a batch (or the linger) goes at once: half of what a
+        lease may take (a batch that large means the store had more: a backlog), at
+        most :data:`LINGER_FULL_BYTES`."""
+        lease_bytes = max(256, int(self.max_payload_bytes * LEASE_BYTES_SHARE))
+        return min(LINGER_FULL_BYTES, lease_bytes // 2)
 
     def sent(self, pub: Publish, mid: int, now: float) -> Release | None:
         """paho accepted ``pub`` as packet ``mid``: it is in flight. A Release if the
@@ -428,6 +506,9 @@ class Delivery:
         """Periodic: held events due again, half-open watchdog, publish timeouts, the
         status interval."""
         held = self._release_held(now)
+        if self._side:
+            held += self._side
+            self._side = []
         if self.state is not UplinkState.CONNECTED:
             return held
         return held + self._tick_connected(now, last_inbound)
@@ -452,9 +533,25 @@ class Delivery:
 
     # ---------------------------------------------------------------- internals
 
-    def _encode(self, lane: Lane, batch: Batch) -> list[Action]:
+    def _flush_linger(self) -> list[Action]:
+        """The lingering events into the outbox (in seq order, one message if they fit);
+        the actions for unencodable ones (Ack, DeadLetter). From :meth:`poll` they wait
+        in ``_side`` for the next :meth:`tick`."""
+        events = sorted(self._linger, key=lambda e: e.seq)
+        self._linger, self._linger_bytes, self._linger_due = [], 0, None
+        return self._encode(Lane.LIVE, tuple(events))
+
+    def _release_linger(self) -> list[Action]:
+        if not self._linger:
+            return []
+        seqs = tuple(e.seq for e in self._linger)
+        self._linger, self._linger_bytes, self._linger_due = [], 0, None
+        self._n.released_events += len(seqs)
+        return [Release(seqs)]
+
+    def _encode(self, lane: Lane, events: tuple[StoredEvent, ...]) -> list[Action]:
         """Wire payloads into the outbox; unencodable events are acked (dropped)."""
-        payloads, bad = encode_or_drop(self._truck_id, batch.events, self._encoding,
+        payloads, bad = encode_or_drop(self._truck_id, events, self._encoding,
                                        self.max_payload_bytes, self.wire_context())
         acts: list[Action] = []
         fits = None if self._broker_max is None else self._broker_max - self._publish_overhead
@@ -556,7 +653,7 @@ class Delivery:
         self._flights.clear()
         self._live = self._backfill = 0
         self._leasing = False
-        acts = self._release_outbox()
+        acts = self._release_linger() + self._release_outbox()
         if unacked:
             self._n.released_events += len(unacked)
             acts.append(Release(tuple(unacked)))

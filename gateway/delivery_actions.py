@@ -179,3 +179,8 @@ class UplinkStats:
     last_publish_ts_ms: int | None = None
     last_ack_ts_ms: int | None = None
     last_error: str | None = None
+    #: the SIM's bytes (IP level, estimated from TCP_INFO): today and this month (UTC)
+    usage_up_bytes_today: int = 0
+    usage_down_bytes_today: int = 0
+    usage_up_bytes_month: int = 0
+    usage_down_bytes_month: int = 0

@@ -187,6 +187,12 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
           "When the broker last acknowledged a publish", up.get("last_publish_at"))
     for key, name, help_ in UPLINK_COUNTERS:
         m.add(f"truckgw_uplink_{name}_total", "counter", help_, up.get(key))
+    for period in ("today", "month"):
+        for way in ("up", "down"):
+            m.add(f"truckgw_uplink_usage_bytes_{period}", "gauge",
+                  f"IP-level bytes on the SIM {'today' if period == 'today' else 'this month'}"
+                  " (UTC; estimated from TCP_INFO)", up.get(f"usage_{way}_bytes_{period}"),
+                  {"direction": way})
     buf = state.get("buffer") or {}
     m.add("truckgw_buffer_pending_events", "gauge", "Events waiting for upload",
           buf.get("pending"))

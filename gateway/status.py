@@ -126,6 +126,10 @@ def _dur(s: float) -> str:
     return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
 
 
+def _mb(n: Any) -> str:
+    return f"{n / 1e6:.2f} MB" if isinstance(n, int | float) else "?"
+
+
 def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, dict) else None
 
@@ -154,6 +158,12 @@ def render_text(report: dict[str, Any], now: float) -> str:
         up = st.get("uplink") or {}
         lines.append(f"  uplink:   {up.get('state')}{as_of}, last publish "
                      f"{_ago(up.get('last_publish_at'), now)}")
+        if up.get("usage_up_bytes_month") is not None:  # the SIM's bytes (issue #14)
+            lines.append(
+                f"  data:     today {_mb(up.get('usage_up_bytes_today'))} up, "
+                f"{_mb(up.get('usage_down_bytes_today'))} down; this month "
+                f"{_mb(up.get('usage_up_bytes_month'))} up, "
+                f"{_mb(up.get('usage_down_bytes_month'))} down")
     buf = report.get("buffer") or {}
     if buf:
         oldest = buf.get("oldest_pending_ts_ms")

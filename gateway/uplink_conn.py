@@ -46,14 +46,72 @@ def read_password(cfg: MqttConfig) -> str | None:
 
 class _TlsContext(ssl.SSLContext):
     """An SSLContext that remembers its last socket: paho leaks the socket of a failed
-    TLS handshake, so :func:`connect_blocking` closes it."""
+    TLS handshake, so :func:`connect_blocking` closes it.
+
+    And TLS session resumption (issue #14): paho wraps its socket with
+    ``ctx.wrap_socket(sock, server_hostname=..., do_handshake_on_connect=False)``; the
+    session kept from the previous connection (:meth:`keep_session`, a TLS 1.3 ticket)
+    is passed in, so a reconnect to the same broker skips the certificates both ways.
+    A broker that cannot resume (restarted, ticket expired) does a full handshake."""
 
     last_socket: ssl.SSLSocket | None = None
+    session: ssl.SSLSession | None = None
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.session is not None:
+            kwargs.setdefault("session", self.session)
         sock = super().wrap_socket(*args, **kwargs)
         self.last_socket = sock
         return sock
+
+    def keep_session(self) -> None:
+        """Keep the last socket's session for the next connection, if it has a ticket."""
+        sock = self.last_socket
+        if sock is None:
+            return
+        try:
+            sess = sock.session
+        except (OSError, ValueError):
+            return
+        if sess is not None and sess.has_ticket:
+            self.session = sess
+
+
+#: One context per TLS configuration and certificate files' state: a session can only be
+#: resumed with the context that made it; a changed file (renewed certificate) makes a new one.
+_CONTEXTS: dict[tuple[Any, ...], _TlsContext] = {}
+
+
+def _files_state(tls: TlsConfig) -> tuple[int, ...]:
+    out = []
+    for p in (tls.ca_file, tls.cert_file, tls.key_file):
+        try:
+            out.append(p.stat().st_mtime_ns if p is not None else 0)
+        except OSError:
+            out.append(-1)
+    return tuple(out)
+
+
+def shared_tls_context(tls: TlsConfig) -> _TlsContext:
+    """:func:`tls_context`, made once per configuration and certificate files (so the
+    TLS session of one connection can be resumed by the next)."""
+    key = (tls, _files_state(tls))
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        new = tls_context(tls)
+        assert isinstance(new, _TlsContext)  # noqa: S101  # tls_context makes one
+        for old in [k for k in _CONTEXTS if k[0] == tls]:
+            del _CONTEXTS[old]
+        _CONTEXTS[key] = ctx = new
+    return ctx
+
+
+def keep_tls_session(client: mqtt.Client) -> None:
+    """After CONNACK: keep this connection's TLS session for the next one."""
+    data = client.user_data_get()
+    ctx = data.get("tls") if isinstance(data, dict) else None
+    if isinstance(ctx, _TlsContext):
+        ctx.keep_session()
 
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -98,7 +156,7 @@ def make_client(
     if cfg.username is not None:
         client.username_pw_set(cfg.username, read_password(cfg))
     if cfg.tls is not None:
-        ctx = tls_context(cfg.tls)
+        ctx = shared_tls_context(cfg.tls)
         client.tls_set_context(ctx)
         client.user_data_set({"tls": ctx})
     props = None

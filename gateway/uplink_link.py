@@ -22,6 +22,7 @@ import functools
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,12 +50,14 @@ from gateway.uplink_conn import (
     SocketDriver,
     connect_blocking,
     is_failure,
+    keep_tls_session,
     make_client,
     publish_props,
     reason_text,
 )
 from gateway.uplink_settle import Settler
 from gateway.uplink_status import StatusReport
+from gateway.usage import ConnectionUsage, UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ log = logging.getLogger(__name__)
 CLOSE_GRACE_S = 3.0
 #: Extra paho in-flight slots beyond the event window (status messages).
 EXTRA_INFLIGHT = 4
+#: How often the usage counters are written to the buffer's state table (and the data
+#: budget's projection looked at).
+USAGE_SAVE_S = 60.0
 _OK = mqtt.MQTT_ERR_SUCCESS
 
 
@@ -114,8 +120,11 @@ class Link:
     def __init__(self, setup: LinkSetup, core: Delivery, *, store: EventStore,
                  settler: Settler, status: StatusReport,
                  executor: concurrent.futures.ThreadPoolExecutor,
-                 hooks: LinkHooks | None = None) -> None:
+                 hooks: LinkHooks | None = None, usage: UsageMeter | None = None,
+                 every_minute: Callable[[], Awaitable[None]] | None = None) -> None:
         self.setup = setup
+        self._usage = ConnectionUsage(usage) if usage is not None else None
+        self._every_minute = every_minute
         self.hooks = hooks
         self.core = core
         self.store = store
@@ -275,8 +284,14 @@ class Link:
                 await self._wake.wait()
         return self.core.state is UplinkState.CONNECTED
 
+    def _sample_usage(self) -> None:
+        """What the socket spent since the last sample, into the usage meter."""
+        if self._usage is not None and self.client is not None:
+            self._usage.sample(self.client.socket(), time.time_ns() // 1_000_000)
+
     def _hard_close(self) -> None:
         """Drop the TCP connection without ceremony (the broker then sends our will)."""
+        self._sample_usage()
         if self.driver is not None:
             self.driver.detach()
         self._close_socket()
@@ -352,7 +367,7 @@ class Link:
         self._lease = (act.lane, fut)
         batch = await asyncio.shield(fut)
         self._lease = None
-        for a in self.core.leased(act.lane, batch):
+        for a in self.core.leased(act.lane, batch, time.monotonic()):
             if isinstance(a, WaitPending):
                 await self.store.wait_pending(a.timeout_s)
             else:
@@ -362,12 +377,19 @@ class Link:
         """Keepalive pings, half-open watchdog, publish timeouts, periodic status."""
         core, driver = self.core, self.driver
         assert driver is not None  # noqa: S101  # started only once connected
+        saved = time.monotonic()
         while True:
             await asyncio.sleep(core.tick_interval)
             driver.misc()
+            self._sample_usage()
+            if self._every_minute is not None and time.monotonic() - saved >= USAGE_SAVE_S:
+                saved = time.monotonic()
+                await self._every_minute()
             for act in core.tick(time.monotonic(), driver.last_inbound):
                 if isinstance(act, SendStatus):
-                    await self._publish_status(act.state, await self.status.online_fields())
+                    fields = await self.status.online_fields()
+                    if self.status.gate.due(self.status.gate_view(fields), time.monotonic()):
+                        await self._publish_status(act.state, fields)
                 else:
                     self._do([act])
 
@@ -380,7 +402,10 @@ class Link:
                                    properties=self.setup.status_props)
         if info.rc != _OK:
             return None
-        self.core.status_sent(info.mid, len(payload), time.monotonic())
+        now = time.monotonic()
+        self.core.status_sent(info.mid, len(payload), now)
+        if state == "online":
+            self.status.gate.sent(self.status.gate_view(fields), now)
         return info.mid
 
     # ---------------------------------------------------------------- paho callbacks
@@ -402,6 +427,7 @@ class Link:
             receive_maximum=recv if isinstance(recv, int) else None,
             keepalive_s=float(getattr(client, "keepalive", 0) or self.m.keepalive_s),
         )
+        keep_tls_session(client)  # a TLS 1.3 ticket came before CONNACK
         self._connack.set_result(None)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, rc: Any,

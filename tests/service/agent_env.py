@@ -87,7 +87,7 @@ def truck_toml(workdir: Path, *, mqtt_port: int, gps_port: Path | None = None,
     out += ["[buffer]", f'path = "{buf}"', "",
             "[mqtt]", 'host = "127.0.0.1"', f"port = {mqtt_port}", 'protocol = "5"',
             "keepalive_s = 10", "reconnect_min_s = 0.2", "reconnect_max_s = 1.0",
-            "status_interval_s = 2.0", "",
+            "status_interval_s = 2.0", 'status_detail = "full"', "",
             "[metrics]", f'state_file = "{workdir / "state.json"}"', f"interval_s = {interval_s}",
             f'textfile = "{workdir / "truckgw.prom"}"', "",
             "[log]", 'level = "info"', ""]

@@ -38,6 +38,7 @@ from gateway.ingest import Ingest
 from gateway.ts_correct import Correction
 from gateway.uplink import UplinkState
 from gateway.uplink_status import StatusReport
+from gateway.usage import UsageMeter
 from sim import nmea_out
 from sim.j1939_out import Schedule
 from sim.route import load_route
@@ -228,9 +229,13 @@ async def test_status_of_the_status_builder_validates(
     extra: Callable[[], dict[str, Any]] = lambda: {  # noqa: E731
         "gps": {"points_recorded": 3, "fix": True}, "can": {"sources": 4}, "buffer": None,
         "uptime_s": 12.5, "healthy": True}
+    meter = UsageMeter()
+    meter.add(12_345, 678, 1_764_633_600_000)
     report = StatusReport(cfg, store, lambda: UplinkStats(UplinkState.CONNECTED, reconnects=2),
-                          extra, lambda: wire.WireContext("0123456789abcdef"))
+                          extra, lambda: wire.WireContext("0123456789abcdef"),
+                          usage=lambda: meter.view(1_764_637_200_000).as_status())
     online = json.loads(report.payload("online", await report.online_fields()))
+    assert online["usage"]["up_today"] == 12_345
     assert online["schema"] == wire.STATUS_SCHEMA
     assert online["pending"] == 51
     assert online["lost_quarantine"] == 0

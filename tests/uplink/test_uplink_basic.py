@@ -36,7 +36,7 @@ async def test_delivers_every_event_and_acks(
     tmp_path: Path, mosquitto: Mosquitto, store: SqliteStore, protocol: str, encoding: str
 ) -> None:
     cfg = make_cfg(tmp_path, mosquitto.host, mosquitto.port, protocol=protocol,
-                   encoding=encoding, max_payload_bytes=16384)
+                   encoding=encoding, max_payload_bytes=16384, status_detail="full")
     seqs = await append_many(store, 3000)
     sub = Subscriber(mosquitto.host, mosquitto.port)
     up = Uplink(cfg, store, status_extra=lambda: {"gps": {"fix": True}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import trustme
 from buffer.store import SqliteStore
 from config import TlsConfig
 from gateway.uplink import UplinkState
+from gateway.uplink_conn import shared_tls_context
 from sim.broker import Mosquitto
 from tests.uplink.helpers import (
     Subscriber,
@@ -133,3 +135,28 @@ async def test_acl_refuses_another_trucks_topic_and_keeps_data(
             assert await sub.wait_for(lambda s: set(seqs) <= s.seen(), 15), up.stats()
     finally:
         sub.close()
+
+
+async def test_a_reconnect_resumes_the_tls_session(
+    tmp_path: Path, pki: Pki, mosquitto_factory: Callable[..., Mosquitto], store: SqliteStore
+) -> None:
+    """Issue #14: the second connection to the same broker resumes the first one's TLS
+    session (no certificates either way): fewer bytes on the SIM per reconnect."""
+    broker = mosquitto_factory(pki.broker_conf(require_client_cert=True))
+    tls = TlsConfig(ca_file=pki.ca_file, cert_file=pki.client_cert, key_file=pki.client_key)
+    cfg = make_cfg(tmp_path, broker.host, broker.port, tls=tls)
+    ctx = shared_tls_context(tls)
+    async with running(cfg, store) as up:
+        assert await wait_until(lambda: counter(up, "connects") == 1, 15), up.stats()
+        first = ctx.last_socket
+        assert first is not None
+        assert not first.session_reused
+        first.shutdown(socket.SHUT_RDWR)  # the link drops (as under a cellular NAT)
+        assert await wait_until(lambda: counter(up, "connects") == 2
+                                and up.state is UplinkState.CONNECTED, 15), up.stats()
+        second = ctx.last_socket
+        assert second is not None
+        assert second is not first
+        assert second.session_reused
+        seqs = await append_many(store, 20)
+        assert await wait_until(lambda: counter(up, "acked_events") >= len(seqs), 15)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import aiosqlite
 
@@ -147,12 +147,8 @@ class Lanes:
         if not seqs:
             return
         known = self._book.pop(seqs)
-        rows: dict[Priority, list[tuple[int, int]]] = {}
-        for seq, prio, size in known:
-            rows.setdefault(prio, []).append((seq, size))
         async with self._db.locked() as conn:
-            if len(known) < len(seqs):
-                await _lookup(conn, set(seqs) - {s for s, _, _ in known}, rows)
+            rows = await _stored(conn, seqs, known)
             if not rows:
                 return
             deleted = 0
@@ -186,12 +182,8 @@ class Lanes:
         if not seqs:
             return []
         known = self._book.pop(seqs)
-        rows: dict[Priority, list[tuple[int, int]]] = {}
-        for seq, prio, size in known:
-            rows.setdefault(prio, []).append((seq, size))
         async with self._db.locked() as conn:
-            if len(known) < len(seqs):
-                await _lookup(conn, set(seqs) - {s for s, _, _ in known}, rows)
+            rows = await _stored(conn, seqs, known)
             if not rows:
                 return []
             try:
@@ -272,6 +264,21 @@ class Lanes:
                 async with asyncio.timeout(left):
                     await self._pending_evt.wait()
         return True
+
+
+async def _stored(
+    conn: aiosqlite.Connection, seqs: Sequence[int], known: Iterable[tuple[int, Priority, int]]
+) -> dict[Priority, list[tuple[int, int]]]:
+    """``(seq, size)`` per class of ``seqs``: the leased ones from the lease book
+    (``known``), the others looked up in the file (lock held)."""
+    rows: dict[Priority, list[tuple[int, int]]] = {}
+    found: set[int] = set()
+    for seq, prio, size in known:
+        rows.setdefault(prio, []).append((seq, size))
+        found.add(seq)
+    if len(found) < len(seqs):
+        await _lookup(conn, set(seqs) - found, rows)
+    return rows
 
 
 async def _lookup(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim.broker import INSTALL_HINT, BrokerUnavailableError, Mosquitto, find_mosquitto
-from sim.gateway_proc import GatewayProcess, truck_config
+from sim.gateway_proc import EVERY_FRAME, GatewayProcess, truck_config
 from sim.ports import PtyPort
 from sim.report import write_report
 from sim.route import list_routes, load_route
@@ -48,7 +48,6 @@ WORKING_STATES = ("rest", "available", "work", "drive")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: ``--push-config-at``: remote management on, and the pushed change (live)
 REMOTE_ON = "\n[remote]\nenabled = true\n"
-EVERY_FRAME = "\n[can.sampling]\nmin_interval_s = 0.0\nmax_interval_s = 0.0\n"
 DTC_TEXT = {(spn, fmi): desc for spn, fmi, desc, _lamp in DTC_CATALOGUE}
 
 

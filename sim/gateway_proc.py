@@ -24,6 +24,25 @@ def _q(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
+#: ``truck_config(extra=...)``: record every GPS fix (no thresholds)
+EVERY_FIX = """
+[gps.sampling]
+mode = "thresholds"
+min_interval_s = 0
+max_interval_s = 0
+min_distance_m = 0
+min_heading_change_deg = 0
+min_speed_change_kmh = 0
+stopped_interval_s = 0
+"""
+#: ``truck_config(extra=...)``: record every decoded CAN frame (no deadbands)
+EVERY_FRAME = """
+[can.sampling]
+min_interval_s = 0
+max_interval_s = 0
+"""
+
+
 def truck_config(*, truck_id: str, workdir: Path, mqtt_host: str, mqtt_port: int,
                  gps_port: str | None, can_channel: str | None, can_interface: str = "slcan",
                  prefix: str = "fleet", protocol: str = "5", encoding: str = "json",

@@ -44,7 +44,7 @@ import pytest
 from gateway.uplink import BACKFILL_MAX_EVENTS
 from sim.broker import Mosquitto
 from sim.faults import FaultPlan
-from sim.gateway_proc import GatewayProcess, truck_config
+from sim.gateway_proc import EVERY_FIX, EVERY_FRAME, GatewayProcess, truck_config
 from sim.ports import PtyPort
 from sim.proxy import TcpProxy
 from sim.route import load_route
@@ -66,20 +66,8 @@ DRAIN_S = 90.0
 PHASE_BUDGET_S = 300.0
 # every fix and every decoded frame becomes an event: hundreds per second, so kills,
 # outages and the full disk always catch data in flight
-RECORD_EVERYTHING = """
-[gps.sampling]
-mode = "thresholds"
-min_interval_s = 0
-max_interval_s = 0
-min_distance_m = 0
-min_heading_change_deg = 0
-min_speed_change_kmh = 0
-stopped_interval_s = 0
-
-[can.sampling]
-min_interval_s = 0
-max_interval_s = 0
-"""  # the whole run must finish well inside the test timeout
+#: the whole run must finish well inside the test timeout
+RECORD_EVERYTHING = EVERY_FIX + EVERY_FRAME
 
 
 @contextlib.contextmanager

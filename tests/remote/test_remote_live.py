@@ -18,6 +18,7 @@ from config.errors import ConfigError
 from config.loader import check_config
 from sim.broker import Mosquitto
 from sim.faults import FaultPlan
+from sim.gateway_proc import EVERY_FRAME
 from sim.ports import PtyPort
 from sim.route import load_route
 from sim.runner import TruckSim
@@ -37,7 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 TRUCK = "RMT-LIVE"
 SLOW = "[can.sampling]\nmin_interval_s = 20.0\nmax_interval_s = 60.0\n"
-EVERY_FRAME = "[can.sampling]\nmin_interval_s = 0.0\nmax_interval_s = 0.0\n"
 
 
 async def fleet(broker: Mosquitto, tmp: Path, *args: str) -> tuple[int, str, str]:

@@ -31,7 +31,7 @@ import pytest
 from buffer import schema
 from gateway.clock import read_boot_id, system_clock_synced
 from sim.broker import Mosquitto
-from sim.gateway_proc import GatewayProcess, truck_config
+from sim.gateway_proc import EVERY_FIX, GatewayProcess, truck_config
 from sim.ports import PtyPort
 from sim.route import load_route
 from sim.runner import TruckSim
@@ -47,17 +47,6 @@ AHEAD_S = 14 * 86400.0  # GPS time minus the system clock once the receiver is r
 OBSERVATIONS = ("gps", "engine", "dtc")
 LIMIT_S = 40.0
 EARLIER_BOOT = "00000000-0000-4000-8000-earlier-boot"
-#: every fix is a point: enough events per phase within seconds
-EVERY_FIX = """
-[gps.sampling]
-mode = "thresholds"
-min_interval_s = 0
-max_interval_s = 0
-min_distance_m = 0
-min_heading_change_deg = 0
-min_speed_change_kmh = 0
-stopped_interval_s = 0
-"""
 
 
 def ours(gw: GatewayProcess) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from gateway.sink.consumer import SinkOptions
 from gateway.sink.gaps import GapState, account
 from gateway.sink.store import open_store
 from sim.broker import Mosquitto
-from sim.gateway_proc import GatewayProcess, truck_config
+from sim.gateway_proc import EVERY_FIX, GatewayProcess, truck_config
 from sim.ports import PtyPort
 from sim.route import load_route
 from sim.runner import TruckSim
@@ -34,17 +34,6 @@ TRUCK = "PURGE-01"
 EVENTS_PER_RUN = 8
 DRIVE_S = 40.0
 DRAIN_S = 40.0
-#: every fix is a point: a run has its events within seconds
-EVERY_FIX = """
-[gps.sampling]
-mode = "thresholds"
-min_interval_s = 0
-max_interval_s = 0
-min_distance_m = 0
-min_heading_change_deg = 0
-min_speed_change_kmh = 0
-stopped_interval_s = 0
-"""
 
 
 async def drive_and_drain(tmp_path: Path, broker: Mosquitto, db_url: str, run: int,

@@ -70,11 +70,12 @@ VARIANTS: dict[str, list[str]] = {
     # the defaults before the cellular levers of issue #14 (status every 60 s with the
     # health sections, keepalive 60 s, every lease published at once)
     "today": ["keepalive_s = 60", "max_latency_s = 0.0", "status_heartbeat_s = 60.0",
-              'status_detail = "full"'],
-    # the shipped defaults now
+              'status_detail = "full"', 'encoding = "json"'],
+    # the shipped defaults now (encoding compact-dict since wire revision 4)
     "after": [],
+    "after-json": ['encoding = "json"'],
     "after-compact": ['encoding = "compact"'],
-    "tuned": ['encoding = "compact"', "max_latency_s = 30.0"],
+    "tuned": ["max_latency_s = 30.0"],
 }
 
 

@@ -203,7 +203,7 @@ class MqttConfig:
     #: a password over plain TCP travels in clear text: refused unless this says so
     allow_insecure_password: bool = _f(False)
     tls: TlsConfig | None = _f(None)
-    encoding: Literal["json", "compact"] = _f("json")
+    encoding: Literal["json", "compact", "compact-dict"] = _f("compact-dict")
     max_payload_bytes: int = _f(131072, lo=1024, hi=268435455)
     inflight_window: int = _f(16, lo=1, hi=MAX_INFLIGHT)
     live_share: float = _f(0.5, lo=0, hi=1)

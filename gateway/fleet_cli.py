@@ -7,7 +7,11 @@
 - ``truckgw fleet config get TRUCK``: print the truck's retained report (and the version
   of the retained desired configuration);
 - ``truckgw fleet cmd TRUCK NAME [KEY=VALUE ...]``: send a command (MQTT 5 response
-  topic + correlation data + message expiry), print the reply.
+  topic + correlation data + message expiry), print the reply;
+- ``truckgw fleet watch [TRUCK]``: print what the trucks publish, one line per event
+  (``TOPIC JSON``) in whichever encoding it travelled, and the status messages: the
+  ``mosquitto_sub`` of docs/raspberry-pi.md for compact batches (not stored anywhere;
+  ``truckgw sink`` is the consumer that stores).
 
 Exit codes (for scripts): 0 applied / the command succeeded; 1 rejected or rolled back /
 the command failed (5xx); 3 the truck refused the command (4xx: bad request, signature,
@@ -36,6 +40,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from config.errors import WireError
+from gateway import wire
 from gateway.remote.wire import (
     cmd_topic,
     desired_topic,
@@ -245,6 +251,34 @@ def cmd_cmd(args: argparse.Namespace) -> int:
     return EX_TIMEOUT
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print the events and status messages of one truck (or all) as they arrive."""
+    truck = args.truck or "+"
+    until = time.monotonic() + (args.duration if args.duration is not None else 1e9)
+    shown = 0
+    with _connected(args) as conn:
+        conn.subscribe(f"{args.topic_prefix}/{truck}/events/#",
+                       wire.status_topic(args.topic_prefix, truck))
+        for msg in conn.messages(until):
+            payload = bytes(msg.payload)
+            if "/events" not in msg.topic:
+                print(f"{msg.topic} {payload.decode(errors='replace')}", flush=True)
+                continue
+            ctype = getattr(msg.properties, "ContentType", None) if msg.properties else None
+            try:
+                batch = wire.decode_payload(payload, compact=wire.is_compact(msg.topic, ctype))
+            except WireError as exc:
+                print(f"{msg.topic}: undecodable batch of {len(payload)} bytes: {exc}",
+                      file=sys.stderr, flush=True)
+                continue
+            for ev in batch["events"]:
+                print(f"{msg.topic} {json.dumps(ev, ensure_ascii=False)}", flush=True)
+                shown += 1
+            if args.count is not None and shown >= args.count:
+                break
+    return EX_OK
+
+
 def _arg(text: str) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -275,7 +309,7 @@ def _guarded(func: Any) -> Any:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``truckgw fleet``."""
-    p = sub.add_parser("fleet", help="the fleet side: push configs, send commands",
+    p = sub.add_parser("fleet", help="the fleet side: push configs, send commands, watch",
                        description="Remote configuration and commands over MQTT 5 "
                        "(docs/remote.md).")
     p.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
@@ -318,3 +352,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="the command expires after S seconds (default: --timeout)")
     m.add_argument("--request-id", default=None, help="default: a random id")
     m.set_defaults(func=_guarded(cmd_cmd))
+
+    w = fsub.add_parser("watch", help="print the events and status messages as they arrive",
+                        description="Subscribe to a truck's (default: every truck's) events "
+                        "and status; print one line per event, 'TOPIC JSON', in whichever "
+                        "wire encoding it travelled (json, compact, compact-dict).")
+    w.add_argument("truck", nargs="?", default=None, help="default: every truck")
+    w.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until Ctrl-C)")
+    w.add_argument("--count", type=int, default=None, metavar="N",
+                   help="stop after N events")
+    w.set_defaults(func=_guarded(cmd_watch))

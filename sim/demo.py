@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway import wire
 from sim.broker import INSTALL_HINT, BrokerUnavailableError, Mosquitto, find_mosquitto
 from sim.gateway_proc import EVERY_FRAME, GatewayProcess, truck_config
 from sim.ports import PtyPort
@@ -73,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "demo (remote configuration, applied live)")
     p.add_argument("--fault-every", type=float, default=120.0, metavar="S",
                    help="mean seconds of drive between DTC episodes (default 120)")
-    p.add_argument("--encoding", choices=("json", "compact"), default="json",
+    p.add_argument("--encoding", choices=wire.ENCODINGS, default="json",
                    help="wire encoding of the gateway")
     p.add_argument("--report", type=Path, default=None, help="write a trip report at the end")
     p.add_argument("--keep", type=Path, default=None,

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway import wire
 from sim.faults import FaultPlan
 from sim.gateway_proc import GatewayProcess, truck_config
 from sim.j1939_out import Schedule
@@ -42,7 +43,7 @@ def add_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--port", type=int, default=1883, help="broker port")
     p.add_argument("--topic-prefix", default="fleet", help="topic prefix")
     p.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version")
-    p.add_argument("--encoding", choices=("json", "compact"), default="json",
+    p.add_argument("--encoding", choices=wire.ENCODINGS, default="json",
                    help="wire encoding of the gateways")
     p.add_argument("--route", default="mixed",
                    help=f"a route for all trucks, or 'mixed' to cycle {', '.join(list_routes())}")

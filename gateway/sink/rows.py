@@ -130,7 +130,8 @@ def parse_topic(prefix: str, topic: str) -> Topic | None:
     parts = topic[len(head):].split("/")
     if len(parts) < 2 or not valid_truck_id(parts[0]):
         return None
-    if parts[1] == "events" and (len(parts) == 2 or parts[2:] == [wire.COMPACT_TOPIC_SUFFIX]):
+    suffixes = ([wire.COMPACT_TOPIC_SUFFIX], [wire.DICT_TOPIC_SUFFIX])
+    if parts[1] == "events" and (len(parts) == 2 or parts[2:] in suffixes):
         return Topic(TopicKind.EVENTS, parts[0])
     if parts[1] == "status" and len(parts) == 2:
         return Topic(TopicKind.STATUS, parts[0])

@@ -66,6 +66,9 @@ def make_cfg(tmp_path: Path, host: str, port: int, *, truck_id: str = "truck-001
     kw: dict[str, Any] = {
         "host": host, "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
         "keepalive_s": 10, "publish_timeout_s": 10.0,
+        # the sizes these tests reason about are JSON's (the shipped default is
+        # compact-dict since contract revision 4); a test passes encoding= to change it
+        "encoding": "json",
     }
     kw.update(mqtt_kw)
     return TruckConfig(

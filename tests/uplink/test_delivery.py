@@ -42,6 +42,7 @@ TRUCK = "truck-001"
 def make(**kw: Any) -> Delivery:
     kw.setdefault("reconnect_min_s", 1.0)
     kw.setdefault("reconnect_max_s", 8.0)
+    kw.setdefault("encoding", "json")  # the sizes below are JSON's
     return Delivery(TRUCK, MqttConfig(host="broker.example", **kw), now=0.0)
 
 

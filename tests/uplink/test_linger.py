@@ -21,6 +21,7 @@ def connected(*, caught_up: bool = True, **kw: Any) -> Delivery:
     """A connected core; ``caught_up``: its first lease came back empty (what piled up
     while offline went), so live events linger from now on."""
     kw.setdefault("reconnect_min_s", 1.0)
+    kw.setdefault("encoding", "json")  # the payloads below are decoded as JSON
     d = Delivery(TRUCK, MqttConfig(host="broker.example", **kw), now=0.0)
     d.connecting(0.0)
     d.connack(0.0)

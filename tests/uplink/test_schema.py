@@ -142,7 +142,19 @@ async def _stored(store: SqliteStore, events: list[Event]) -> list[StoredEvent]:
     return out
 
 
-@pytest.mark.parametrize("encoding", ["json", "compact"])
+def _plain(payload: bytes, encoding: str) -> bytes:
+    """A batch's JSON bytes as any consumer gets them: zstandard alone, and for
+    compact-dict the published dictionary file, no truckgw code."""
+    if encoding == "json":
+        return payload
+    if encoding == "compact":
+        return zstandard.ZstdDecompressor().decompress(payload)
+    data = (ROOT / "gateway" / "dicts" / "events-1.zdict").read_bytes()
+    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(data)) \
+        .decompress(payload)
+
+
+@pytest.mark.parametrize("encoding", wire.ENCODINGS)
 async def test_every_batch_of_a_simulated_truck_validates(
     store: SqliteStore, truck_events: list[Event], encoding: str
 ) -> None:
@@ -154,10 +166,9 @@ async def test_every_batch_of_a_simulated_truck_validates(
     seen_fields: set[str] = set()
     provisional = 0
     for payload, _seqs in payloads:
-        raw = zstandard.ZstdDecompressor().decompress(payload) if encoding == "compact" \
-            else payload
+        raw = _plain(payload, encoding)
         batch = json.loads(raw)  # what any consumer parses, without truckgw code
-        assert batch == wire.decode_payload(payload, compact=encoding == "compact")
+        assert batch == wire.decode_payload(payload, compact=encoding != "json")
         assert batch["schema"] == wire.BATCH_SCHEMA
         assert errors(BATCH, batch) == []
         for ev in batch["events"]:
@@ -179,8 +190,7 @@ async def test_batches_with_stream_and_corrected_ts_validate(
     seen: set[str] = set()
     for encoding in wire.ENCODINGS:
         for payload, _seqs in wire.encode_batches("truck-0042", stored, encoding, 16384, ctx):
-            raw = zstandard.ZstdDecompressor().decompress(payload) \
-                if encoding == "compact" else payload
+            raw = _plain(payload, encoding)
             batch = json.loads(raw)
             assert batch["stream"] == "0123456789abcdef"
             assert errors(BATCH, batch) == []
@@ -191,7 +201,7 @@ async def test_batches_with_stream_and_corrected_ts_validate(
     assert "ts_unverified" not in seen and "_boot" not in seen
 
 
-@pytest.mark.parametrize("encoding", ["json", "compact"])
+@pytest.mark.parametrize("encoding", wire.ENCODINGS)
 async def test_derived_fleet_events_of_a_simulated_drive_validate(
     store: SqliteStore, encoding: str
 ) -> None:
@@ -201,7 +211,7 @@ async def test_derived_fleet_events_of_a_simulated_drive_validate(
     payloads = wire.encode_batches("truck-0042", stored, encoding, 16384)
     got: dict[str, list[dict[str, Any]]] = {t: [] for t in FLEET_TYPES}
     for payload, _seqs in payloads:
-        batch = wire.decode_payload(payload, compact=encoding == "compact")
+        batch = wire.decode_payload(payload, compact=encoding != "json")
         assert errors(BATCH, batch) == []
         for ev in batch["events"]:
             if ev["type"] in got:
@@ -437,6 +447,7 @@ def test_asyncapi_document_parses_and_points_at_the_schemas() -> None:
     assert doc["asyncapi"].startswith("3.0")
     addresses = {c["address"] for c in doc["channels"].values()}
     assert addresses == {"{prefix}/{truck_id}/events", "{prefix}/{truck_id}/events/json-zstd",
+                         "{prefix}/{truck_id}/events/json-zstd-dict",
                          "{prefix}/{truck_id}/status", "{prefix}/{truck_id}/config/desired",
                          "{prefix}/{truck_id}/config/reported", "{prefix}/{truck_id}/cmd",
                          "{prefix}/{truck_id}/cmd/res/{reply}"}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -17,6 +19,9 @@ from gateway import wire
 from gateway.ts_correct import Correction, corrected, wire_body
 from tests.uplink.helpers import mixed_event
 
+#: sha256 of gateway/dicts/events-1.zdict, as docs/wire-format.md publishes it
+DICT_SHA256 = "940d4f7949ee484b3df7856a0231259529d79dd7a4283c3ac80afbde0f23d9b0"
+
 
 def stored(seq: int, ev: Event) -> StoredEvent:
     return StoredEvent(seq, ev.ts_ms, ev.type, ev.priority, encode_body(ev))
@@ -26,14 +31,14 @@ def events(n: int, start: int = 1) -> list[StoredEvent]:
     return [stored(start + i, mixed_event(i)) for i in range(n)]
 
 
-@pytest.mark.parametrize("encoding", ["json", "compact"])
+@pytest.mark.parametrize("encoding", wire.ENCODINGS)
 def test_round_trip_keeps_every_field(encoding: str) -> None:
     evs = events(50)
     out = wire.encode_batches("truck-7", evs, encoding, 1 << 20)
     assert len(out) == 1
     payload, seqs = out[0]
     assert seqs == tuple(range(1, 51))
-    batch = wire.decode_payload(payload, compact=encoding == "compact")
+    batch = wire.decode_payload(payload, compact=encoding != "json")
     assert batch["truck_id"] == "truck-7"
     for ev, got in zip(evs, batch["events"], strict=True):
         want = json.loads(ev.body)
@@ -59,7 +64,7 @@ def test_decoder_accepts_batches_without_schema() -> None:
     assert new["schema"] == "truckgw.batch/9"
 
 
-@pytest.mark.parametrize("encoding", ["json", "compact"])
+@pytest.mark.parametrize("encoding", wire.ENCODINGS)
 @pytest.mark.parametrize("limit", [1024, 3000, 20000])
 def test_split_respects_limit_and_keeps_order(encoding: str, limit: int) -> None:
     evs = events(1500)
@@ -69,7 +74,7 @@ def test_split_respects_limit_and_keeps_order(encoding: str, limit: int) -> None
     flat = [s for _, seqs in out for s in seqs]
     assert flat == [e.seq for e in evs]
     for p, seqs in out:
-        got = wire.decode_payload(p, compact=encoding == "compact")
+        got = wire.decode_payload(p, compact=encoding != "json")
         assert [e["seq"] for e in got["events"]] == list(seqs)
 
 
@@ -108,6 +113,36 @@ def test_compact_is_much_smaller_than_json() -> None:
     assert cp * 4 < js
 
 
+def test_dictionary_shrinks_a_live_message_and_names_itself_in_the_frame() -> None:
+    """A message of a few events (a live linger) is where the dictionary pays."""
+    evs = events(10)
+    (cp, _), = wire.encode_batches("truck-001", evs, "compact", 131072)
+    (cd, _), = wire.encode_batches("truck-001", evs, "compact-dict", 131072)
+    assert len(cd) * 3 < len(cp) * 2, (len(cd), len(cp))
+    assert zstandard.get_frame_parameters(cd).dict_id == wire.DICT_ID
+    assert zstandard.get_frame_parameters(cp).dict_id == 0
+    with pytest.raises(zstandard.ZstdError):  # no dictionary, no decode: hence its own type
+        zstandard.ZstdDecompressor().decompress(cd)
+    raw = zstandard.ZstdDecompressor(dict_data=wire.dictionary(wire.DICT_ID)).decompress(cd)
+    assert raw == wire.encode_batches("truck-001", evs, "json", 131072)[0][0]
+
+
+def test_dictionary_file_is_the_published_one() -> None:
+    """The id and bytes of events-1.zdict are part of the contract (docs/wire-format.md)."""
+    data = (Path(wire.__file__).parent / "dicts" / "events-1.zdict").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == DICT_SHA256
+    assert wire.dictionary(wire.DICT_ID).dict_id() == wire.DICT_ID
+
+
+def test_unknown_dictionary_is_a_wire_error_naming_the_id() -> None:
+    other = zstandard.train_dictionary(1024, [b'{"k%d":%d}' % (i % 7, i) for i in range(400)],
+                                       dict_id=12345, k=16, d=8)
+    payload = zstandard.ZstdCompressor(dict_data=other, write_content_size=True).compress(
+        b'{"truck_id":"t","events":[]}')
+    with pytest.raises(WireError, match="dictionary id 12345"):
+        wire.decode_payload(payload, compact=True)
+
+
 def test_topics_and_content_types() -> None:
     assert wire.events_topic("fleet", "t1", "json", "5") == "fleet/t1/events"
     assert wire.events_topic("fleet", "t1", "compact", "5") == "fleet/t1/events"
@@ -118,6 +153,12 @@ def test_topics_and_content_types() -> None:
     assert not wire.is_compact("fleet/t1/events", wire.CONTENT_TYPE_JSON)
     assert wire.is_compact("fleet/t1/events/json-zstd", None)
     assert not wire.is_compact("fleet/t1/events", None)
+    assert wire.events_topic("fleet", "t1", "compact-dict", "5") == "fleet/t1/events"
+    assert (wire.events_topic("fleet", "t1", "compact-dict", "3.1.1")
+            == "fleet/t1/events/json-zstd-dict")
+    assert wire.content_type("compact-dict") == "application/json+zstd-dict"
+    assert wire.is_compact("fleet/t1/events", wire.CONTENT_TYPE_DICT)
+    assert wire.is_compact("fleet/t1/events/json-zstd-dict", None)
     with pytest.raises(ValueError, match="unknown wire encoding"):
         wire.events_topic("fleet", "t1", "msgpack", "5")
 
@@ -188,7 +229,7 @@ def test_property_round_trip(items: list[tuple[str, int, dict[str, object]]], en
     out = wire.encode_batches("truck-x", evs, encoding, limit)
     got = []
     for p, seqs in out:
-        batch = wire.decode_payload(p, compact=encoding == "compact")
+        batch = wire.decode_payload(p, compact=encoding != "json")
         assert [e["seq"] for e in batch["events"]] == list(seqs)
         got.extend(batch["events"])
     assert len(got) == len(evs)
@@ -260,7 +301,7 @@ def test_every_batch_carries_the_stream_and_decoders_default_it() -> None:
     ctx = wire.WireContext(stream="00112233aabbccdd")
     for encoding in wire.ENCODINGS:
         for payload, _ in wire.encode_batches("t", events(30), encoding, 2000, ctx):
-            batch = wire.decode_payload(payload, compact=encoding == "compact")
+            batch = wire.decode_payload(payload, compact=encoding != "json")
             assert batch["stream"] == "00112233aabbccdd"
             assert wire.batch_stream(batch) == "00112233aabbccdd"
     older = {"schema": "truckgw.batch/2", "truck_id": "t", "events": []}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import grp
+import json
 import os
 import re
 import shlex
@@ -76,6 +77,17 @@ def _watch_command(port: int) -> list[str]:
     return [*out, "-W", str(WATCH_S)]
 
 
+def _fleet_watch_command(root: Path, port: int) -> list[str]:
+    """Step 7's ``truckgw fleet ... watch`` as written, on the test broker and root,
+    bounded in time (it stops at ``--count`` events; ``--duration`` caps the wait)."""
+    block = next(b for b in _blocks(DOC.read_text()) if "truckgw fleet " in b)
+    words = shlex.split(_one_command(block, "truckgw fleet "))
+    out = ["localhost" if w == DOC_BROKER else str(port) if w == "8883"
+           else w.replace("/etc/truckgw/", f"{root}/etc/truckgw/") for w in words]
+    assert "watch" in out and "--cert-file" in out, out
+    return [*out, "--duration", "60"]
+
+
 class Receiver:
     """A GPS receiver with a fix, on a pty the service user can open."""
 
@@ -108,7 +120,7 @@ def _watch(cmd: list[str], cwd: Path, want: Callable[[list[str]], bool]) -> list
     """Lines of the watcher until ``want`` holds or it times out (-W)."""
     lines: list[str] = []
     with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
+                          text=True, errors="replace") as proc:  # compact batches: binary
         assert proc.stdout is not None
         try:
             for line in proc.stdout:  # ends when -W expires at the latest
@@ -178,12 +190,11 @@ def test_blank_pi_to_events_at_a_tls_broker(
                                       f"--groups={DIALOUT}", "--", *argv],
                                      env=env, stdout=subprocess.DEVNULL, stderr=log_file)
 
-        # step 7: what arrives at the watcher of step 5
+        # step 7: what arrives at the watcher of step 5 (batches compact: binary there)
         def arrived(lines: list[str]) -> bool:
             return (any(ln.startswith("fleet/TRK-0001/status ") and '"online"' in ln
                         for ln in lines)
-                    and any(ln.startswith("fleet/TRK-0001/events") and '"gps"' in ln
-                            for ln in lines))
+                    and any(ln.startswith("fleet/TRK-0001/events ") for ln in lines))
 
         lines = _watch(_watch_command(broker.port), pki, arrived)
         assert agent.poll() is None, agent_log.read_text()
@@ -200,6 +211,13 @@ def test_blank_pi_to_events_at_a_tls_broker(
                       "--timeout", "5", env=admin_env)
         assert diag.returncode == 0, diag.stdout + diag.stderr
         assert "TLS" in diag.stdout, diag.stdout
+        # and the events as JSON through `truckgw fleet watch`, as step 7 writes it
+        watch = _fleet_watch_command(root, broker.port)
+        seen = run_as(ADMIN_UID, ADMIN_UID, [gid], str(exe), *watch[1:], env=admin_env)
+        assert seen.returncode == 0, seen.stdout + seen.stderr
+        events = [json.loads(ln.split(" ", 1)[1]) for ln in seen.stdout.splitlines()
+                  if ln.startswith("fleet/TRK-0001/events ")]
+        assert any(ev["type"] == "gps" and "lat" in ev for ev in events), seen.stdout
     finally:
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)

@@ -116,6 +116,8 @@ def main() -> int:
     rec = sub.add_parser("record")
     rec.add_argument("--seconds", type=float, default=120.0, help="wall seconds per route")
     rec.add_argument("--out", type=Path, required=True)
+    rec.add_argument("--seed", type=int, default=100,
+                     help="seed of the first route (the shipped dictionary: 100)")
     tr = sub.add_parser("train")
     tr.add_argument("corpus", type=Path)
     tr.add_argument("--out", type=Path, required=True)
@@ -124,7 +126,7 @@ def main() -> int:
     if args.cmd == "record":
         with tempfile.TemporaryDirectory() as tmp, args.out.open("w") as f:
             for i, route in enumerate(ROUTES):
-                evs = record(route, seed=100 + i, seconds=args.seconds, work=Path(tmp))
+                evs = record(route, seed=args.seed + i, seconds=args.seconds, work=Path(tmp))
                 f.write(json.dumps({"route": route, "events": evs}) + "\n")
                 print(f"{route}: {len(evs)} events", flush=True)
         return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ from buffer.store import SqliteStore, StoreState
 from config import EX_CONFIG, TruckConfig
 from config.errors import ConfigError, StoreError
 from config.events import Event
-from gateway import __version__
+from gateway import __version__, wire
 from gateway.clock import Clock
 from gateway.health import HealthWriter
 from gateway.ingest import Ingest
@@ -77,6 +78,17 @@ class Phase(Enum):
         return f"Phase.{self.name}"
 
 
+def usable_encoding(cfg: TruckConfig) -> TruckConfig:
+    """``cfg``, with ``compact`` instead of ``compact-dict`` if this install's dictionary
+    cannot be loaded (logged as an error; the status then says ``compact``)."""
+    problem = wire.encoding_problem(cfg.mqtt.encoding)
+    if problem is None:
+        return cfg
+    log.error("wire: encoding compact-dict unavailable (%s); sending compact instead, "
+              "which every consumer decodes: reinstall truckgw", problem)
+    return dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, encoding="compact"))
+
+
 class Agent:
     """One truck's pipeline; :meth:`run` returns the process exit code."""
 
@@ -86,7 +98,7 @@ class Agent:
         notifier: Notifier | None = None,
         limiter: RateLimitFilter | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg = usable_encoding(cfg)
         self.limiter = limiter
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.clock = Clock()
@@ -305,6 +317,7 @@ class Agent:
                                 cfg.can.sampling if cfg.can else None)
         if self.store is not None:
             self.store.set_ttl_s(cfg.buffer.ttl_s)
+        cfg = usable_encoding(cfg)
         if self.uplink is not None:
             self.uplink.reconfigure(cfg.mqtt)
         logging.getLogger().setLevel(LEVELS[cfg.log.level])

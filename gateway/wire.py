@@ -101,6 +101,20 @@ def _dict_compressor(level: int) -> zstandard.ZstdCompressor:
                                     write_content_size=True, write_dict_id=True)
 
 
+def encoding_problem(encoding: str) -> str | None:
+    """Why ``encoding`` cannot be used on this install (its dictionary file missing or
+    damaged), or None. The agent checks this at start and sends ``compact`` instead,
+    which every consumer of the contract decodes: a broken install never makes the
+    events look undecodable to the uplink (which would drop them as such)."""
+    if encoding != "compact-dict":
+        return None
+    try:
+        _dict_compressor(DICT_LIVE_LEVEL).compress(b"{}")
+    except (WireError, OSError, zstandard.ZstdError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _dict_level(json_bytes: int) -> int:
     # A live message (a few events) is where the bytes per event are: level 6 makes it
     # ~18 % smaller than level 3 at a tenth of level 3's speed, which on a message of

@@ -352,3 +352,30 @@ def test_correction_is_pure_and_leaves_other_bodies_alone() -> None:
     # a field that merely contains the text is not a stamp
     text = encode_body(Event("gps", 5, {"note": '"_boot":'}))
     assert wire_body(text, fix) == text
+
+
+def test_a_broken_dictionary_install_falls_back_to_compact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A missing dictionary file must not make every event look unencodable (the uplink
+    drops those): the agent sends ``compact`` instead and says why."""
+    from config import MqttConfig, TruckConfig  # noqa: PLC0415
+    from gateway.app import usable_encoding  # noqa: PLC0415
+
+    cfg = TruckConfig(truck_id="t1", mqtt=MqttConfig(host="broker.invalid"))
+    assert cfg.mqtt.encoding == "compact-dict"  # the default since revision 4
+    assert wire.encoding_problem("compact-dict") is None
+    assert usable_encoding(cfg) is cfg
+    wire.dictionary.cache_clear()
+    wire._dict_compressor.cache_clear()
+    monkeypatch.setitem(wire._DICT_FILES, wire.DICT_ID, "missing.zdict")
+    try:
+        problem = wire.encoding_problem("compact-dict")
+        assert problem is not None and "missing.zdict" in problem
+        assert usable_encoding(cfg).mqtt.encoding == "compact"
+        assert wire.encoding_problem("json") is None
+    finally:
+        monkeypatch.undo()
+        wire.dictionary.cache_clear()
+        wire._dict_compressor.cache_clear()
+    assert wire.encoding_problem("compact-dict") is None

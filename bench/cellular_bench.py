@@ -21,7 +21,11 @@ the data-saving settings), one run measures, in order:
 - driving: the simulator's drive at its real rate with default sampling; bytes per event
   (every byte of the window divided by the events the agent recorded in it);
 - parked: ports silent, nothing to send; fixed bytes per hour;
-- reconnects: the broker restarted N times; bytes per reconnect beyond the parked rate;
+- reconnects: the broker restarted N times; bytes per reconnect beyond the parked rate
+  (a restarted broker has new TLS ticket keys: a full handshake each time); then the
+  same number of link drops with the broker kept running (the agent's TCP socket
+  destroyed with ``ss -K``, as a lost radio link ends it), so the reconnect resumes the
+  TLS 1.3 session;
 - the standard day from those parts (10 h driving, 14 h parked, 6 reconnects), and one
   real mixed run (driving, then parked, then a reconnect, in the day's proportions)
   compared with the same mix computed from the parts.
@@ -214,6 +218,9 @@ class Figures:
     parked_bytes: int = 0
     reconnects: int = 0
     reconnect_bytes: float = 0.0
+    #: reconnects to the same broker process after a link drop (TLS session resumed)
+    resumed: int = 0
+    resumed_bytes: float = 0.0
     mixed_measured: int = 0
     mixed_predicted: float = 0.0
     #: the agent's own count (status usage, TCP_INFO estimate) vs the kernel's, same span
@@ -262,6 +269,15 @@ def restart_broker(broker: Mosquitto, agent: GatewayProcess) -> None:
          "the agent to reconnect")
 
 
+def drop_link(broker: Mosquitto, agent: GatewayProcess) -> None:
+    """Destroy the agent's TCP socket to the broker (the broker keeps running)."""
+    before = int(up(agent).get("connects") or 0)
+    subprocess.run(["ss", "-K", "dst", broker.host, "dport", "=", str(broker.port)],
+                   check=True, capture_output=True)
+    wait(lambda: int(up(agent).get("connects") or 0) > before and settled(agent), 120,
+         "the agent to reconnect after the link drop")
+
+
 def run_variant(name: str, mqtt_extra: list[str], work: Path, pki: Pki, *, drive_s: float,
                 parked_s: float, reconnects: int, mixed: tuple[float, float]) -> Figures:
     d = work / name
@@ -296,6 +312,12 @@ def run_variant(name: str, mqtt_extra: list[str], work: Path, pki: Pki, *, drive
         spent = ip_bytes() - b0 - reconnects * probe
         idle = f.parked_bytes / max(1e-9, f.parked_s) * (time.monotonic() - t0)
         f.reconnects, f.reconnect_bytes = reconnects, max(0.0, (spent - idle) / reconnects)
+        # link drops, the same broker: resumed TLS sessions
+        b0, t0 = ip_bytes(), time.monotonic()
+        for _ in range(reconnects):
+            drop_link(broker, agent)
+        idle = f.parked_bytes / max(1e-9, f.parked_s) * (time.monotonic() - t0)
+        f.resumed, f.resumed_bytes = reconnects, max(0.0, (ip_bytes() - b0 - idle) / reconnects)
         # one real mixed run in the day's proportions, against the same mix from the parts
         m_drive, m_parked = mixed
         b0, t0 = ip_bytes(), time.monotonic()
@@ -422,6 +444,8 @@ def report(results: dict[str, Figures]) -> str:
         ("parked: per hour", lambda f: kb(f.parked_per_h)),
         ("parked: per day (24 h)", lambda f: kb(f.parked_per_h * 24)),
         ("per reconnect (full TLS handshake)", lambda f: kb(f.per_reconnect)),
+        ("per reconnect after a link drop (TLS resumed)",
+         lambda f: kb(f.resumed_bytes) if f.resumed else "-"),
         ("standard day (10 h drive, 14 h parked, 6 reconnects)", lambda f: kb(f.day)),
         ("standard month (30 days)", lambda f: f"{f.day * 30 / 1e6:,.1f} MB"),
         ("mixed run: measured / from the parts", lambda f: (

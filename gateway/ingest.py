@@ -144,6 +144,11 @@ class Ingest:
 
     # ------------------------------------------------------------------ GPS
 
+    @property
+    def can_sampling(self) -> CanSampling:
+        """The engine recording settings in force (``reconfigure`` changes them)."""
+        return self._can_sampling
+
     def on_fix(self, fix: Fix) -> None:
         """One decoded epoch from the receiver."""
         self._fixes += 1

@@ -119,3 +119,29 @@ async def test_a_truck_over_its_budget_says_its_step_and_lingers_longer(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         sub.close()
+
+
+def test_the_agent_applies_the_recording_steps_and_returns_from_them(tmp_path: Path) -> None:
+    """Steps 2 and 3 reach the recording policies of a real Agent (gateway.app), and
+    step 0 gives the configured sampling back; critical events are not touched."""
+    from config import BufferConfig, CanConfig, GpsConfig, MqttConfig, TruckConfig  # noqa: PLC0415
+    from gateway.app import Agent  # noqa: PLC0415
+
+    cfg = TruckConfig(truck_id="t1", mqtt=MqttConfig(host="broker.invalid"),
+                      gps=GpsConfig(port=str(tmp_path / "gps")),
+                      can=CanConfig(interface="virtual", channel="budget"),
+                      buffer=BufferConfig(path=tmp_path / "buffer.db"))
+    assert cfg.gps is not None and cfg.can is not None
+    agent = Agent(cfg)
+    gps0, can0 = cfg.gps.sampling, cfg.can.sampling
+    assert agent.ingest.gps_sampling == gps0 and agent.ingest.can_sampling == can0
+    agent.budget_step(1)  # the longer linger only: recording unchanged
+    assert agent.ingest.gps_sampling == gps0 and agent.ingest.can_sampling == can0
+    agent.budget_step(2)
+    assert agent.ingest.gps_sampling == degraded_gps(gps0, 2) != gps0
+    assert agent.ingest.can_sampling == can0
+    agent.budget_step(3)
+    assert agent.ingest.gps_sampling == degraded_gps(gps0, 3)
+    assert agent.ingest.can_sampling == degraded_can(can0, 3) != can0
+    agent.budget_step(0)
+    assert agent.ingest.gps_sampling == gps0 and agent.ingest.can_sampling == can0

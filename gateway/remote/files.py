@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from buffer.recovery import fsync_dir
 from gateway.remote.rollback import State
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,6 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None,
         time.sleep(hold_s)
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_of(path: Path) -> str | None:

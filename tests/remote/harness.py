@@ -24,7 +24,7 @@ from sim.gateway_proc import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-"  # + user name
-#: The ACL of docs/remote.md, word for word (tests/remote/test_remote_agent.py checks it).
+#: The ACL of docs/remote.md, word for word (test_remote_commands.py checks it).
 ACL = """\
 # fleet operators
 user ops
@@ -174,6 +174,8 @@ class Observer:
         self.client.username_pw_set(user, PASSWORD + user)
         self.lock = threading.Lock()
         self.messages: list[tuple[str, bytes, bool]] = []
+        #: (topic, MQTT 5 Correlation Data) of every message, in arrival order
+        self.correlations: list[tuple[str, bytes | None]] = []
         self.pubacks: dict[int, int] = {}
         sub = threading.Event()
         self.client.on_message = self._on_message
@@ -189,6 +191,8 @@ class Observer:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+            self.correlations.append((msg.topic, None if corr is None else bytes(corr)))
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         with self.lock:
@@ -203,13 +207,14 @@ class Observer:
             return out
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                expiry_s: int | None = None, response_topic: str | None = None) -> int:
+                expiry_s: int | None = None, response_topic: str | None = None,
+                correlation: bytes = b"corr") -> int:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if expiry_s is not None:
             props.MessageExpiryInterval = expiry_s
         if response_topic is not None:
             props.ResponseTopic = response_topic
-            props.CorrelationData = b"corr"
+            props.CorrelationData = correlation
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         info.wait_for_publish(10)
         return info.mid

@@ -90,3 +90,51 @@ async def test_store_takes_new_ttls(tmp_path: Path) -> None:
         assert await store.expire_now() == 1
     finally:
         await store.close()
+
+
+def test_delivery_takes_a_new_live_share_for_the_next_lease() -> None:
+    """``live_share`` is live: from all-live to 0 the next lease is the backlog's, and
+    back; the messages in flight stay as they were."""
+    from buffer.api import Lane  # noqa: PLC0415
+    from tests.uplink.test_delivery import batch, connected, lease, publish  # noqa: PLC0415
+
+    def share(x: float) -> MqttConfig:
+        return MqttConfig(host="broker.example", encoding="json", live_share=x)
+
+    d = connected(live_share=1.0)
+    for mid in (1, 2):  # all live: the backlog gets no slot
+        le = lease(d)
+        assert le.lane is Lane.LIVE
+        d.leased(le.lane, batch(le.lane, range(mid * 10, mid * 10 + 3)))
+        d.sent(publish(d), mid, 0.0)
+    d.reconfigure(share(0.0), 0.0)
+    le = lease(d)
+    assert le.lane is Lane.BACKFILL
+    d.leased(le.lane, batch(le.lane, range(1, 4)))
+    d.sent(publish(d), 3, 0.0)
+    d.reconfigure(share(1.0), 0.0)
+    assert lease(d).lane is Lane.LIVE
+    assert all(d.in_flight(mid) for mid in (1, 2, 3))
+    assert all(d.puback(mid, 0, 0.1) for mid in (1, 2, 3))
+
+
+def test_the_agent_takes_a_new_log_level_and_gives_it_back(tmp_path: Path) -> None:
+    """``[log] level`` is live: a pushed level reaches the root logger of a real Agent."""
+    import logging  # noqa: PLC0415
+
+    from config import LogConfig, TruckConfig  # noqa: PLC0415
+    from gateway.app import Agent  # noqa: PLC0415
+
+    cfg = TruckConfig(truck_id="t1", mqtt=MqttConfig(host="broker.invalid"),
+                      buffer=BufferConfig(path=tmp_path / "buffer.db"))
+    root = logging.getLogger()
+    before = root.level
+    agent = Agent(cfg)
+    try:
+        agent.apply_live(dataclasses.replace(cfg, log=LogConfig(level="debug")))
+        assert root.level == logging.DEBUG
+        assert agent.cfg.log.level == "debug"
+        agent.apply_live(dataclasses.replace(cfg, log=LogConfig(level="error")))
+        assert root.level == logging.ERROR
+    finally:
+        root.setLevel(before)

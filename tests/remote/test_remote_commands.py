@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -12,8 +15,12 @@ from typing import Any
 
 import pytest
 
+from drivers.can import REQUEST_SA
+from drivers.j1939 import GLOBAL, PGN_REQUEST, make_id
 from gateway.remote.wire import sign
-from sim.broker import Mosquitto
+from sim.broker import Mosquitto, free_port
+from sim.j1939_out import Frame
+from sim.slcan_adapter import SlcanPtyAdapter
 from tests.remote.harness import (
     ACL,
     Observer,
@@ -95,6 +102,87 @@ def test_commands_and_exit_codes(agent: Any, tmp_path: Path) -> None:
     proc = fleet(broker, tmp_path, "cmd", "NO-SUCH-TRUCK", "ping", "--timeout", "2")
     assert proc.returncode == 4
     assert gw.running
+
+
+def test_the_fleet_cli_exit_codes_for_bad_input_and_no_broker(agent: Any,
+                                                              tmp_path: Path) -> None:
+    """66: the file cannot be read; 69: no broker there, or it refused us; 2: usage."""
+    broker, gw, _obs = agent
+    proc = fleet(broker, tmp_path, "config", "push", TRUCK, str(tmp_path / "nope.toml"))
+    assert proc.returncode == 66, proc.stderr
+    assert "nope.toml" in proc.stderr
+    proc = fleet(broker, tmp_path, "cmd", TRUCK, "ping", user="stranger")  # not a user
+    assert proc.returncode == 69, (proc.stdout, proc.stderr)
+    proc = fleet(broker, tmp_path, "cmd", TRUCK, "set_log_level", "level")  # no KEY=VALUE
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    cmd = [sys.executable, "-m", "gateway.cli", "fleet", "--host", "127.0.0.1",
+           "--port", str(free_port()), "cmd", TRUCK, "ping", "--timeout", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 69, (proc.stdout, proc.stderr)
+    proc = fleet(broker, tmp_path, "cmd", TRUCK, "request_pgn", "pgn=65260")  # no [can]
+    assert (proc.returncode, reply(proc)["code"]) == (1, 503)
+    assert gw.running
+
+
+def test_a_reply_carries_the_correlation_data_of_its_request(agent: Any) -> None:
+    """MQTT 5 request/response: each reply echoes its request's Correlation Data."""
+    _broker, gw, obs = agent
+    for i in range(3):
+        obs.publish(f"fleet/{TRUCK}/cmd", json.dumps(
+            {"request_id": f"corr-{i}", "name": "ping"}).encode(),
+            response_topic=RES, correlation=f"c-{i}".encode())
+    wait_for("three replies", lambda: len(obs.docs(RES)) == 3, 20, gw)
+    with obs.lock:
+        corr = [c for t, c in obs.correlations if t == RES]
+    ids = [d["request_id"] for d in obs.docs(RES)]
+    assert sorted(zip(ids, corr, strict=True)) == [
+        (f"corr-{i}", f"c-{i}".encode()) for i in range(3)]
+
+
+def test_request_pgn_puts_one_j1939_request_on_the_bus(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    """A truck that may transmit (``listen_only = false``): the command queues one
+    Request (PGN 59904) for the PGN asked, seen by the CAN adapter (slcan over a pty)."""
+    broker = mosquitto_factory(broker_conf(tmp_path, (TRUCK,)))
+    sent: list[Frame] = []
+    adapter = SlcanPtyAdapter(tmp_path / "can0", on_transmit=sent.append)
+    stop = threading.Event()
+
+    def pump() -> None:  # answer the agent's slcan commands; bounded to 2 minutes
+        for _ in range(6000):
+            if stop.wait(0.02):
+                return
+            adapter.poll()
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    can = (f'[can]\ninterface = "slcan"\nchannel = "{adapter.channel}"\n'
+           "bitrate = 250000\nlisten_only = false\nrequest_interval_s = 0\n")
+    gw = start_agent(tmp_path, TRUCK, agent_config(tmp_path, TRUCK, broker, sections=can))
+    obs = Observer(broker, tmp_path)
+    try:
+        wait_for("the first report", reported(obs, TRUCK), 30, gw)
+        wait_for("the CAN channel open", lambda: (gw.state().get("can") or {}).get("state")
+                 in ("active", "silent"), 30, gw)
+        assert sent == []  # request_interval_s = 0: no periodic requests
+        proc = fleet(broker, tmp_path, "cmd", TRUCK, "request_pgn", "pgn=65260")
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        assert reply(proc)["body"] == {"requested": 65260}
+        wait_for("the Request on the bus", lambda: sent, 10, gw)
+        want = make_id(PGN_REQUEST, REQUEST_SA, da=GLOBAL, priority=6)
+        assert [(f.arbitration_id, bytes(f.data)) for f in sent] == [
+            (want, bytes([0xEC, 0xFE, 0x00]))]  # PGN 65260 little-endian
+        proc = fleet(broker, tmp_path, "cmd", TRUCK, "request_pgn", "pgn=300000")
+        assert (proc.returncode, reply(proc)["code"]) == (3, 400)
+        time.sleep(0.5)
+        assert len(sent) == 1
+    finally:
+        stop.set()
+        pumper.join(5)
+        obs.close()
+        gw.stop()
+        adapter.close()
 
 
 def test_request_pgn_is_refused_while_listen_only(

@@ -121,7 +121,7 @@ prune_venvs() {  # keep the newest $KEEP_VENVS, never the current one
     # shellcheck disable=SC2012  # stamps are <version>-<UTC time>: no odd characters
     ls -1t "$ROOT$PREFIX/venvs" | tail -n +"$((KEEP_VENVS + 1))" | while read -r old; do
         [ "$old" = "$keep" ] && continue
-        rm -rf "${ROOT:?}${PREFIX:?}/venvs/${old:?}"
+        rm -rf "${ROOT}${PREFIX:?}/venvs/${old:?}"
         say "removed old virtualenv venvs/$old"
     done
 }
@@ -254,7 +254,7 @@ do_install() {
     fi
     # the layout before venvs/: removed only once the new version is in place
     if [ -d "$ROOT$PREFIX/venv" ] && [ ! -L "$ROOT$PREFIX/venv" ]; then
-        rm -rf "${ROOT:?}${PREFIX:?}/venv"
+        rm -rf "${ROOT}${PREFIX:?}/venv"
         say "removed the old $PREFIX/venv"
     fi
     prune_venvs
@@ -300,7 +300,7 @@ do_uninstall() {
     done
     if [ -z "$ROOT" ]; then sysctl daemon-reload; fi
     if [ -L "$ROOT$BINDIR/truckgw" ]; then rm -f "$ROOT$BINDIR/truckgw"; fi
-    rm -rf "${ROOT:?}${PREFIX:?}"
+    rm -rf "${ROOT}${PREFIX:?}"
     say "removed $PREFIX and $BINDIR/truckgw"
     if [ "$PURGE" = 1 ]; then
         rm -rf "${ROOT}${CONF_DIR:?}" "${ROOT}${STATE_DIR:?}"

@@ -31,6 +31,22 @@ from tests.service.install_env import (
     venvs,
 )
 
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
+
+def test_no_script_needs_root_to_be_set() -> None:
+    """``ROOT`` is empty on a real truck (the tests set it to a throwaway root), so
+    ``${ROOT:?}`` would abort there under ``set -u``: it did, in ``--uninstall`` (which
+    then left /opt/truckgw behind and never purged) and in the pruning of old venvs."""
+    for script in (*sorted((ROOT_DIR / "systemd").glob("*.sh")),
+                   *sorted((ROOT_DIR / "deploy").glob("*.sh"))):
+        text = script.read_text()
+        assert "${ROOT:?" not in text, script
+        assert "${ROOT?" not in text, script
+    out = subprocess.run(["sh", "-euc", 'ROOT=; PREFIX=/opt/x; echo "${ROOT}${PREFIX:?}"'],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == "/opt/x\n"
+
 
 @pytest.mark.slow
 def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:

@@ -5,7 +5,9 @@ so every ``(truck_id, stream)`` is accounted on its own. From what the database 
 about one stream: the islands of stored seqs, its ``seq_gap`` notices and the latest
 status that named it, compute
 
-- ``missing``: seqs between the lowest and the highest stored one that are not stored;
+- ``missing``: seqs below the highest stored one that are not stored, from seq 1 (every
+  numbering starts there, docs/wire-format.md "Stream"), so a stream whose first events
+  never arrived is not taken for complete;
 - ``announced``: those inside a ``seq_gap`` range (never sent: not a loss);
 - ``by_counters``: once the truck reported ``pending == 0``, the rest up to the number the
   status counts as ``evicted`` + ``expired`` (dropped on the truck, counted not listed);
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 Range = tuple[int, int]
+
+#: The first seq of every stream (a new buffer numbers from here).
+FIRST_SEQ = 1
 
 
 class GapState(enum.Enum):
@@ -173,7 +178,8 @@ def overlap(ranges: list[Range], others: list[Range]) -> int:
 def account(inp: GapInput) -> GapReport:
     """The :class:`GapReport` of one truck's stream."""
     islands = merge(inp.islands)
-    gaps = [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(islands)]
+    gaps = [(FIRST_SEQ, islands[0][0] - 1)] if islands and islands[0][0] > FIRST_SEQ else []
+    gaps += [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(islands)]
     missing = sum(hi - lo + 1 for lo, hi in gaps)
     announced = overlap(gaps, merge(inp.notices))
     final = inp.superseded or (inp.counters is not None and inp.counters.pending == 0)

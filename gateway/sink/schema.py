@@ -59,14 +59,17 @@ WHERE newest = 1 ORDER BY ts, seq
 TS_MIN: Final = -(2**63)
 TS_MAX: Final = 2**63 - 1
 
-#: The view of missing ranges between stored seqs of one stream (same text in both
-#: dialects; ``stream`` last, so that PostgreSQL can replace the view of older sinks).
+#: The view of missing ranges of one stream: below its lowest stored seq (from seq 1, where
+#: every numbering starts) and between stored seqs (same text in both dialects; ``stream``
+#: last, so that PostgreSQL can replace the view of older sinks).
 SEQ_GAPS_VIEW: Final = """
 CREATE VIEW seq_gaps AS
 SELECT truck_id, seq + 1 AS first_missing, next_seq - 1 AS last_missing, stream FROM (
   SELECT truck_id, stream, seq,
          lead(seq) OVER (PARTITION BY truck_id, stream ORDER BY seq) AS next_seq
   FROM events
+  UNION ALL
+  SELECT truck_id, stream, 0 AS seq, min(seq) AS next_seq FROM events GROUP BY truck_id, stream
 ) AS neighbours
 WHERE next_seq > seq + 1
 """

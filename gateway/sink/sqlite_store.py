@@ -113,8 +113,10 @@ def _migrate(db: sqlite3.Connection) -> None:
 class SqliteSinkStore:
     """A :class:`~gateway.sink.base.SinkStore` in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
+        #: ``synchronous=FULL`` (True) or ``NORMAL`` (``?synchronous=normal`` in the URL)
+        self.durable = durable
         self._db: sqlite3.Connection | None = None
 
     def __repr__(self) -> str:
@@ -131,13 +133,15 @@ class SqliteSinkStore:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                  timeout=BUSY_TIMEOUT_MS / 1000)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never torn
+            # FULL: each commit is on disk before the PUBACK that follows it; NORMAL (WAL)
+            # is never torn either, but a power cut may take the latest acked commits
+            db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             db.execute("BEGIN IMMEDIATE")
             _migrate(db)
             for stmt in DDL:
                 db.execute(stmt)
-            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'seq_gaps'").fetchone():
-                db.execute(schema.SEQ_GAPS_VIEW)
+            db.execute("DROP VIEW IF EXISTS seq_gaps")  # a view of an older sink: made anew
+            db.execute(schema.SEQ_GAPS_VIEW)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise SinkStoreUnavailableError(f"sqlite {self.path}: {exc}") from exc

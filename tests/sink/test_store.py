@@ -89,6 +89,28 @@ def test_views_latest_state_faults_status_and_gaps(store: SinkStore, db_url: str
     assert store.gap_inputs("nobody") == []
 
 
+def test_a_stream_whose_first_events_never_arrived_is_not_complete(
+        store: SinkStore, db_url: str) -> None:
+    """Every numbering starts at seq 1: seqs below the lowest stored one are missing too
+    (docs/wire-format.md: "missing seq below the highest seen"), unless announced."""
+    store.write(msg("T1", *(gps(s, 100 + s, 48.0) for s in (4, 5, 7))))
+    store.write(status("T1", state="online", ts=60, pending=0))
+    assert query(db_url, "SELECT first_missing, last_missing FROM seq_gaps ORDER BY 1") == [
+        (1, 3), (6, 6)]
+    [r] = [account(i) for i in store.gap_inputs("T1")]
+    assert (r.state, r.first, r.missing, r.unexplained, r.gaps) == (
+        GapState.FINAL, 4, 4, 4, ((1, 3), (6, 6)))
+    # a truck that announced its oldest seqs (evicted before it could send them)
+    store.write(msg("T2", {"seq": 4, "ts": 1, "type": "seq_gap", "first": 1, "last": 3,
+                           "reason": "evicted"}, gps(5, 2, 48.0)))
+    store.write(status("T2", state="online", ts=60, pending=0))
+    [r] = [account(i) for i in store.gap_inputs("T2")]
+    assert (r.missing, r.announced, r.unexplained) == (3, 3, 0)
+    # a stream that starts at seq 1 has nothing missing below it
+    store.write(msg("T3", gps(1, 1, 48.0), gps(2, 2, 48.0)))
+    assert query(db_url, "SELECT count(*) FROM seq_gaps WHERE truck_id = 'T3'") == [(0,)]
+
+
 def test_quarantine_keeps_topic_reason_and_payload(store: SinkStore, db_url: str) -> None:
     bad = classify("fleet/T1/events", b"\x00\x01", None, 5)
     assert isinstance(bad, Quarantined)

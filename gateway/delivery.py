@@ -408,12 +408,23 @@ class Delivery:
         lease_bytes = max(256, int(self.max_payload_bytes * LEASE_BYTES_SHARE))
         return min(LINGER_FULL_BYTES, lease_bytes // 2)
 
-    def sent(self, pub: Publish, mid: int, now: float) -> Release | None:
+    def sent(self, pub: Publish, mid: int, now: float) -> list[Action]:
         """paho accepted ``pub`` as packet ``mid``: it is in flight. A Release if the
-        connection ended meanwhile (paho reports a broken socket from inside publish)."""
+        connection ended meanwhile (paho reports a broken socket from inside publish).
+
+        paho does not check that an id it hands out is free (its ids wrap at 65535): if
+        ``mid`` is still in flight, a PUBACK for it could no longer be told apart from
+        the new message's, so the connection ends here and everything unacknowledged,
+        both of these included, goes again on a new one (a new client, fresh ids)."""
         if self.state is not UplinkState.CONNECTED:
             self._n.released_events += len(pub.seqs)
-            return Release(pub.seqs)
+            return [Release(pub.seqs)]
+        if mid in self._flights:
+            self._outbox.appendleft(pub)
+            self.last_error = f"packet id {mid} handed out again while still in flight"
+            log.error("uplink: %s; reconnecting, nothing unacknowledged is lost",
+                      self.last_error)
+            return self._end(now, self.last_error, prompt=True)
         self._flights[mid] = _Flight(pub.seqs, pub.lane, len(pub.payload),
                                      now + self._m.publish_timeout_s)
         if pub.lane is Lane.LIVE:
@@ -427,7 +438,7 @@ class Delivery:
         n.published_events += len(pub.seqs)
         n.published_bytes += len(pub.payload)
         self._last_publish_at = now
-        return None
+        return []
 
     def publish_failed(self, pub: Publish, now: float, reason: str) -> list[Action]:
         """paho could not even queue ``pub``: the connection is unusable."""
@@ -436,9 +447,18 @@ class Delivery:
         return self._end(now, self.last_error)
 
     def status_sent(self, mid: int, nbytes: int, now: float) -> None:
-        """A status message went as packet ``mid`` (not part of the event window)."""
-        if self.state is UplinkState.CONNECTED:
-            self._flights[mid] = _Flight((), None, nbytes, now + self._m.publish_timeout_s)
+        """A status message went as packet ``mid`` (not part of the event window); an id
+        still in flight ends the connection as in :meth:`sent` (its actions come with
+        the next :meth:`tick`)."""
+        if self.state is not UplinkState.CONNECTED:
+            return
+        if mid in self._flights:
+            self.last_error = f"packet id {mid} handed out again while still in flight"
+            log.error("uplink: %s; reconnecting, nothing unacknowledged is lost",
+                      self.last_error)
+            self._side.extend(self._end(now, self.last_error, prompt=True))
+            return
+        self._flights[mid] = _Flight((), None, nbytes, now + self._m.publish_timeout_s)
 
     # ---------------------------------------------------------------- broker answers
 

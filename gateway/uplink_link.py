@@ -351,9 +351,11 @@ class Link:
                 if info.rc != _OK:
                     self._do(core.publish_failed(act, now, mqtt.error_string(info.rc)))
                     return
-                late = core.sent(act, info.mid, now)
-                if late is not None:
-                    self._do([late])
+                after = core.sent(act, info.mid, now)
+                if after:
+                    self._do(after)
+                    if core.state is not UplinkState.CONNECTED:
+                        return
             elif isinstance(act, Lease):
                 await self._lease_batch(act)
             else:  # Wait: the bandwidth cap

@@ -80,7 +80,7 @@ def send_one(d: Delivery, seqs: range | list[int], mid: int, now: float = 0.0) -
     le = lease(d, now)
     assert d.leased(le.lane, batch(le.lane, seqs)) == []
     pub = publish(d, now)
-    assert d.sent(pub, mid, now) is None
+    assert d.sent(pub, mid, now) == []
     return pub
 
 
@@ -226,7 +226,30 @@ def test_a_publish_after_the_connection_died_is_released() -> None:
     d.leased(le.lane, batch(le.lane, [1, 2]))
     pub = publish(d)
     d.disconnected(0.0, 0, "gone")  # paho noticed inside publish()
-    assert d.sent(pub, 1, 0.0) == Release((1, 2))
+    assert d.sent(pub, 1, 0.0) == [Release((1, 2))]
+
+
+def test_a_packet_id_handed_out_again_while_in_flight_ends_the_connection() -> None:
+    """paho wraps its ids at 65535 without checking which are free: a PUBACK for a reused
+    id could belong to either message, so neither may be acked by it. Everything
+    unacknowledged goes back and the link is made anew (fresh ids), not a lease stuck."""
+    d = connected()
+    send_one(d, [1, 2], mid=7)
+    send_one(d, [3], mid=8)
+    le = lease(d)
+    d.leased(le.lane, batch(le.lane, [4, 5]))
+    acts = d.sent(publish(d), 7, 0.0)
+    assert released(acts) == [1, 2, 3, 4, 5]
+    again = reconnect(acts)
+    assert isinstance(again, Reconnect) and "packet id 7" in again.reason
+    assert d.state is not UplinkState.CONNECTED
+    assert d.puback(7, 0, 0.1) == [] and d.puback(8, 0, 0.1) == []  # acks nothing now
+    # a status message on an id still in flight: the same, with the next tick
+    d = connected()
+    send_one(d, [1], mid=3)
+    d.status_sent(3, 100, 0.0)
+    acts = d.tick(0.5, 0.5)
+    assert released(acts) == [1] and isinstance(reconnect(acts), Reconnect)
 
 
 def test_lease_completing_after_the_end_is_released() -> None:
@@ -564,7 +587,7 @@ def test_link_drop_with_a_lone_big_event_in_flight_dead_letters_it_without_backo
     assert d.leased(le.lane, Batch(le.lane, (poison,))) == []
     big = publish(d)
     assert len(big.payload) > 8192 and big.seqs == (5,)
-    assert d.sent(big, 2, 0.0) is None
+    assert d.sent(big, 2, 0.0) == []
     acts = d.disconnected(1.0, 0x82, "protocol error")
     assert [a for a in acts if isinstance(a, DeadLetter)] == [DeadLetter((5,))]
     assert released(acts) == list(small.seqs)
@@ -589,7 +612,7 @@ def test_size_refusals_converge_within_a_few_attempts_without_backoff() -> None:
         pubs = []
         while isinstance(act := d.poll(now), Publish):
             pubs.append(act)
-            assert d.sent(act, len(pubs), now) is None
+            assert d.sent(act, len(pubs), now) == []
         too_big = [p for p in pubs if len(p.payload) > limit]
         if too_big:
             drops += 1
@@ -631,7 +654,7 @@ def test_a_broker_restarted_with_a_lower_limit_is_not_judged_by_its_predecessor(
                          b'{"ts":1,"type":"dtc","x":"' + b"a" * 6000 + b'"}')
     assert d.leased(le.lane, Batch(le.lane, (poison,))) == []
     pub = publish(d, 2.0)
-    assert d.sent(pub, 1, 2.0) is None
+    assert d.sent(pub, 1, 2.0) == []
     acts = d.disconnected(2.5, 0x82, "protocol error")
     assert [a for a in acts if isinstance(a, DeadLetter)] == [DeadLetter((400,))]
     assert reconnect(acts).after_s == 1.0

@@ -10,6 +10,13 @@ rename, fsync directory), that records a *reservation*: no seq above ``reserved`
 ever handed out before the mark saying so is durable. It lets seq continue above every
 value ever issued even when the database is lost, quarantined, or (in ``normal``
 durability) lost its last commits in a power cut.
+
+On a filesystem full to the last block the temporary cannot be created. The mark is
+always written as :data:`MARK_BYTES` bytes with a checksum, so it is then overwritten in
+place instead (no new block needed) and fsynced: a mark that says "seqs up to N were
+handed out" must get to disk exactly when the disk is full, because that is when events
+are given up (dropped and counted) and a later start must not hand their numbers out
+again. A torn in-place write fails its checksum and is ignored like a missing mark.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +47,8 @@ _T = TypeVar("_T")
 
 #: Seqs reserved per durable mark update: one tiny fsync per this many events.
 SEQ_RESERVE_BLOCK = 100_000
+#: Size of every seq mark written (padded), so that it can be overwritten in place.
+MARK_BYTES = 256
 QUARANTINE_INFIX = ".corrupt-"
 #: How long an open waits for another process holding the file before giving up.
 LOCK_TIMEOUT_S = 2.0
@@ -61,38 +71,85 @@ def mark_path(db: Path) -> Path:
     return db.with_name(db.name + ".seq")
 
 
+def _mark_fields(mark: SeqMark) -> dict[str, object]:
+    return {"reserved": mark.reserved, "clean": mark.clean, "full": mark.full,
+            "stream": mark.stream}
+
+
+def _mark_sum(fields: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_mark(mark: SeqMark) -> bytes:
+    """The mark's bytes: JSON with a checksum, padded with spaces to :data:`MARK_BYTES`."""
+    fields = _mark_fields(mark)
+    data = json.dumps({**fields, "sum": _mark_sum(fields)}).encode()
+    if len(data) > MARK_BYTES:  # pragma: no cover - four numbers cannot get this long
+        raise ValueError(f"seq mark of {len(data)} bytes > {MARK_BYTES}")
+    return data.ljust(MARK_BYTES, b" ")
+
+
 def read_mark(path: Path) -> SeqMark | None:
     """The seq mark, or None if absent or unreadable (logged)."""
     try:
         obj = json.loads(path.read_bytes())
-        return SeqMark(int(obj["reserved"]), bool(obj["clean"]), bool(obj["full"]),
+        mark = SeqMark(int(obj["reserved"]), bool(obj["clean"]), bool(obj["full"]),
                        int(obj.get("stream", 0)))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("buffer: seq mark %s unreadable (%s); ignoring it", path, exc)
         return None
+    if "sum" in obj and obj["sum"] != _mark_sum(_mark_fields(mark)):
+        log.warning("buffer: seq mark %s fails its checksum (a torn in-place write); "
+                    "ignoring it", path)
+        return None
+    return mark
 
 
 def write_mark(path: Path, mark: SeqMark) -> None:
-    """Durably replace the seq mark (blocking: call from a worker thread)."""
+    """Durably replace the seq mark (blocking: call from a worker thread): a temporary
+    renamed over it, or, on a full filesystem, an overwrite in place (module doc)."""
     tmp = path.with_name(path.name + ".tmp")
-    data = json.dumps({"reserved": mark.reserved, "clean": mark.clean, "full": mark.full,
-                       "stream": mark.stream})
+    data = encode_mark(mark)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            if os.write(fd, data.encode()) != len(data):
+            if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, "short write")
             os.fsync(fd)
         finally:
             os.close(fd)
         tmp.replace(path)
-    except OSError:
+    except OSError as exc:
         with contextlib.suppress(OSError):  # never leave a half-written mark behind
             tmp.unlink()
-        raise
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite_in_place(
+                path, data):
+            raise
+        log.warning("buffer: filesystem full: seq mark %s overwritten in place", path)
+        return
     fsync_dir(path.parent)
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Write ``data`` over the blocks ``path`` already has; False if it has too few
+    (a mark of an older agent, or none: that would need a new block)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_size < len(data):
+            return False
+        if os.pwrite(fd, data, 0) != len(data):
+            return False
+        os.fsync(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def fsync_dir(folder: Path) -> None:

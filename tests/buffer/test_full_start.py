@@ -12,19 +12,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from buffer.api import Lane
 from buffer.store import SqliteStore
 from config import BufferConfig
-from config.events import Event
+from config.events import Event, decode_body
 from gateway.health import read_state
 from tests.buffer.test_salvage import _after, _check, _leaves, _rows, _smash
 from tests.service.agent_env import Inputs, free_port, reaped, start_agent, truck_toml, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 FS_BYTES = 8 * 2**20
 MAX_BYTES = 4 * 2**20
 
@@ -173,3 +176,59 @@ async def test_stale_temporaries_are_removed_at_open(tmp_path: Path) -> None:
     async with await SqliteStore.open(cfg) as store:
         assert (await store.stats()).pending == 1
     assert [n for n in stale if (tmp_path / n).exists()] == []
+
+
+def run_until_dropped(db: Path, durability: str) -> tuple[list[int], list[int]]:
+    """tests/buffer/full_kill_writer.py until it dropped events, then SIGKILL: the seqs
+    it was given, durable and dropped."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.buffer.full_kill_writer", str(db), durability],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    issued: list[int] = []
+    dropped: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for _ in range(200_000):  # bounded; the child stops after 200 drops or 40,000 events
+            line = proc.stdout.readline()
+            if not line or line == "DROPPED\n":
+                break
+            kind, seq = line.split()
+            (dropped if kind == "D" else issued).append(int(seq))
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return issued, dropped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["full", "normal"])
+async def test_seqs_given_up_on_a_full_disk_are_never_reused_after_a_kill(
+    small_fs: Path, durability: str,
+) -> None:
+    """Events dropped because the filesystem is full to the last block, then kill -9:
+    the next start hands none of their numbers out again, and each is announced or
+    counted. (The seq mark cannot be replaced then; it is overwritten in place.)"""
+    db = small_fs / "buf.db"
+    issued, dropped = run_until_dropped(db, durability)
+    assert dropped, "the filesystem never filled up: nothing was dropped"
+    (small_fs / "other-program.bin").unlink()
+    cfg = BufferConfig(path=db, durability="full" if durability == "full" else "normal",
+                       commit_interval_ms=5, max_bytes=4 * 2**20)
+    async with await SqliteStore.open(cfg) as store:
+        st = await store.stats()
+        ranges: list[tuple[int, int]] = []
+        for _ in range(10_000):
+            batch = await store.lease(Lane.BACKFILL, 500, 10**9)
+            if batch is None:
+                break
+            for e in batch.events:
+                body = decode_body(e.body)
+                if body["type"] == "seq_gap":
+                    ranges.append((int(body["first"]), int(body["last"])))
+        seq = await store.append(Event("gps", 1, {"after": True}))
+    assert seq > max(issued + dropped), "a number handed out before the kill is reused"
+    silent = [s for s in dropped if not any(a <= s <= b for a, b in ranges)]
+    assert len(silent) <= sum(st.evicted_by_class.values()), (
+        f"{len(silent)} dropped seqs neither announced nor counted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -141,6 +142,31 @@ def test_postgres_outage_raises_unavailable_then_recovers(
         store.close()
 
 
+def test_a_locked_sqlite_file_is_an_outage_then_recovers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holding the file's write lock past the busy timeout: the write
+    fails as unavailable (the consumer stops acking), and works once the lock is gone."""
+    import gateway.sink.sqlite_store as sqlite_store  # noqa: PLC0415
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 200)
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    store = open_store(url)
+    try:
+        assert store.write(msg("T1", gps(1, 100, 48.0))) == 1
+        other = sqlite3.connect(tmp_path / "fleet.db", isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(SinkStoreUnavailableError, match="locked"):
+                store.write(msg("T1", gps(2, 200, 48.0)))
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert store.write(msg("T1", gps(2, 200, 48.0))) == 1
+        assert store.count_events() == 2
+    finally:
+        store.close()
+
+
 def test_postgres_refusing_one_message_is_a_rejection_not_an_outage(pg_url: str) -> None:
     store = open_store(pg_url)
     try:
@@ -157,3 +183,28 @@ def test_unknown_url_is_a_config_error() -> None:
         open_store("mysql://x")
     with pytest.raises(SinkStoreConfigError):
         open_store("sqlite:///")
+
+
+def plan(db_url: str, sql: str) -> str:
+    """The query plan of ``sql`` as one string (PostgreSQL with sequential scans off, so
+    that a table of a few rows still shows whether an index can serve the query)."""
+    if db_url.startswith("sqlite:///"):
+        return " | ".join(str(r[-1]) for r in query(db_url, "EXPLAIN QUERY PLAN " + sql))
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        return " | ".join(str(r[0]) for r in conn.execute("EXPLAIN " + sql))
+
+
+def test_the_fleet_queries_are_served_by_their_indexes(store: SinkStore, db_url: str) -> None:
+    """"Latest position per truck" and "events of a truck in a time range" (docs/sink.md)
+    read an index, not the whole events table."""
+    store.write(msg("T1", *(gps(s, 100 * s, 48.0) for s in range(1, 20))))
+    store.write(msg("T2", gps(1, 150, 49.0)))
+    ranged = plan(db_url, "SELECT seq, ts, type FROM events WHERE truck_id = 'T1' "
+                          "AND ts >= 300 AND ts <= 900 ORDER BY ts")
+    assert "events_truck_ts" in ranged, ranged
+    latest = plan(db_url, "SELECT * FROM latest_position")
+    index = "events_truck_type_ts" if db_url.startswith("sqlite") else "events_latest_gps"
+    assert index in latest, latest
+    assert query(db_url, "SELECT truck_id, seq FROM latest_position ORDER BY 1") == [
+        ("T1", 19), ("T2", 1)]

@@ -10,9 +10,13 @@ Rules:
 - Every error names the file, the dotted key path and the reason; all errors of a
   file are collected and raised together as one :class:`~config.errors.ConfigError`.
 - Relative paths resolve against the folder of the config file.
-- A secret file (``mqtt.password_file``, ``mqtt.tls.key_file``) must be readable by
-  whoever loads the config (the service user: install it 0640 root:truckgw); a file
-  that cannot be read is an error, one readable by others (world) a warning.
+- A secret file (``mqtt.password_file``, ``mqtt.tls.key_file``, ``remote.key_file``)
+  belongs to the service user alone: owned by ``truckgw``, mode 0600 (the one rule,
+  docs/raspberry-pi.md). It must be readable by whoever runs the agent (a file that
+  cannot be read is an error); one readable by its group or by others is a warning,
+  because the group ``truckgw`` is also how administrators read the status.
+  ``truckgw status`` loads the config with ``read_secrets=False``: it needs no secret,
+  so it only checks that they exist.
 - A password without ``[mqtt.tls]`` is an error unless ``mqtt.allow_insecure_password``;
   MQTT 3.1.1 and a port that contradicts the TLS setting (8883 without TLS, TLS on
   1883) are warnings.
@@ -66,9 +70,11 @@ def load_config(path: str | os.PathLike[str]) -> TruckConfig:
     return cfg
 
 
-def check_config(path: str | os.PathLike[str]) -> tuple[TruckConfig, tuple[str, ...]]:
+def check_config(path: str | os.PathLike[str], *, read_secrets: bool = True
+                 ) -> tuple[TruckConfig, tuple[str, ...]]:
     """Like :func:`load_config` but returns the warnings (``file: key: reason``) instead
-    of logging them (``truckgw check-config`` prints them)."""
+    of logging them (``truckgw check-config`` prints them). ``read_secrets=False``: the
+    secret files must exist, not be readable (for a reader of the status)."""
     p = Path(path)
     name = str(path)
     try:
@@ -82,7 +88,7 @@ def check_config(path: str | os.PathLike[str]) -> tuple[TruckConfig, tuple[str, 
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message carries "(at line N, column M)"
         raise ConfigError([(name, "", f"TOML syntax error: {exc}")]) from exc
-    return check_parsed(data, source=p, name=name)
+    return check_parsed(data, source=p, name=name, read_secrets=read_secrets)
 
 
 def parse_config(
@@ -97,10 +103,12 @@ def parse_config(
 
 
 def check_parsed(
-    data: Mapping[str, Any], *, source: Path | None = None, name: str = "<config>"
+    data: Mapping[str, Any], *, source: Path | None = None, name: str = "<config>",
+    read_secrets: bool = True,
 ) -> tuple[TruckConfig, tuple[str, ...]]:
     """Validate an already-parsed TOML document; return it with its warnings."""
-    ctx = _Ctx(name=name, base=source.parent if source else Path.cwd())
+    ctx = _Ctx(name=name, base=source.parent if source else Path.cwd(),
+               read_secrets=read_secrets)
     cfg: TruckConfig | None = ctx.build(TruckConfig, data, "")
     if ctx.problems or cfg is None:
         _cross_check_the_rest(data, ctx)
@@ -303,9 +311,10 @@ def _mqtt_failover(cfg: TruckConfig, ctx: _Ctx) -> None:
 class _Ctx:
     """Collects problems while walking the schema."""
 
-    def __init__(self, name: str, base: Path) -> None:
+    def __init__(self, name: str, base: Path, *, read_secrets: bool = True) -> None:
         self.name = name
         self.base = base
+        self.read_secrets = read_secrets
         self.problems: list[tuple[str, str, str]] = []
         self.warnings: list[str] = []
 
@@ -426,19 +435,24 @@ class _Ctx:
         if not p.is_absolute():
             p = self.base / p
         if meta.get("must_exist"):
+            secret = bool(meta.get("secret"))
             try:
-                with p.open("rb"):
-                    pass
-                st = p.stat()
+                if secret and not self.read_secrets:
+                    st = p.stat()  # a reader of the status needs no secret
+                else:
+                    with p.open("rb"):
+                        pass
+                    st = p.stat()
             except OSError as exc:
                 self.err(key, f"cannot read {str(p)!r}: {exc.strerror or exc}")
                 return _BAD
-            # one rule: secrets are 0640 root:truckgw (the service reads them through
-            # its group); only a file every local user can read is a warning
-            if meta.get("secret") and st.st_mode & stat.S_IRWXO:
-                self.warn(key, f"{p} is readable by every user (mode "
-                               f"{stat.S_IMODE(st.st_mode):o}); "
-                               "chown root:truckgw and chmod 640 it")
+            # one rule: a secret belongs to the service user alone (0600): the group
+            # truckgw is how administrators read the status, so it must not read secrets
+            if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                who = "every user" if st.st_mode & stat.S_IRWXO else "its group"
+                self.warn(key, f"{p} is readable by {who} (mode "
+                               f"{stat.S_IMODE(st.st_mode):o}); only the service user "
+                               "may read a secret: chown truckgw and chmod 600 it")
         return p
 
     def _str_tuple(self, value: Any, key: str, meta: Mapping[str, Any]) -> Any:

@@ -89,14 +89,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    cfg = _load_or_exit(args.config, read_secrets=False)  # an administrator reads no key
     status = importlib.import_module("gateway.status")
     return int(status.main(cfg, as_json=args.json))
 
 
-def _load_or_exit(path: Path, *, log_warnings: bool = False) -> TruckConfig:
+def _load_or_exit(path: Path, *, log_warnings: bool = False, read_secrets: bool = True
+                  ) -> TruckConfig:
     try:
-        cfg, found = check_config(path)
+        cfg, found = check_config(path, read_secrets=read_secrets)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)

@@ -174,8 +174,6 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
     m.add("truckgw_healthy", "gauge", "1 while the pipeline is healthy", state.get("healthy"))
     m.add("truckgw_build_info", "gauge", "Always 1; the agent's version as a label", 1,
           {"version": __version__})
-    m.add("truckgw_uptime_seconds", "gauge", "Seconds since the agent started",
-          state.get("uptime_s"))
     m.add("truckgw_start_time_seconds", "gauge", "When the agent started (UNIX time)",
           state.get("started_at"))
     m.add("truckgw_state_updated_timestamp_seconds", "gauge", "When this snapshot was taken",
@@ -221,8 +219,6 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
         m.add("truckgw_gps_fix", "gauge", "1 while the GPS has a valid fix", gps.get("fix"))
         for key, name, help_ in GPS_COUNTERS:
             m.add(f"truckgw_gps_{name}_total", "counter", help_, gps.get(key))
-        m.add("truckgw_gps_last_fix_age_seconds", "gauge", "Seconds since the last valid fix",
-              gps.get("last_fix_age_s"))
         # a timestamp stays right however old the textfile is (an age does not)
         age, updated = _num(gps.get("last_fix_age_s")), _num(state.get("updated_at"))
         m.add("truckgw_gps_last_fix_timestamp_seconds", "gauge",
@@ -230,8 +226,6 @@ def render_prometheus(state: Mapping[str, Any]) -> str:
               updated - age if age is not None and updated is not None else None)
     can = state.get("can")
     if isinstance(can, Mapping):
-        m.add("truckgw_can_frames_per_second", "gauge", "CAN frames received per second",
-              can.get("frames_per_s"))
         m.add("truckgw_can_errors_total", "counter", "CAN bus and adapter errors",
               can.get("errors"))
         for key, name, help_ in CAN_COUNTERS:

@@ -96,7 +96,7 @@ current_stamp() {
     if [ -L "$ROOT$PREFIX/current" ]; then basename "$(readlink "$ROOT$PREFIX/current")"; fi
 }
 
-# a secret or certificate placed for the service: 0640 root:truckgw (the one rule)
+# a certificate placed for the service: 0640 root:truckgw (not secret; the group reads it)
 place_file() {  # $1 source, $2 name under $CONF_DIR
     [ -f "$1" ] || die "$1 not found"
     cp -f "$1" "$ROOT$CONF_DIR/.$2.new"
@@ -104,6 +104,29 @@ place_file() {  # $1 source, $2 name under $CONF_DIR
     chmod 0640 "$ROOT$CONF_DIR/.$2.new"
     mv -f "$ROOT$CONF_DIR/.$2.new" "$ROOT$CONF_DIR/$2"
     say "placed $CONF_DIR/$2 (0640 root:$SERVICE_USER)"
+}
+
+# a secret (private key, password): the service user's alone, 0600 truckgw:truckgw (the
+# one rule): group truckgw is also how administrators read the status, never a secret
+place_secret() {  # $1 source, $2 name under $CONF_DIR
+    [ -f "$1" ] || die "$1 not found"
+    cp -f "$1" "$ROOT$CONF_DIR/.$2.new"
+    chown "$uid:$gid" "$ROOT$CONF_DIR/.$2.new"
+    chmod 0600 "$ROOT$CONF_DIR/.$2.new"
+    mv -f "$ROOT$CONF_DIR/.$2.new" "$ROOT$CONF_DIR/$2"
+    say "placed $CONF_DIR/$2 (0600 $SERVICE_USER)"
+}
+
+# secrets of an earlier install (0640 root:truckgw, the rule before) are made the service
+# user's alone, so that a status reader in group truckgw cannot read them
+tighten_secrets() {
+    for name in client.key mqtt.password remote.key; do
+        f=$ROOT$CONF_DIR/$name
+        if [ -f "$f" ] && [ ! -L "$f" ]; then
+            chown "$uid:$gid" "$f"
+            chmod 0600 "$f"
+        fi
+    done
 }
 
 version_of_source() {
@@ -190,8 +213,9 @@ do_install() {
     if [ -n "${MQTT_CERT:-}" ] || [ -n "${MQTT_KEY:-}" ]; then
         [ -n "${MQTT_CERT:-}" ] && [ -n "${MQTT_KEY:-}" ] || die "MQTT_CERT and MQTT_KEY go together"
         place_file "$MQTT_CERT" client.pem
-        place_file "$MQTT_KEY" client.key
+        place_secret "$MQTT_KEY" client.key
     fi
+    tighten_secrets
     if [ -f "$ROOT$CONF" ]; then
         say "keeping existing $CONF"
     else

@@ -193,8 +193,8 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_secret_rule_is_0640_root_truckgw_and_world_readable_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One rule: 0640 (group-readable, the service's group) is right; world-readable warns,
-    through logging, never as a Python warning."""
+    """One rule: a secret is the service user's alone (0600); readable by its group or by
+    everyone warns, through logging, never as a Python warning."""
     key = tmp_path / "client.key"
     cert = tmp_path / "client.pem"
     key.write_text("k")
@@ -205,11 +205,27 @@ def test_secret_rule_is_0640_root_truckgw_and_world_readable_warns(
         warnings.simplefilter("error")
         cfg = load_config(write(tmp_path, text))
     assert cfg.mqtt.tls is not None and cfg.mqtt.tls.key_file == key
-    assert any(re.search(r"mqtt\.tls\.key_file: .* readable by every user .*chmod 640", r.message)
+    assert any(re.search(r"mqtt\.tls\.key_file: .* readable by every user .*chmod 600", r.message)
                and r.levelno == logging.WARNING for r in caplog.records), caplog.text
-    os.chmod(key, 0o640)
+    os.chmod(key, 0o640)  # the group truckgw is how administrators read the status
+    _cfg, found = check_config(tmp_path / "TRK-0001.toml")
+    assert [w for w in found if "key_file" in w and "readable by its group" in w]
+    os.chmod(key, 0o600)
     _cfg, found = check_config(tmp_path / "TRK-0001.toml")
     assert not [w for w in found if "key_file" in w]
+    os.chmod(key, 0o000)  # a reader of the status needs the key to exist, not to read it
+    try:
+        if os.geteuid() != 0:  # root reads any file
+            with pytest.raises(ConfigError):
+                check_config(tmp_path / "TRK-0001.toml")
+        cfg, _found = check_config(tmp_path / "TRK-0001.toml", read_secrets=False)
+        assert cfg.mqtt.tls is not None
+        key.unlink()
+        with pytest.raises(ConfigError, match="key_file"):
+            check_config(tmp_path / "TRK-0001.toml", read_secrets=False)
+    finally:
+        if key.exists():
+            os.chmod(key, 0o600)
 
 
 def _mqtt(tmp_path: Path, extra: str, *, tls: bool) -> Path:

@@ -81,11 +81,20 @@ def _fleet_watch_command(root: Path, port: int) -> list[str]:
     """Step 7's ``truckgw fleet ... watch`` as written, on the test broker and root,
     bounded in time (it stops at ``--count`` events; ``--duration`` caps the wait)."""
     block = next(b for b in _blocks(DOC.read_text()) if "truckgw fleet " in b)
-    words = shlex.split(_one_command(block, "truckgw fleet "))
+    words = shlex.split(_one_command(block, "sudo truckgw fleet "))
+    assert words[0] == "sudo", words  # the truck's key is the service user's alone
     out = ["localhost" if w == DOC_BROKER else str(port) if w == "8883"
-           else w.replace("/etc/truckgw/", f"{root}/etc/truckgw/") for w in words]
+           else w.replace("/etc/truckgw/", f"{root}/etc/truckgw/") for w in words[1:]]
     assert "watch" in out and "--cert-file" in out, out
     return [*out, "--duration", "60"]
+
+
+def _diagnose_user() -> str:
+    """Step 7's ``truckgw diagnose`` runs as the user its ``sudo -u`` names."""
+    block = next(b for b in _blocks(DOC.read_text()) if "truckgw diagnose -c" in b)
+    words = shlex.split(_one_command(block, "sudo -u "), comments=True)
+    assert words[3:5] == ["truckgw", "diagnose"], words
+    return words[2]
 
 
 class Receiver:
@@ -207,13 +216,19 @@ def test_blank_pi_to_events_at_a_tls_broker(
                         env=admin_env)
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.startswith("truck TRK-0001: running"), status.stdout
-        diag = run_as(ADMIN_UID, ADMIN_UID, [gid], str(exe), "diagnose", "-c", str(conf),
+        # ... who cannot read the truck's key: diagnose (which connects with it) runs as
+        # the service user, the fleet watch through the truck's certificate as root
+        peek = run_as(ADMIN_UID, ADMIN_UID, [gid], "cat", str(root / "etc/truckgw/client.key"),
+                      env=admin_env)
+        assert peek.returncode != 0, "an administrator in group truckgw reads the key"
+        assert _diagnose_user() == "truckgw"
+        diag = run_as(uid, gid, [], str(exe), "diagnose", "-c", str(conf),
                       "--timeout", "5", env=admin_env)
         assert diag.returncode == 0, diag.stdout + diag.stderr
         assert "TLS" in diag.stdout, diag.stdout
         # and the events as JSON through `truckgw fleet watch`, as step 7 writes it
         watch = _fleet_watch_command(root, broker.port)
-        seen = run_as(ADMIN_UID, ADMIN_UID, [gid], str(exe), *watch[1:], env=admin_env)
+        seen = run_as(0, 0, [0], str(exe), *watch[1:], env=admin_env)
         assert seen.returncode == 0, seen.stdout + seen.stderr
         events = [json.loads(ln.split(" ", 1)[1]) for ln in seen.stdout.splitlines()
                   if ln.startswith("fleet/TRK-0001/events ")]

@@ -161,6 +161,46 @@ def test_gps_vanishing_and_can_errors_do_not_stop_the_uplink(
     assert "Traceback" not in log.read_text()
 
 
+def test_steady_state_writes_no_info_line_every_interval(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Recording and delivering for eight metrics intervals (and four status intervals):
+    no INFO message comes back interval after interval (the seq high-water mark is at
+    DEBUG and in the state file), so a truck in steady state does not fill its journal."""
+    inputs = Inputs(tmp_path)
+    assert inputs.can is not None and inputs.gps is not None
+    conf = tmp_path / "truck.toml"
+    conf.write_text(truck_toml(tmp_path, mqtt_port=mosquitto.port, gps_port=inputs.gps.link,
+                               can_channel=inputs.can.channel))
+    log = tmp_path / "agent.log"
+
+    def section(name: str) -> dict[str, Any]:
+        sec = (read_state(tmp_path / "state.json") or {}).get(name)
+        return sec if isinstance(sec, dict) else {}
+
+    try:
+        with reaped(start_agent(conf, log, {})) as proc:
+            assert wait_for(lambda: inputs.pumped(lambda: section("uplink").get("state")
+                                                  == "connected"
+                                                  and section("buffer").get("committed_seq")),
+                            30), log.read_text()
+            inputs.pump(3.0)  # past the start-up lines (connected, fix, clock)
+            start = len(log.read_bytes())
+            seq0 = int(section("buffer")["committed_seq"])
+            for _ in range(8):  # bounded: eight 1 s metrics intervals
+                inputs.pump(1.0)
+            assert int(section("buffer")["committed_seq"]) > seq0 + 100  # it was recording
+            window = log.read_bytes()[start:].decode()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0, log.read_text()
+    finally:
+        inputs.close()
+    info = [re.sub(r"\d+(\.\d+)?", "N", ln.split(" INFO ", 1)[1])
+            for ln in window.splitlines() if " INFO " in ln]
+    repeated = {m: info.count(m) for m in set(info) if info.count(m) > 2}
+    assert repeated == {}, window
+
+
 def test_unopenable_buffer_exits_non_zero_without_ready(tmp_path: Path) -> None:
     notify = NotifyListener()
     blocker = tmp_path / "not-a-dir"

@@ -154,7 +154,7 @@ def test_prometheus_exports_the_operators_counters() -> None:
 def test_prometheus_leaves_out_unknown_values_and_escapes_labels() -> None:
     snap = _snapshot(truck_id='a"b', gps=Driver("unavailable", {"last_fix_age_s": None}))
     text = render_prometheus(snap)
-    assert "truckgw_gps_last_fix_age_seconds{" not in text  # unknown: left out, not 0
+    assert "truckgw_gps_last_fix_timestamp_seconds{" not in text  # unknown: left out, not 0
     assert 'truckgw_gps_fix{truck="a\\"b"} 0' in text
     assert 'truck="a\\"b"' in text
     stopped = render_prometheus({**snap, "phase": "stopped"})
@@ -238,3 +238,10 @@ def test_prometheus_build_info_and_timestamps_instead_of_ages() -> None:
     assert f'truckgw_build_info{{truck="TRK-1",version="{__version__}"}} 1' in text
     assert 'truckgw_start_time_seconds{truck="TRK-1"} 1700000000' in text
     assert 'truckgw_gps_last_fix_timestamp_seconds{truck="TRK-1"} 1700000097.5' in text
+    # no precomputed rate or age: a textfile read late would show them as current
+    snap = {**snap, "uptime_s": 100.0,
+            "can": {"state": "active", "frames_per_s": 250.0, "frames_total": 9000}}
+    text = render_prometheus(snap)
+    assert 'truckgw_can_frames_total{truck="TRK-1"} 9000' in text
+    for name in ("per_second", "_age_", "uptime"):
+        assert name not in text, name

@@ -78,11 +78,13 @@ def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
     assert tls.ca_file == root / "etc/truckgw/ca.pem"
     assert tls.key_file == root / "etc/truckgw/client.key"
     assert str(cfg.buffer.path) == "/var/lib/truckgw/buffer.db"
-    # one permission rule: root-owned, group truckgw, 0640, in a 0750 folder
-    for p in (conf, root / "etc/truckgw/ca.pem", root / "etc/truckgw/client.pem",
-              root / "etc/truckgw/client.key"):
+    # one permission rule: config and certificates root-owned, group truckgw, 0640, in a
+    # 0750 folder; a secret the service user's alone, 0600 (the group reads the status)
+    for p in (conf, root / "etc/truckgw/ca.pem", root / "etc/truckgw/client.pem"):
         st = p.stat()
         assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 0, gid), p
+    st = (root / "etc/truckgw/client.key").stat()
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, uid, gid)
     st = (root / "etc/truckgw").stat()
     assert (st.st_mode & 0o777, st.st_gid) == (0o750, gid)
     st = (root / "var/lib/truckgw").stat()
@@ -102,6 +104,10 @@ def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
     res = run_install(sandbox, START="1")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "keeping existing /etc/truckgw/truckgw.toml" in res.stdout
+    # the service restarted onto the new version, and checked to be active there
+    assert log.read_text().splitlines()[3:] == [f"--root={root} enable truckgw.service",
+                                                f"--root={root} restart truckgw.service",
+                                                f"--root={root} is-active --quiet truckgw.service"]
     second = current_venv(root)
     assert second != first and venvs(root) == sorted([first[6:], second[6:]])
     assert buffer.read_bytes() == b"pending events"
@@ -116,17 +122,31 @@ def test_install_upgrade_rollback_uninstall(sandbox: Sandbox) -> None:
     assert current_venv(root) == second
     sandbox["fail"].unlink()
 
-    # a key the service user cannot read (root-only 0600) is caught by check-config as
-    # that user; the current version stays and no half-installed venv is left
+    # a key of the earlier rule (0640 root:truckgw) is made the service user's at an
+    # upgrade; one the service user cannot read (root-only 0600, a name the installer
+    # does not manage) is caught by check-config as that user: the current version
+    # stays and no half-installed venv is left
     key = root / "etc/truckgw/client.key"
-    key.chmod(0o600)
+    os.chown(key, 0, gid)
+    key.chmod(0o640)
+    res = run_install(sandbox, START="1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = key.stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o600, uid)
+    second = current_venv(root)
+    other = root / "etc/truckgw/fleet.key"
+    other.write_bytes(key.read_bytes())
+    other.chmod(0o600)  # root's
+    conf.write_text(conf.read_text().replace('key_file = "client.key"',
+                                             'key_file = "fleet.key"'))
     before = venvs(root)
     res = run_install(sandbox, START="1")
     assert res.returncode != 0
-    assert "client.key" in res.stderr and "Permission denied" in res.stderr, res.stderr
+    assert "fleet.key" in res.stderr and "Permission denied" in res.stderr, res.stderr
     assert "unreadable by user truckgw" in res.stderr
     assert current_venv(root) == second and venvs(root) == before
-    key.chmod(0o640)
+    conf.write_text(conf.read_text().replace('key_file = "fleet.key"',
+                                             'key_file = "client.key"'))
 
     # uninstall keeps config and the buffer; --purge removes them and the user
     res = run_install(sandbox, "--uninstall")
@@ -204,6 +224,10 @@ def test_status_for_an_administrator_in_the_group(sandbox: Sandbox) -> None:
     outsider = run_as(ADMIN_UID, ADMIN_UID, [], exe, "status", "-c", str(conf), env=env)
     assert outsider.returncode == 78
     assert "Permission denied" in outsider.stderr
+    # reading the status exposes no secret: the group cannot read the private key
+    peek = run_as(ADMIN_UID, ADMIN_UID, [gid], "cat", str(root / "etc/truckgw/client.key"),
+                  env=env)
+    assert peek.returncode != 0 and "Permission denied" in peek.stderr, peek.stdout
 
 
 def test_first_install_without_broker_is_refused(sandbox: Sandbox) -> None:

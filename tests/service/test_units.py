@@ -88,6 +88,9 @@ def test_service_settings_the_issue_asks_for(unit: str) -> None:
     assert s["WatchdogSec"] and s["StateDirectory"] and s["ConfigurationDirectory"]
     assert s["User"] == ["truckgw"] and s["SupplementaryGroups"] == ["dialout"]
     assert "AF_CAN" in s["RestrictAddressFamilies"][0].split()
+    # /run/truckgw (the state file) outlives a stop: `truckgw status` of a stopped agent
+    # shows its last figures (systemd removes a RuntimeDirectory= at stop otherwise)
+    assert s["RuntimeDirectoryPreserve"] == ["yes"]
 
 
 def test_template_uses_the_instance_name() -> None:

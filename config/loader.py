@@ -34,6 +34,7 @@ import difflib
 import logging
 import math
 import os
+import ssl
 import stat
 import tomllib
 import types
@@ -185,8 +186,35 @@ def _unused_by_mode(data: Mapping[str, Any], cfg: TruckConfig, ctx: _Ctx) -> Non
             f'mode = "thresholds"; mode "curve" records by max_error_m (docs/recording.md)')
 
 
+def _tls_files_load(cfg: TruckConfig, ctx: _Ctx) -> None:
+    """The TLS files load as the uplink will load them (a file that is not PEM, or a key
+    that does not belong to its certificate, would otherwise be retried for ever at
+    every connect: no restart fixes it). The key is read only with ``read_secrets``."""
+    tls = cfg.mqtt.tls
+    if tls is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            ctx.err("mqtt.tls.ca_file", f"{tls.ca_file} is not a PEM CA certificate: {exc}")
+    if tls.cert_file is None or tls.key_file is None or not ctx.read_secrets:
+        return
+
+    def no_password() -> str:
+        raise ValueError("the key is encrypted; truckgw takes an unencrypted key file")
+
+    try:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=no_password)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        ctx.err("mqtt.tls.cert_file", f"{tls.cert_file} with {tls.key_file} does not load "
+                                      f"as a certificate and its key: {exc}")
+
+
 def _cross_checks(cfg: TruckConfig, ctx: _Ctx) -> None:
     """Rules that span several keys."""
+    _tls_files_load(cfg, ctx)
     if cfg.gps and cfg.gps.sampling.max_interval_s and (
         cfg.gps.sampling.max_interval_s < cfg.gps.sampling.min_interval_s
     ):

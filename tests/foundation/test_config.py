@@ -190,15 +190,23 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
-def test_secret_rule_is_0640_root_truckgw_and_world_readable_warns(
+def _client_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A real client certificate and its key (trustme), as client.pem / client.key."""
+    import trustme  # noqa: PLC0415
+
+    issued = trustme.CA().issue_cert("TRK-0001")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
+def test_secret_rule_is_0600_for_the_service_user_and_group_readable_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One rule: a secret is the service user's alone (0600); readable by its group or by
     everyone warns, through logging, never as a Python warning."""
-    key = tmp_path / "client.key"
-    cert = tmp_path / "client.pem"
-    key.write_text("k")
-    cert.write_text("c")
+    _cert, key = _client_pair(tmp_path)
     os.chmod(key, 0o644)
     text = MINIMAL + '[mqtt.tls]\ncert_file = "client.pem"\nkey_file = "client.key"\n'
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="config.loader"):
@@ -425,3 +433,31 @@ def test_metrics_folder_that_does_not_exist_warns(tmp_path: Path) -> None:
     text = MINIMAL + f'[metrics]\ntextfile = "{tmp_path}/truckgw.prom"\n'
     _cfg, found = check_config(write(tmp_path, text))
     assert not [w for w in found if "metrics." in w]
+
+
+def test_tls_files_that_would_never_load_are_config_errors(tmp_path: Path) -> None:
+    """A CA file that is not PEM, a key that is not the certificate's: no restart fixes
+    them, so check-config (and the start, exit 78) says so instead of a retry loop."""
+    import trustme  # noqa: PLC0415
+
+    _cert, key = _client_pair(tmp_path)
+    other = tmp_path / "other.key"
+    trustme.CA().issue_cert("x").private_key_pem.write_to_path(str(other))
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    for f in (key, other):
+        f.chmod(0o600)
+    tls = '[mqtt.tls]\ncert_file = "client.pem"\nkey_file = "client.key"\n'
+    write(tmp_path, MINIMAL + tls)
+    cfg, _ = check_config(tmp_path / "TRK-0001.toml")  # the pair loads
+    assert cfg.mqtt.tls is not None
+    write(tmp_path, MINIMAL + tls.replace('"client.key"', '"other.key"')
+          + 'ca_file = "ca.pem"\n')
+    with pytest.raises(ConfigError) as info:
+        check_config(tmp_path / "TRK-0001.toml")
+    lines = info.value.lines()
+    assert any("mqtt.tls.ca_file" in ln and "not a PEM CA certificate" in ln for ln in lines)
+    assert any("mqtt.tls.cert_file" in ln and "does not load" in ln for ln in lines), lines
+    # a reader of the status reads no key: only the CA file is checked then
+    with pytest.raises(ConfigError) as info:
+        check_config(tmp_path / "TRK-0001.toml", read_secrets=False)
+    assert [ln for ln in info.value.lines() if "cert_file" in ln] == []

@@ -123,8 +123,27 @@ def test_agent_starts_records_and_recovers_on_a_filesystem_filled_while_stopped(
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0, log.read_text()[-3000:]
         assert not (small_fs / "buffer.db.seq.tmp").exists()
+        # newest first into what fits: the events recorded while the disk was full are
+        # kept, room was made by evicting events of the earlier run (oldest first)
+        kept = stored_seqs(db)
+        assert set(range(full_seq - 50, full_seq + 1)) <= kept
+        assert len([s for s in kept if s <= before]) < before
     finally:
         inputs.close()
+
+
+def stored_seqs(db: Path) -> set[int]:
+    """Every seq in the buffer's class tables (read-only, the agent stopped)."""
+    import sqlite3  # noqa: PLC0415
+
+    from buffer import schema  # noqa: PLC0415
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {int(r[0]) for t in schema.TABLES.values()
+                for r in con.execute(f"SELECT seq FROM {t}")}  # noqa: S608
+    finally:
+        con.close()
 
 
 async def test_every_buffer_file_stays_inside_max_bytes(tmp_path: Path) -> None:

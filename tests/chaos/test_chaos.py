@@ -72,16 +72,21 @@ RECORD_EVERYTHING = EVERY_FIX + EVERY_FRAME
 
 @contextlib.contextmanager
 def buffer_dir(tmp_path: Path) -> Iterator[tuple[Path, bool]]:
-    """A small tmpfs for the buffer when we may mount one, else a plain folder."""
+    """A small tmpfs for the buffer. The disk-full and full-start phases need it, so
+    where none can be mounted (not root) the test fails, never quietly runs without
+    them (the test machines have root)."""
     path = tmp_path / "bufferfs"
     path.mkdir()
-    mounted = False
-    if os.geteuid() == 0 and shutil.which("mount"):
-        res = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0755", "tmpfs", str(path)],
-            capture_output=True, check=False,
-        )
-        mounted = res.returncode == 0
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.fail("the chaos drive mounts a small tmpfs for its disk-full phases: "
+                    "run it as root", pytrace=False)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0755", "tmpfs", str(path)],
+        capture_output=True, check=False,
+    )
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs: {res.stderr.decode().strip()}", pytrace=False)
+    mounted = True
     try:
         yield path, mounted
     finally:

@@ -59,6 +59,18 @@ def test_position_sentences_of_any_well_formed_talker(talker: str) -> None:
     assert fixes and fixes[0].fix == 3 and fixes[0].lat == pytest.approx(53.5)
 
 
+@pytest.mark.parametrize("talker", ["IN", "II", "XY"])
+def test_gll_of_a_non_gnss_talker_is_a_position(talker: str) -> None:
+    """A receiver that sends only GLL (and VTG) under its own talker still yields fixes."""
+    gll = "{t}GLL,5330.0000,N,00955.0000,E,{tod},A,A"
+    dec = NmeaDecoder()
+    fixes = dec.feed(sentence(gll.format(t=talker, tod="120000.00"))
+                     + sentence(f"{talker}VTG,90.0,T,,M,10.0,N,18.5,K,A")
+                     + sentence(gll.format(t=talker, tod=NEXT)))
+    assert fixes and fixes[0].fix >= 2
+    assert fixes[0].lat == pytest.approx(53.5) and fixes[0].lon == pytest.approx(9 + 55 / 60)
+
+
 @pytest.mark.parametrize("talker", ["in", "I1", "G"])
 def test_malformed_talkers_are_not_decoded(talker: str) -> None:
     s = parse_sentence(sentence(RMC.format(t=talker, kn="1", course="1", tod=NEXT)).rstrip())

@@ -1,7 +1,7 @@
 """The storage seam of the sink: what a backend does, and the errors it raises.
 
 A backend writes one :data:`~gateway.sink.rows.Outcome` per call, in one transaction,
-and is idempotent on the unique key ``(truck_id, seq)`` (events) and
+and is idempotent on the unique key ``(truck_id, stream, seq)`` (events) and
 ``(truck_id, ts, state)`` (status history): writing the same message twice leaves the
 tables as after the first write. That is what makes at-least-once delivery exactly-once
 in the table.

@@ -299,6 +299,11 @@ def test_samples_validate_and_match_the_encoder() -> None:
                                         wire.WireContext(batch["stream"]))
     assert again == plain
     assert {e["type"] for e in batch["events"]} == {"gps", "engine", "dtc", "seq_gap"}
+    # compact-dict (the default): the same batch through the published dictionary
+    framed = (SAMPLES / "batch.json.zstd-dict").read_bytes()
+    assert base64.b64decode((SAMPLES / "batch.json.zstd-dict.b64").read_text()) == framed
+    assert zstandard.get_frame_parameters(framed).dict_id == wire.DICT_ID
+    assert wire.decode_payload(framed, compact=True) == batch
     for name in ("status-online.json", "status-offline.json"):
         assert errors(STATUS, json.loads((SAMPLES / name).read_text())) == [], name
 

@@ -50,6 +50,9 @@ from sim.broker import free_port, terminate
 
 log = logging.getLogger(__name__)
 
+#: The feeder's bound: at most this many ticks (10 minutes at 0.1 s), stopped or not.
+FEED_MAX_TICKS = 6000
+
 INSTALL_HINT = "install it with: sudo apt-get install -y nats-server"
 START_TIMEOUT_S = 20.0
 CLUSTER_NAME = "truckgw"
@@ -473,7 +476,9 @@ class Fleet:
 
     async def _feed(self, per_tick: int, tick_s: float) -> None:
         i = 0
-        while not self._stop_feeding.is_set():
+        for _tick in range(FEED_MAX_TICKS):  # bounded in count (and so in time) besides the stop
+            if self._stop_feeding.is_set():
+                return
             now = time.time_ns() // 1_000_000
             futs = []
             for t in self.trucks:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import subprocess
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -47,6 +48,30 @@ def secured_cluster(tmp_path: Path) -> object:
         yield cluster
     finally:
         cluster.close()
+
+
+def _nats_login(url: str, user: str, password: str) -> bool:
+    """Whether ``user`` may open a NATS-protocol connection (the protocol by hand: INFO,
+    CONNECT, PING; the server answers PONG, or -ERR 'Authorization Violation')."""
+    import json as _json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname or "127.0.0.1", u.port or 4222), timeout=5) as s:
+        s.recv(4096)  # INFO {...}
+        hello = {"user": user, "pass": password, "verbose": False, "pedantic": False,
+                 "protocol": 1, "lang": "python", "version": "test"}
+        s.sendall(b"CONNECT " + _json.dumps(hello).encode() + b"\r\nPING\r\n")
+        reply = b""
+        for _ in range(20):  # bounded: a few reads until PONG or -ERR
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+            if b"PONG" in reply or b"-ERR" in reply:
+                break
+    return b"PONG" in reply and b"-ERR" not in reply
 
 
 def _paho(addr: tuple[str, int], user: str, password: str) -> mqtt.Client:
@@ -146,3 +171,56 @@ def test_shipped_node_configs_parse(node: str, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=30,
                           env={"PATH": "/usr/bin:/bin", **PASSWORDS}, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_truck_may_subscribe_only_to_its_own_remote_topics(
+        secured_cluster: NatsCluster) -> None:
+    """Remote management (docs/remote.md) on the shipped authorization: a truck gets its
+    own desired config and commands, an operator's command reaches it; another truck's
+    topics, the fleet's events and the server's delivery subjects are refused, and its
+    credentials do not open a NATS (non-MQTT) connection."""
+    cluster = secured_cluster
+    got: list[tuple[str, bytes]] = []
+    granted: dict[int, list[int]] = {}
+    truck = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="truck-0001-remote",
+                        protocol=MQTTProtocolVersion.MQTTv311)
+    truck.username_pw_set("truck-0001", "pw-0001")
+    truck.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload)))
+    truck.on_subscribe = lambda _c, _u, mid, codes, _p: granted.__setitem__(
+        mid, [int(getattr(c, "value", c)) for c in codes])
+    truck.connect(*cluster.mqtt_addresses[0], keepalive=10)
+    truck.loop_start()
+    ops: mqtt.Client | None = None
+    try:
+        mids: dict[str, int] = {}
+        for topic in ("fleet/truck-0001/config/desired", "fleet/truck-0001/cmd",
+                      "fleet/truck-0002/cmd", "fleet/+/events", "$MQTT/sub/#"):
+            mid = truck.subscribe(topic, qos=1)[1]
+            assert mid is not None
+            mids[topic] = mid
+        for _ in range(100):  # bounded: 10 s for the five SUBACKs
+            if all(m in granted for m in mids.values()):
+                break
+            time.sleep(0.1)
+        codes = {t: granted[m][0] for t, m in mids.items()}
+        assert codes["fleet/truck-0001/config/desired"] == 1
+        assert codes["fleet/truck-0001/cmd"] == 1
+        assert codes["fleet/truck-0002/cmd"] == 0x80  # refused
+        assert codes["fleet/+/events"] == 0x80
+        assert codes["$MQTT/sub/#"] == 0x80  # other subscriptions' deliveries: refused
+        ops = _paho(cluster.mqtt_addresses[1], "ops", "pw-ops")
+        ops.publish("fleet/truck-0001/cmd", b'{"request_id": "r1", "name": "ping"}',
+                    qos=1).wait_for_publish(10)
+        for _ in range(100):  # bounded: 10 s
+            if got:
+                break
+            time.sleep(0.1)
+        assert got == [("fleet/truck-0001/cmd", b'{"request_id": "r1", "name": "ping"}')]
+        assert _nats_login(cluster.urls[0], "truck-0001", "pw-0001") is False
+        assert _nats_login(cluster.urls[0], "ops", "pw-ops") is True
+    finally:
+        truck.disconnect()
+        truck.loop_stop()
+        if ops is not None:
+            ops.disconnect()
+            ops.loop_stop()

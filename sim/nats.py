@@ -386,7 +386,7 @@ RECONNECT_MAX_S = 1.0
 
 
 def truck_config(workdir: Path, truck_id: str, addresses: list[tuple[str, int]],
-                 encoding: Literal["json", "compact"], *,
+                 encoding: Literal["json", "compact", "compact-dict"], *,
                  reconnect_max_s: float = RECONNECT_MAX_S) -> TruckConfig:
     """MQTT 3.1.1 (all NATS speaks), the first address first, the others as failover."""
     (host, port), rest = addresses[0], addresses[1:]
@@ -446,15 +446,17 @@ class Fleet:
         """``fn(*args)`` in the fleet's thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def start(self, *, prefill: int = 0, encoding: Literal["json", "compact"] | None = None,
+    async def start(self, *, prefill: int = 0,
+                    encoding: Literal["json", "compact", "compact-dict"] | None = None,
                     inflight_window: int = 32) -> None:
         """Open the buffers (``prefill`` events each, before any uplink runs), then start the
-        uplinks. ``encoding`` None alternates json and compact."""
+        uplinks. ``encoding`` None takes json, compact and compact-dict in turn."""
         addrs = self.cluster.mqtt_addresses
         for i in range(self.n):
             k = i % len(addrs)
             order = addrs[k:] + addrs[:k]
-            enc: Literal["json", "compact"] = encoding or ("compact" if i % 2 else "json")
+            enc: Literal["json", "compact", "compact-dict"] = encoding or (
+                "json", "compact", "compact-dict")[i % 3]
             cfg = truck_config(self.workdir, f"truck-{i:02d}", order, enc,
                                reconnect_max_s=self.reconnect_max_s)
             cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(

@@ -45,6 +45,7 @@ from drivers.j1939 import (
     make_id,
     request_payload,
 )
+from drivers.j1939_fms import PGN_ADDRESS_CLAIMED
 from drivers.slcan import BufferedSlcanBus
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,10 @@ SILENT_AFTER_S = 5.0  # no frame for this long on an open bus: state SILENT
 RETRY = RetryPolicy(min_s=0.5, max_s=30.0, stable_s=0.0)  # stable: frames were heard
 STOP_WAIT_S = 5.0  # how long cancellation waits for the reader thread (slcan opens take 2 s)
 REQUEST_SA = 0xF9  # off-board diagnostic tool #1: the address a gateway requests from
-REQUESTED_PGNS = (PGN_HOURS, PGN_LFC)
+#: Asked for every ``request_interval_s`` when the gateway may transmit: the on-request
+#: engine hours and fuel counters, and Address Claimed, to which every ECU answers with
+#: its NAME (they claim only at power-up, which a gateway started later would miss).
+REQUESTED_PGNS = (PGN_HOURS, PGN_LFC, PGN_ADDRESS_CLAIMED)
 # an extended data frame is 67 + 8 * len bits before stuffing; real traffic stuffs ~8 %
 STUFFING = 141.9 / 131.0
 

@@ -6,11 +6,14 @@ when what a fleet acts on changed (:func:`signature`) or ``status_heartbeat_s`` 
 since the last one. Every connect publishes one. ``status_detail = "slim"`` (the
 default) leaves the health sections (``gps``, ``can``, ``buffer``, ``uptime_s``) out: they
 stay in the local state file (``truckgw status``) and answer the remote ``status``
-command.
+command. What identifies the vehicle (its ECUs' NAMEs per source address, the FMS
+interface, the drivers' cards: :func:`vehicle_identity`) goes in every status as
+``vehicle``, and a change of it is worth a status of its own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -70,9 +73,13 @@ class StatusReport:
         slim = self._cfg.mqtt.status_detail == "slim"
         if self._extra is not None:
             try:
-                for k, v in self._extra().items():
+                extra = dict(self._extra())
+                for k, v in extra.items():
                     if not slim or k in SLIM_EXTRA:
                         out.setdefault(k, v)
+                vehicle = vehicle_identity(extra.get("can"))
+                if vehicle:
+                    out.setdefault("vehicle", vehicle)
             except Exception:  # a health callback must never break the uplink
                 log.exception("uplink: status_extra callback failed")
         return wire.encode_status(self._cfg.truck_id, state, _now_ms(), out)
@@ -89,6 +96,7 @@ class StatusReport:
             log.exception("uplink: status_extra callback failed")
             return out
         out["healthy"] = extra.get("healthy")
+        out["vehicle"] = vehicle_identity(extra.get("can"))
         if self._cfg.mqtt.status_detail == "full":
             out["sections"] = tuple(sorted(
                 (k, v.get("state")) for k, v in extra.items() if isinstance(v, Mapping)))
@@ -128,6 +136,31 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def vehicle_identity(can: Any) -> dict[str, Any]:
+    """The ``vehicle`` of a status, from the CAN health section (drivers/can.py stats):
+    ``names`` (source address, two hex digits -> the ECU's 64-bit NAME from Address
+    Claimed, 16 hex digits), ``address_moves`` (NAMEs seen at another address since the
+    start), ``fms`` (the FMS-Standard interface per address: version and flags) and
+    ``drivers`` (the tachograph's driver 1 / driver 2 card identification). Parts not
+    seen on the bus are absent; no CAN section: empty."""
+    if not isinstance(can, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    names = can.get("names")
+    if isinstance(names, Mapping) and names:
+        out["names"] = {str(sa): (n.get("name") if isinstance(n, Mapping) else n)
+                        for sa, n in names.items()}
+    moves = can.get("address_moves")
+    if isinstance(moves, int) and not isinstance(moves, bool) and moves > 0:
+        out["address_moves"] = moves
+    for key in ("fms", "drivers"):
+        part = can.get(key)
+        if isinstance(part, Mapping) and part:
+            out[key] = {str(sa): dict(v) if isinstance(v, Mapping) else v
+                        for sa, v in part.items()}
+    return out
+
+
 def backlog_level(fields: Mapping[str, Any]) -> int:
     """0 when caught up (nothing pending, or the oldest pending event at most
     :data:`CAUGHT_UP_S` old), else 2 + the decade of ``pending`` (1..9: 2, 10..99: 3, ...)."""
@@ -141,7 +174,8 @@ def backlog_level(fields: Mapping[str, Any]) -> int:
 def signature(fields: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a fleet acts on in an online status: a change of it is worth a message.
 
-    The identity (stream, version, encoding, broker address), every drop counter a
+    The identity (stream, version, encoding, broker address, the ``vehicle``: an ECU
+    that moved to another address, a driver's card in or out), every drop counter a
     consumer's gap accounting uses (``evicted``, ``expired``, ``refused``,
     ``lost_quarantine``), the disk, the refusal counters, the data budget's step, the
     backlog by decade (:func:`backlog_level`), ``healthy`` and (``status_detail =
@@ -151,6 +185,7 @@ def signature(fields: Mapping[str, Any]) -> tuple[Any, ...]:
     up = fields.get("uplink") or {}
     broker = fields.get("broker") or {}
     budget = fields.get("budget") or {}
+    vehicle = json.dumps(fields.get("vehicle") or {}, sort_keys=True, default=str)
     return (
         fields.get("stream"), fields.get("version"), fields.get("encoding"),
         broker.get("address"), fields.get("disk_full"), fields.get("refused"),
@@ -159,7 +194,7 @@ def signature(fields: Mapping[str, Any]) -> tuple[Any, ...]:
         tuple(sorted((fields.get("expired") or {}).items())),
         up.get("refusals"), up.get("ack_failures"), up.get("size_refusals"),
         budget.get("step"), backlog_level(fields), fields.get("healthy"),
-        fields.get("sections"),
+        fields.get("sections"), vehicle,
     )
 
 

@@ -119,14 +119,16 @@ async def test_requests_when_not_listen_only() -> None:
         async with running(driver):
             got: list[can.Message] = []
             async with asyncio.timeout(5):
-                while len(got) < 2:
+                while len(got) < 3:
                     msg = rx.recv(timeout=0)
                     if msg is None:
                         await asyncio.sleep(0.01)
                     else:
                         got.append(msg)
-    assert [m.arbitration_id for m in got] == [0x18EAFFF9, 0x18EAFFF9]
-    assert [bytes(m.data) for m in got] == [bytes.fromhex("E5FE00"), bytes.fromhex("E9FE00")]
+    assert [m.arbitration_id for m in got] == [0x18EAFFF9] * 3
+    # engine hours, fuel counters, and Address Claimed (every ECU answers with its NAME)
+    assert [bytes(m.data) for m in got] == [bytes.fromhex("E5FE00"), bytes.fromhex("E9FE00"),
+                                           bytes.fromhex("00EE00")]
 
 
 async def test_absent_adapter_is_retried_with_backoff_and_logged_once(

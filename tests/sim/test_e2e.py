@@ -120,6 +120,7 @@ async def drive(tmp_path: Path, broker: Mosquitto, *, seconds: float, speed: flo
         sim = TruckSim(truck, gps=s.gps, can=s.can, speed=speed,
                        faults=FaultPlan.parse(["dtc@6+60"]), seed=3)
         s.can.device.on_transmit = sim.on_frame_from_host
+        await can_open(s)  # the ECUs claim their addresses once, at ignition on
         task = asyncio.create_task(sim.run(seconds), name="e2e-sim")
         if outage is not None:
             await asyncio.sleep(outage[0])
@@ -129,6 +130,7 @@ async def drive(tmp_path: Path, broker: Mosquitto, *, seconds: float, speed: flo
         await task
         state = await drained(s)
         summary = s.sink.summary()["trucks"][TRUCK]
+        summary["status"] = s.sink.live(TRUCK).get("status")
     summary["agent_state"] = state
     return summary, sim
 
@@ -172,6 +174,14 @@ async def test_accelerated_drive_arrives_complete(mosquitto_factory: Callable[..
                          protocol=protocol, encoding=encoding)
     check_plausible(t, sim)
     assert sim.truck.state.t_s >= 60
+    # the vehicle's identity reaches the fleet in the (slim) status: every ECU the
+    # simulated truck claims an address for, and its FMS interface
+    from sim.j1939_out import ECUS, SA_FMS  # noqa: PLC0415
+
+    vehicle = (t["status"] or {}).get("vehicle") or {}
+    assert set(vehicle.get("names") or {}) == {f"{sa:02X}" for sa, _fn in ECUS}, t["status"]
+    assert f"{SA_FMS:02X}" in (vehicle.get("fms") or {}), vehicle
+    assert vehicle.get("drivers") == {"EE": {"driver1": sim.truck.tacho.driver_id}}, vehicle
 
 
 async def test_broker_outage_is_caught_up(mosquitto_factory: Callable[..., Mosquitto],

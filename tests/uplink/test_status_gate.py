@@ -12,7 +12,7 @@ import pytest
 
 from buffer.store import SqliteStore
 from gateway.uplink import Uplink
-from gateway.uplink_status import StatusGate, backlog_level
+from gateway.uplink_status import StatusGate, backlog_level, vehicle_identity
 from sim.broker import Mosquitto
 from tests.uplink.helpers import Subscriber, append_many, make_cfg, wait_until
 
@@ -58,6 +58,9 @@ def test_first_status_goes_then_only_on_change_or_heartbeat() -> None:
     {"uplink_ack_failures": 1}, {"uplink_size_refusals": 1},
     {"broker": {"address": "b:1", "index": 1, "switches": 1}},
     {"budget": {"step": 1}},
+    # the vehicle: an ECU at another address, a driver's card in
+    {"vehicle": {"names": {"03": "A00C810102E00000"}, "address_moves": 1}},
+    {"vehicle": {"drivers": {"EE": {"driver1": "DF000000123456"}}}},
     # a backlog builds up (an outage), and grows by a decade
     {"pending": 500, "oldest_pending_age_s": 900.0},
 ])
@@ -79,6 +82,63 @@ def test_backlog_levels_by_decade_and_caught_up() -> None:
     g.sent(behind, 0.0)
     assert not g.due(changed(pending=60_000, oldest_pending_age_s=960.0), 60.0)
     assert g.due(changed(pending=0, oldest_pending_age_s=None), 120.0)
+
+
+CAN = {"state": "active", "frames_total": 5000, "address_moves": 0,
+       "names": {"00": {"name": "A00C810000E00000", "manufacturer": 0x50, "function": 0,
+                        "identity": 1}},
+       "fms": {"27": {"version": "0400", "diagnostics": True, "requests": True}},
+       "drivers": {}}
+
+
+def test_the_vehicle_identity_of_the_can_section() -> None:
+    assert vehicle_identity(None) == {} and vehicle_identity({"state": "active"}) == {}
+    assert vehicle_identity(CAN) == {
+        "names": {"00": "A00C810000E00000"},
+        "fms": {"27": {"version": "0400", "diagnostics": True, "requests": True}}}
+    moved = {**CAN, "address_moves": 2, "drivers": {"EE": {"driver1": "DF1"}}}
+    assert vehicle_identity(moved)["address_moves"] == 2
+    assert vehicle_identity(moved)["drivers"] == {"EE": {"driver1": "DF1"}}
+
+
+@pytest.mark.broker
+async def test_the_slim_status_carries_the_vehicle_and_a_card_in_sends_one(
+    tmp_path: Path, mosquitto: Mosquitto, store: SqliteStore,
+) -> None:
+    """Who drives and which ECUs are on the bus reach the fleet with the default (slim)
+    status, and a driver's card going in is a change: a status within the interval."""
+    from tests.uplink.test_schema import STATUS, errors  # noqa: PLC0415
+
+    cfg = make_cfg(tmp_path, mosquitto.host, mosquitto.port, status_interval_s=0.5,
+                   status_heartbeat_s=3600.0, max_latency_s=0.0)
+    extra: dict[str, Any] = {"can": copy.deepcopy(CAN), "healthy": True}
+    sub = Subscriber(mosquitto.host, mosquitto.port)
+    up = Uplink(cfg, store, status_extra=lambda: extra)
+    task = asyncio.create_task(up.run(), name="uplink")
+
+    def online() -> list[dict[str, Any]]:
+        with sub.lock:
+            return [s for s in sub.status if s["state"] == "online"]
+
+    try:
+        assert await wait_until(lambda: len(online()) == 1, 15)
+        first = online()[0]
+        assert "can" not in first  # slim
+        assert first["vehicle"] == {"names": {"00": "A00C810000E00000"},
+                                    "fms": {"27": {"version": "0400", "diagnostics": True,
+                                                   "requests": True}}}
+        assert errors(STATUS, first) == []
+        gate = up._status.gate
+        assert await wait_until(lambda: gate.skipped >= 2, 15)  # nothing changed: held
+        extra["can"] = {**extra["can"], "drivers": {"EE": {"driver1": "DF000000123456"}}}
+        assert await wait_until(lambda: len(online()) == 2, 15), online()
+        assert online()[1]["vehicle"]["drivers"] == {"EE": {"driver1": "DF000000123456"}}
+        assert errors(STATUS, online()[1]) == []
+    finally:
+        await up.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sub.close()
 
 
 @pytest.mark.broker

@@ -14,7 +14,8 @@ a second; the agent keeps :meth:`FleetEvents.snapshot` in the buffer's ``state``
   ``duration_s``, ``distance_km`` (odometer, high resolution when the source sends it;
   its latest reading before the truck first moves is the start, since the odometer
   often comes a second after the engine speed and a low-resolution VD may come before
-  the first VDHR; the GPS path otherwise, ``distance_source`` tells which),
+  the first VDHR; its first reading when the truck moved before it, as when the gateway
+  boots mid-drive; the GPS path otherwise, ``distance_source`` tells which),
   ``fuel_used_l`` (total fuel counter from its first reading, when known), ``driving_s``,
   ``idle_s``, ``max_speed_kmh``, ``start_lat``/``start_lon``/``end_lat``/``end_lon``
   (when known).
@@ -78,6 +79,7 @@ class _Trip:
     idle_s: float = 0.0
     max_kmh: float = 0.0
     moved: bool = False  # the truck has moved in this trip: odo0 / fuel0 are fixed
+    odo_first: float | None = None  # the trip's first odometer reading (for ODO_SAME_KM)
 
 
 class FleetEvents:
@@ -134,11 +136,16 @@ class FleetEvents:
                 trip.moved = True
             if self._odo is not None:
                 if trip.odo0 is None:
-                    trip.odo0 = self._odo
-                elif not trip.moved and abs(self._odo - trip.odo0) <= ODO_SAME_KM:
+                    trip.odo0 = trip.odo_first = self._odo
+                # measured from the first reading: readings 1 s apart of a truck moving
+                # without a wheel speed are each this close to the one before
+                elif not trip.moved and abs(self._odo - (
+                        trip.odo0 if trip.odo_first is None else trip.odo_first)) <= ODO_SAME_KM:
                     trip.odo0 = self._odo  # the same standstill, read more precisely
                 elif not trip.moved:
                     trip.moved = True  # the odometer itself says the truck has moved
+        elif trip is not None and trip.odo0 is None and self._odo is not None:
+            trip.odo0 = self._odo  # moving from the start (the gateway booted mid-drive)
         if trip is not None and trip.fuel0 is None:  # fuel burns at a standstill too
             trip.fuel0 = self._fuel
         out += self._account(ts_ms)
@@ -211,7 +218,8 @@ class FleetEvents:
         if known and not on:
             return
         if self._trip is None:
-            self._trip = _Trip(ts_ms, ts_ms, self._odo, self._fuel, self._pos)
+            self._trip = _Trip(ts_ms, ts_ms, self._odo, self._fuel, self._pos,
+                               odo_first=self._odo)
         self._trip.last_on_ms = ts_ms
 
     def _account(self, ts_ms: int) -> list[Event]:
@@ -418,6 +426,7 @@ class FleetEvents:
         self._trip = _Trip(int(start), int(last), num("odo0"), num("fuel0"), pair("pos0"),
                            num("gps_m") or 0.0, num("driving_s") or 0.0, num("idle_s") or 0.0,
                            num("max_kmh") or 0.0, state.get("moved", True) is not False)
+        self._trip.odo_first = self._trip.odo0
         self._odo = self._odo if self._odo is not None else num("odo")
         self._fuel = self._fuel if self._fuel is not None else num("fuel")
         self._pos = self._pos or pair("pos")

@@ -8,7 +8,7 @@ import pytest
 
 from config.events import Event
 from config.schema import EventsConfig
-from gateway.recording.fleet_events import FleetEvents
+from gateway.recording.fleet_events import FRESH_MS, FleetEvents
 
 CFG = EventsConfig(trip_end_timeout_s=120, idle_min_s=30)
 
@@ -239,3 +239,165 @@ def test_cornering_rates_use_the_receivers_time_not_the_arrival() -> None:
         events += bunched.on_position(5_000 + s * 3, 48.0, 11.0, 30.0, s * 10.0)
     events += bunched.on_position(6_000, 48.0, 11.0, 30.0, 90.0)
     assert [e.fields["kind"] for e in events if e.type == "harsh"] == ["cornering"]
+
+
+def wheel_ramp(a_ms2: float) -> list[tuple[int, dict[str, float]]]:
+    """CCVS1 at 10 Hz: 2 s standing, a ramp at ``a_ms2`` to 36 km/h, then cruising (12 s)."""
+    rows: list[tuple[int, dict[str, float]]] = []
+    for i in range(121):
+        v_ms = min(max(0.0, (i - 20) / 10 * a_ms2), 10.0)
+        rows.append((i * 100, {"vehicle_speed_kmh": v_ms * 3.6}))
+    return rows
+
+
+def test_harsh_acceleration_from_the_wheel_speed_at_10_hz() -> None:
+    fe = FleetEvents(CFG)  # harsh_accel_ms2 = 1.5 (default)
+    assert CFG.harsh_accel_ms2 == 1.5
+    fe.on_position(0, 53.5, 10.0, None, None)
+    (harsh,) = run(fe, wheel_ramp(2.0))  # 2 s to 7 s: 0 to 10 m/s
+    assert harsh.type == "harsh"
+    # the 1 s difference first exceeds 1.5 m/s2 at 2.8 s (1.6 m/s2 at 5.76 km/h); it
+    # falls below it 0.3 s after the ramp ends (1.4 m/s2 at 7.3 s): recorded then
+    assert harsh.ts_ms == 2800
+    assert harsh.fields == {"kind": "acceleration", "peak_ms2": pytest.approx(2.0, abs=0.01),
+                            "duration_s": 4.5, "speed_kmh": 5.8, "lat": 53.5, "lon": 10.0}
+    assert run(FleetEvents(CFG), wheel_ramp(1.45)) == []  # just below the threshold
+    (above,) = run(FleetEvents(CFG), wheel_ramp(1.6))  # just above it
+    assert above.fields["kind"] == "acceleration"
+    assert above.fields["peak_ms2"] == pytest.approx(1.6, abs=0.01)
+    assert "lat" not in above.fields  # no fix yet: no position
+
+
+def test_harsh_braking_and_acceleration_from_gps_when_the_wheel_speed_is_stale() -> None:
+    """CCVS1 stops (the wheel speed's ECU drops off the bus): once its last value is older
+    than FRESH_MS the GPS speed decides; a fix until then is ignored, even a glitch."""
+    fe = FleetEvents(CFG)
+    fe.on_signals(0, 0, {"engine_speed_rpm": 1400.0})
+    events = run(fe, [(i * 100, {"vehicle_speed_kmh": 72.0}) for i in range(46)])  # to 4.5 s
+    assert FRESH_MS == 6_500 - 4_500  # the fix at 6.5 s is the last one the wheel speed beats
+    kmh = [72.0] * 6 + [30.0] + [72.0] * 2 + [61.2, 50.4, 39.6, 39.6, 46.8, 54.0, 61.2, 61.2,
+                                              61.2]
+    lats = [48.0 + k * 0.0002 for k in range(len(kmh))]
+    for k, (v, lat) in enumerate(zip(kmh, lats, strict=True)):
+        ts = 500 + k * 1000  # 1 Hz; 30 km/h at 6.5 s is a glitch (multipath)
+        events += fe.on_position(ts, lat, 11.0, v, 0.0)
+        fe.on_signals(ts, 0, {"engine_speed_rpm": 1400.0})
+    harsh = [e for e in events if e.type == "harsh"]
+    # 3 m/s2 from 9.5 s to 11.5 s, then 2 m/s2 from 13.5 s to 15.5 s, from the GPS speed
+    assert [(h.ts_ms, h.fields["kind"]) for h in harsh] == [(9_500, "braking"),
+                                                            (13_500, "acceleration")]
+    brake, accel = harsh
+    assert brake.fields == {"kind": "braking", "peak_ms2": pytest.approx(3.0, abs=0.01),
+                            "duration_s": 3.0, "speed_kmh": 61.2, "lat": lats[9], "lon": 11.0}
+    assert accel.fields["peak_ms2"] == pytest.approx(2.0, abs=0.01)
+    assert accel.fields["duration_s"] == 3.0 and accel.fields["speed_kmh"] == 46.8
+
+
+def test_gps_speed_changes_are_no_harsh_event_while_the_wheel_speed_is_fresh() -> None:
+    """GPS speed jumps (multipath, a tunnel exit) while CCVS1 says a steady 50 km/h, then
+    the wheel speed brakes hard while the GPS still says 50 km/h: one braking, the wheel's.
+    The same fixes alone would be three harsh events."""
+    jumps = [50.0, 50.0, 20.0, 20.0, 50.0, 80.0, 80.0, 50.0, 50.0, 50.0] + [50.0] * 6
+
+    def wheel_kmh(i: int) -> float:  # 3 m/s2 from 10 s to 13 s
+        return 50.0 - min(max(0, i - 100), 30) / 10 * 3.0 * 3.6
+
+    def drive(fe: FleetEvents, wheel: bool) -> list[Event]:
+        out: list[Event] = []
+        for i in range(len(jumps) * 10):
+            if wheel:
+                out += fe.on_signals(i * 100, 0, {"vehicle_speed_kmh": wheel_kmh(i)})
+            if i % 10 == 5:
+                out += fe.on_position(i * 100, 48.0, 11.0, jumps[i // 10], 0.0)
+        return out
+
+    (brake,) = drive(FleetEvents(CFG), wheel=True)
+    assert brake.fields["kind"] == "braking"
+    assert brake.fields["peak_ms2"] == pytest.approx(3.0, abs=0.01)
+    assert brake.ts_ms == 10_900  # 2.7 m/s2 over the 1 s to 10.9 s: above 2.5
+    kinds = [e.fields["kind"] for e in drive(FleetEvents(CFG), wheel=False)]
+    assert kinds == ["braking", "acceleration", "braking"]
+
+
+def trip_starts(fe: FleetEvents, samples: list[tuple[int, int, dict[str, float]]]) -> list[int]:
+    """Feed ``(ts, sa, values)``; the distinct start times of the open trip, in order."""
+    starts: list[int] = []
+    for ts, sa, values in samples:
+        fe.on_signals(ts, sa, values)
+        state = fe.snapshot()
+        start = None if state is None else state["start_ms"]
+        assert start is None or isinstance(start, int)
+        if start is not None and start not in starts:
+            starts.append(start)
+    return starts
+
+
+def test_a_trip_starts_from_the_wheel_speed_alone() -> None:
+    """No engine speed on the bus: CCVS1 (10 Hz) and VDHR (1 Hz) only. A standstill is not
+    ignition; the trip starts when the wheel speed first exceeds standstill_kmh."""
+    rows: list[tuple[int, int, dict[str, float]]] = []
+    odo = 2000.0
+    for i in range(900):  # 10 s standing, 10 s at +1 m/s2, 50 s at 36 km/h, 10 s braking
+        t = i / 10
+        v_ms = 0.0 if t < 10 else min(t - 10, 10.0) if t < 70 else max(0.0, 80 - t)
+        odo += v_ms * 0.1 / 1000
+        rows.append((i * 100, 0, {"vehicle_speed_kmh": v_ms * 3.6}))
+        if i % 10 == 3:
+            rows.append((i * 100 + 30, 0x17, {"total_distance_km": round(odo, 3)}))
+    fe = FleetEvents(CFG)
+    standing = [r for r in rows if r[0] < 10_300]
+    assert trip_starts(fe, standing) == []  # standing with the engine speed unknown
+    assert trip_starts(fe, rows[len(standing):]) == [10_300]  # 1.08 km/h: first above 1
+    end = 79_700  # the last sample above 1 km/h (1.08 km/h)
+    assert fe.tick(end + 119_999) == []
+    (trip,) = fe.tick(end + 120_000)
+    f = trip.fields
+    assert (trip.type, trip.ts_ms, f["start_ts"], f["duration_s"]) == ("trip", end, 10_300,
+                                                                        69.4)
+    assert f["distance_source"] == "odometer"
+    assert f["distance_km"] == pytest.approx(0.6, abs=0.006)  # 50 m + 500 m + 50 m
+    assert f["max_speed_kmh"] == 36.0
+    assert f["driving_s"] == pytest.approx(69.4, abs=0.15)
+    assert f["idle_s"] == 0.0  # no engine speed: standing is not idling
+    assert fe.tick(end + 200_000) == [] and fe.snapshot() is None
+
+
+def test_a_trip_started_rolling_takes_its_odometer_from_the_first_reading() -> None:
+    """The gateway boots mid-drive: the first CCVS1 already says 36 km/h and the first VDHR
+    comes half a second later. Its reading is the start (not a GPS distance of 0 km)."""
+    rows: list[tuple[int, int, dict[str, float]]] = []
+    for i in range(600):
+        rows.append((i * 100, 0, {"vehicle_speed_kmh": 36.0}))
+        if i % 10 == 5:
+            rows.append((i * 100, 0x17, {"total_distance_km": 1000.0 + i * 0.001}))
+    fe = FleetEvents(CFG)
+    assert trip_starts(fe, rows) == [0]
+    (trip,) = fe.tick(59_900 + 120_000)
+    assert trip.fields["distance_source"] == "odometer"
+    assert trip.fields["distance_km"] == pytest.approx(0.59)  # 0.5 s to 59.5 s
+    assert trip.fields["duration_s"] == 59.9
+
+
+def test_a_trip_starts_when_the_bus_wakes_up() -> None:
+    """Neither engine nor wheel speed on the bus: any message is a sign of ignition (ET1's
+    coolant temperature here, VDHR at 1 Hz while the truck drives at 36 km/h)."""
+    fe = FleetEvents(CFG)
+    assert fe.on_position(0, 53.5, 10.0, 0.0, 0.0) == []  # a fix alone is no ignition
+    assert fe.snapshot() is None
+    rows: list[tuple[int, int, dict[str, float]]] = []
+    for s in range(61):
+        rows.append((5_000 + s * 1000, 0, {"coolant_temp_c": 80.0}))
+        rows.append((5_000 + s * 1000 + 200, 0x17, {"total_distance_km": 1000.0 + s * 0.01}))
+    assert trip_starts(fe, rows) == [5_000]
+    fe.on_position(70_000, 53.505, 10.0, 0.0, 0.0)
+    end = 65_200  # the last message
+    assert fe.tick(end + 119_999) == []
+    (trip,) = fe.tick(end + 120_000)
+    f = trip.fields
+    assert (f["start_ts"], f["duration_s"]) == (5_000, 60.2)
+    assert f["distance_source"] == "odometer"
+    # readings within ODO_SAME_KM of the first are taken as the same standstill (there is
+    # no wheel speed to say the truck moves): at most the first 125 m are not counted
+    assert 0.475 <= f["distance_km"] <= 0.6
+    assert (f["start_lat"], f["end_lat"]) == (53.5, 53.505)
+    assert (f["driving_s"], f["idle_s"], f["max_speed_kmh"]) == (0.0, 0.0, 0.0)

@@ -11,6 +11,14 @@ several DTCs at 10 s). Kinds:
 - ``can-silence``: the bus goes quiet (ECUs keep running, nothing reaches the adapter)
 - ``tp-malformed``: a DM1 BAM with a lost TP.DT packet
 - ``dtc``: a fault episode (several DTCs, sent by BAM)
+
+Driving scenarios for the derived fleet events (docs/fleet-data.md), in the same form:
+
+- ``corner``: the driver takes the next real curve he has not started braking for too
+  fast (a harsh cornering; :meth:`sim.truck.Truck.fast_corner`); no duration
+- ``card-out``: the driver pulls his tachograph card at the first standstill with the
+  ignition on from START and puts it back at the end of the window (default 30 s;
+  ``+0``: it stays out until the next ignition on); :meth:`sim.truck.Truck.remove_card`
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ from dataclasses import dataclass
 from config.errors import GatewayError
 
 KINDS = frozenset({"garbage", "badsum", "tunnel", "gps-vanish", "can-vanish", "can-silence",
-                   "tp-malformed", "dtc"})
+                   "tp-malformed", "dtc", "corner", "card-out"})
+#: kinds that happen once at their start: a duration means nothing (default 0)
+ONE_SHOT = frozenset({"dtc", "tp-malformed", "corner"})
+DEFAULT_S = {"card-out": 30.0}
 _SPEC = re.compile(r"(?P<kind>[a-z-]+)@(?P<start>\d+(?:\.\d+)?)(?:\+(?P<dur>\d+(?:\.\d+)?))?")
 
 
@@ -51,7 +62,8 @@ def parse_fault(spec: str) -> FaultWindow:
             f"bad fault {spec!r}: expected KIND@START[+SECONDS] with KIND in "
             f"{', '.join(sorted(KINDS))}"
         )
-    dur = float(m["dur"]) if m["dur"] else (0.0 if m["kind"] in ("dtc", "tp-malformed") else 10.0)
+    kind = m["kind"]
+    dur = float(m["dur"]) if m["dur"] else (0.0 if kind in ONE_SHOT else DEFAULT_S.get(kind, 10.0))
     return FaultWindow(m["kind"], float(m["start"]), dur)
 
 

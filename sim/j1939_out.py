@@ -10,8 +10,9 @@ appear on the bus, as on a real truck.
 
 The FMS-Standard signals (docs/fleet-data.md) come from the ECUs that send them on a
 real truck: gears from the transmission, brake pedal from the brake controller, the
-tachograph's TCO1 and its driver identification (DI, a BAM every 10 s while a card is
-in), one VW per axle, HRLFC/VDHR high-resolution counters, AdBlue, battery, ambient
+tachograph's TCO1 and its driver identification (DI every 10 s and at once on a change:
+a BAM while a card is in, a single frame with both fields empty while the ignition is
+on without a card), one VW per axle, HRLFC/VDHR high-resolution counters, AdBlue, battery, ambient
 temperature, service distance, the PTO (CCVS1's PTO state and PTODE, engaged while a
 work stop is served) and the FMS gateway's identity. Every ECU sends its
 Address Claimed when the ignition comes on.
@@ -206,11 +207,10 @@ def tco1(s: TruckState) -> bytes:
     return bytes([b1, b2, b3, b4, 0xFF, 0xFF]) + _u16(s.speed_kmh, 1 / 256)
 
 
-def di(s: TruckState) -> bytes | None:
-    """DI: driver 1 and driver 2 identification, each ended by ``*`` (None: no card)."""
-    if s.tacho.driver1_id is None:
-        return None
-    return s.tacho.driver1_id.encode("ascii") + b"**"
+def di(s: TruckState) -> bytes:
+    """DI: driver 1 and driver 2 identification, each ended by ``*`` (an empty field: no
+    card in that slot)."""
+    return (s.tacho.driver1_id or "").encode("ascii") + b"**"
 
 
 def serv(s: TruckState) -> bytes:
@@ -341,6 +341,7 @@ class Schedule:
         self._pending: list[tuple[float, int, Frame]] = []
         self._tie = itertools.count()
         self._last_dtcs: tuple[Dtc, ...] | None = None
+        self._last_di: bytes | None = None
         self.sent = 0
         self.corrupt_tp = False  # fault hook: emit a BAM with a skipped sequence number
 
@@ -358,6 +359,7 @@ class Schedule:
         else:
             self._next.clear()
             self._last_dtcs = None
+            self._last_di = None
         out: list[Frame] = []
         while self._pending and self._pending[0][0] <= now:
             out.append(heapq.heappop(self._pending)[2])
@@ -374,9 +376,12 @@ class Schedule:
                 self._push(now, [Frame(can_id(prio, pgn, sa), enc(s))])
                 # catch up without bursts after a stall: next slot from now
                 self._next[name] = max(t + self._period(period), now)
-        if self._next.get("DI", now) <= now:
-            payload = di(s)
-            if payload is not None:
+        payload = di(s)
+        if self._next.get("DI", now) <= now or payload != self._last_di:  # 10 s, on change
+            self._last_di = payload
+            if len(payload) <= 8:  # no card: a single frame
+                self._push(now, [Frame(can_id(6, PGN_DI, SA_TACHO), payload.ljust(8, b"\xff"))])
+            else:
                 self._push(now, bam(PGN_DI, payload, SA_TACHO), BAM_GAP_S)
             self._next["DI"] = now + self._period(DI_EVERY_S)
         t = self._next.get("DM1", now)

@@ -1,8 +1,16 @@
 """Shipped routes: polylines of waypoints with altitude, speed limits and stops.
 
 A route file (``sim/routes/<name>.json``) holds ``points`` as ``[lat, lon, alt_m,
-limit_kmh]`` rows and ``stops`` as ``{"at": point_index, "dwell_s": seconds,
-"reason": text}``. The limit of a point applies to the segment that starts there.
+limit_kmh]`` rows (an optional fifth value is the radius in metres of the curve at that
+point) and ``stops`` as ``{"at": point_index, "dwell_s": seconds, "reason": text}``.
+The limit of a point applies to the segment that starts there.
+
+Every vertex where the road turns is driven as a circular arc centred on it
+(:meth:`Route.curve`), so the heading changes smoothly, as a GPS receiver reports it. A
+vertex without a radius gets the one a road designer would give it: the curve taken at
+its design speed (the limit, less for sharp turns, at least 15 km/h) with
+:data:`DESIGN_LATERAL_MS2` of lateral acceleration. An arc never takes more than
+:data:`ARC_SHARE` of either segment next to it (a tighter radius instead).
 """
 
 from __future__ import annotations
@@ -18,6 +26,14 @@ from config.errors import GatewayError
 
 ROUTES_DIR = Path(__file__).with_name("routes")
 EARTH_RADIUS_M = 6_371_008.8
+#: lateral acceleration of a curve taken at its design speed (comfortable in a truck)
+DESIGN_LATERAL_MS2 = 1.5
+#: the design speed of a curve: the limit times (1 - turn / TURN_SLOWDOWN_DEG), at least
+#: MIN_CURVE_KMH
+TURN_SLOWDOWN_DEG = 110.0
+MIN_CURVE_KMH = 15.0
+ARC_SHARE = 0.45  # the most of a neighbouring segment an arc's half may take
+MIN_TURN_DEG = 0.5  # a smaller heading change is a straight road
 
 
 class RouteError(GatewayError):
@@ -32,6 +48,17 @@ class Waypoint:
     lon: float
     alt_m: float
     limit_kmh: float
+    radius_m: float | None = None  # of the curve at this point (None: the design radius)
+
+
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """The arc a vertex is driven on: ``turn_deg`` signed (positive: to the right), over
+    ``half_m`` before and after the vertex."""
+
+    radius_m: float
+    half_m: float
+    turn_deg: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +91,8 @@ class Route:
         pts = tuple(reversed(self.points))
         # the limit of a segment is stored on its start point: shift by one when reversing
         pts = tuple(
-            Waypoint(p.lat, p.lon, p.alt_m, self.points[max(n - 2 - i, 0)].limit_kmh)
+            Waypoint(p.lat, p.lon, p.alt_m, self.points[max(n - 2 - i, 0)].limit_kmh,
+                     p.radius_m)
             for i, p in enumerate(pts)
         )
         stops = tuple(sorted((Stop(n - 1 - s.at, s.dwell_s, s.reason) for s in self.stops),
@@ -77,6 +105,22 @@ class Route:
             return 0.0
         d = abs(self.bearings[i] - self.bearings[i - 1]) % 360.0
         return min(d, 360.0 - d)
+
+    def curve(self, i: int) -> Curve | None:
+        """The arc of vertex ``i``, or None where the road runs straight (and at the ends)."""
+        turn = self.turn_deg(i)
+        if turn < MIN_TURN_DEG:
+            return None
+        theta = math.radians(turn)
+        radius = self.points[i].radius_m
+        if radius is None:
+            limit = self.points[i - 1].limit_kmh
+            v = max(MIN_CURVE_KMH, limit * (1 - turn / TURN_SLOWDOWN_DEG)) / 3.6
+            radius = v * v / DESIGN_LATERAL_MS2
+        room = ARC_SHARE * min(self.cum_m[i] - self.cum_m[i - 1], self.cum_m[i + 1] - self.cum_m[i])
+        radius = max(1.0, min(radius, 2 * room / theta))
+        signed = (self.bearings[i] - self.bearings[i - 1] + 180.0) % 360.0 - 180.0
+        return Curve(radius, radius * theta / 2, signed)
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -124,7 +168,10 @@ def load_route(name_or_path: str | Path) -> Route:
         path = ROUTES_DIR / f"{name_or_path}.json"
     try:
         doc: Any = json.loads(path.read_text())
-        points = tuple(Waypoint(*(float(v) for v in row[:4])) for row in doc["points"])
+        points = tuple(
+            Waypoint(float(row[0]), float(row[1]), float(row[2]), float(row[3]),
+                     float(row[4]) if len(row) > 4 and row[4] is not None else None)
+            for row in doc["points"])
         stops = tuple(
             Stop(int(s["at"]), float(s["dwell_s"]), str(s.get("reason", "")))
             for s in doc.get("stops", [])

@@ -155,7 +155,7 @@ class TruckSim:
                 break
             state = self.truck.step((now - last) * self.speed)
             last = now
-            self._apply_faults(self.run_s)
+            self.apply_faults(self.run_s)
             self._send_can(state)
             wall = time.time()
             if wall >= next_epoch:
@@ -163,16 +163,24 @@ class TruckSim:
                 next_epoch += period * max(1, int((wall - next_epoch) / period) + 1)
             await asyncio.sleep(TICK_S)
 
-    def _apply_faults(self, t: float) -> None:
+    def apply_faults(self, t: float) -> None:
+        """Start and end the fault windows due at run time ``t`` (:meth:`run` calls it
+        every tick; an in-process drive without outputs may call it itself)."""
         for w in self.faults.fire_once(t):
             if w.kind == "dtc":
                 self.truck.inject_fault(3, duration_s=max(w.duration_s, 60.0))
             elif w.kind == "tp-malformed":
                 self.schedule.corrupt_tp = True
                 self.truck.inject_fault(3, duration_s=max(w.duration_s, 30.0))
+            elif w.kind == "corner":
+                self.truck.fast_corner()
+            elif w.kind == "card-out":
+                self.truck.remove_card()  # back in when the window ends
         active = self.faults.active(t)
         started, ended = active - self._active, self._active - active
         self._active = active
+        if "card-out" in ended:
+            self.truck.insert_card()
         for kind in started | ended:
             log.info("fault %s %s at %.1f s", kind, "starts" if kind in started else "ends", t)
         if self.gps is not None:

@@ -16,6 +16,23 @@ and at every planned stop, one emergency stop per leg (``harsh_brake_at``:
 within 1.5 x :data:`BRAKE_MS2`), the PTO engaged while a stop named in :data:`PTO_WORK`
 is worked, and the tachograph of :mod:`sim.tacho` (card in at ignition on, working
 states drive / work / available).
+
+Curves are arcs (:meth:`sim.route.Route.curve`): the heading turns smoothly and the driver
+slows to each curve's design speed (:data:`sim.route.DESIGN_LATERAL_MS2` of lateral
+acceleration) before it and holds it through it. Optional scenarios for the derived
+fleet events, all off by default (they draw nothing from the random generator):
+
+- ``solo``: a tractor without its trailer (:data:`SOLO_KG`, two axles) whose driver
+  pulls away hard from every standstill (:data:`SOLO_LAUNCH_MS2`, power permitting): a
+  harsh acceleration; other accelerations stay the ordinary ones;
+- ``fast_corner_at`` (or :meth:`Truck.fast_corner`): the first curve of at least
+  :data:`FAST_CORNER_MIN_DEG` after that share of each leg is taken too fast, at the
+  speed giving :data:`FAST_CORNER_MS2` of lateral acceleration (at most the limit): a
+  harsh cornering;
+- ``card_out_at_s`` (or :meth:`Truck.remove_card`): the driver pulls his card at the
+  first standstill with the ignition on at or after that model time (a tachograph ejects
+  a card only at a standstill) and puts it back ``card_out_for_s`` later: TCO1 reports
+  no card and the rest state, DI an empty driver 1 field.
 """
 
 from __future__ import annotations
@@ -25,8 +42,8 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 
-from sim.route import Route, Stop, haversine_m
-from sim.tacho import Tacho, TachoState
+from sim.route import DESIGN_LATERAL_MS2, Route, Stop, haversine_m
+from sim.tacho import Tacho, TachoState, WorkingState
 
 MASS_KG = 30_000.0
 CRR = 0.006
@@ -55,6 +72,16 @@ HARSH_BRAKE_MS2 = 4.5
 HARSH_MIN_KMH = 30.0
 HARSH_TO = 0.1
 STEP_S = 0.1
+#: the solo scenario: an unladen 4x2 tractor (no trailer) pulling away hard
+SOLO_KG = 8_000.0
+SOLO_AXLES_KG = (5_100.0, 2_900.0)  # steer axle, drive axle
+SOLO_LAUNCH_MS2 = 2.2  # a hard pull-away, about as much as the drive axle's grip allows
+LAUNCH_POWER_SHARE = 0.9  # of P_MAX at the wheels while pulling away
+LAUNCH_END_MS = 1.0  # the pull-away ends this close to the driver's target speed
+#: a curve taken too fast: lateral acceleration (a laden semi rolls over near 3.5-4)
+FAST_CORNER_MS2 = 3.2
+FAST_CORNER_MIN_DEG = 30.0  # only a real turn is taken too fast
+CURVE_LEAD_M = 10.0  # the driver is at the curve's speed this far before it starts
 
 #: Realistic active DTCs: (SPN, FMI, description, lamp) -- lamp is mil/red_stop/amber_warning.
 DTC_CATALOGUE: tuple[tuple[int, int, str, str], ...] = (
@@ -153,6 +180,15 @@ class TruckParams:
     #: where along each route (share of its length) the driver brakes hard once (an
     #: obstacle), at the first point after it at HARSH_MIN_KMH or more; None: never
     harsh_brake_at: float | None = 0.45
+    #: a tractor without its trailer whose driver pulls away hard (harsh accelerations)
+    solo: bool = False
+    #: where along each route (share of its length) the driver takes the next curve of at
+    #: least FAST_CORNER_MIN_DEG too fast (a harsh cornering); None: never
+    fast_corner_at: float | None = None
+    #: model time at or after which the driver pulls his card (at a standstill, ignition
+    #: on), and how long it stays out; None: never
+    card_out_at_s: float | None = None
+    card_out_for_s: float = 30.0
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -172,6 +208,19 @@ class Truck:
         self._pto_stop = False  # the current dwell is worked with the PTO
         self._refuel = False  # arrived at a fuel stop in this step
         self.harsh_brakes = 0  # emergency stops so far (the truth for tests)
+        self.mass_kg = SOLO_KG if self.params.solo else MASS_KG
+        self._launch = False  # pulling away hard (solo)
+        self.hard_launches = 0  # hard pull-aways so far (the truth for tests)
+        self._fast_j: int | None = None  # the vertex whose curve is taken too fast
+        self._fast_armed = False  # fast_corner(): the next real curve is taken too fast
+        self._fast_entered = False
+        self.fast_corners = 0  # curves entered too fast so far (the truth for tests)
+        self._card_pull = False  # the driver will pull his card at the next standstill
+        self._card_for: float | None = None  # ... for this long (None: until next shift)
+        self._card_out = False  # the card is out while the ignition is on
+        self._card_back_at: float | None = None
+        self._card_planned = False  # the card_out_at_s removal was armed
+        self.card_removals = 0  # cards pulled with the ignition on (the truth for tests)
         self._phase = Phase.PARKED
         self._phase_left = self.params.start_parked_s
         self._cruise_jitter = 0.0
@@ -188,7 +237,9 @@ class Truck:
         def_pct = p.def_level_pct if p.def_level_pct is not None else fleet.uniform(40, 90)
         self.state = replace(self._initial(fuel_pct, odo), def_level_pct=def_pct,
                              service_km=round(fleet.uniform(2_000, 60_000)),
-                             ambient_c=p.ambient_c)
+                             ambient_c=p.ambient_c,
+                             axle_kg=SOLO_AXLES_KG if p.solo else AXLES_KG)
+        self._plan_fast_corner()
 
     def _initial(self, fuel_pct: float, odo: float) -> TruckState:
         w = self.route.points[0]
@@ -220,6 +271,21 @@ class Truck:
         """Start a fault episode now with ``n_dtcs`` active codes (faults on demand)."""
         self._start_faults(n_dtcs, duration_s)
 
+    def fast_corner(self) -> None:
+        """The driver takes the next curve of at least :data:`FAST_CORNER_MIN_DEG` that he
+        has not started braking for too fast (a harsh cornering on demand)."""
+        self._fast_armed = True
+
+    def remove_card(self, for_s: float | None = None) -> None:
+        """The driver pulls his card at the next standstill with the ignition on (now if
+        standing) and puts it back ``for_s`` model seconds later (None: when
+        :meth:`insert_card` is called or at the next ignition on)."""
+        self._card_pull, self._card_for = True, for_s
+
+    def insert_card(self) -> None:
+        """The driver's card goes back in (or is no longer going to be pulled)."""
+        self._card_pull, self._card_out, self._card_back_at = False, False, None
+
     # ------------------------------------------------------------------ internals
 
     def _tick(self, h: float) -> None:
@@ -228,6 +294,7 @@ class Truck:
         if self._phase is Phase.PARKED and self._phase_left <= 0:
             self._phase, self._phase_left = Phase.WARMUP, self.params.warmup_s
             self.state = replace(self.state, trip_fuel_l=0.0, trip_km=0.0)
+            self._card_out, self._card_back_at = False, None  # a new shift: card in
         elif self._phase in (Phase.WARMUP, Phase.DWELL) and self._phase_left <= 0:
             self._phase = Phase.DRIVING
         if self._phase is Phase.DRIVING:
@@ -237,8 +304,25 @@ class Truck:
         self._faults(t)  # may change the active DTCs (updates self.state)
         self.state = self._books(self.state, t, h)
         running = self._phase is not Phase.PARKED
-        self.state = replace(self.state, tacho=self.tacho.step(h, running, self.state.speed_kmh),
+        tacho = self.tacho.step(h, running, self.state.speed_kmh)
+        if self._card(t, running):
+            tacho = replace(tacho, card1=False, driver1=WorkingState.REST, driver1_id=None)
+        self.state = replace(self.state, tacho=tacho,
                              pto=self._phase is Phase.DWELL and self._pto_stop)
+
+    def _card(self, t: float, running: bool) -> bool:
+        """The driver's card scenario at model time ``t``; True while the card is out."""
+        at = self.params.card_out_at_s
+        if at is not None and not self._card_planned and t >= at:
+            self._card_planned = True
+            self.remove_card(self.params.card_out_for_s)
+        if self._card_pull and running and self._v < 0.3:
+            self._card_pull, self._card_out = False, True
+            self._card_back_at = t + self._card_for if self._card_for is not None else None
+            self.card_removals += 1
+        if self._card_out and self._card_back_at is not None and t >= self._card_back_at:
+            self.insert_card()
+        return self._card_out and running
 
     def _drive(self, h: float) -> None:
         route = self.route
@@ -246,6 +330,15 @@ class Truck:
         v = self._v
         grade = self._grade()
         a_max = max(0.1, 0.9 - 0.006 * v * 3.6 - G * grade)
+        if self.params.solo and v < 0.3 and target > LAUNCH_END_MS and not self._launch:
+            self._launch = True  # pulling away from a standstill: the solo driver floors it
+            self.hard_launches += 1
+        if self._launch and target - v < LAUNCH_END_MS:
+            self._launch = False
+        if self._launch:
+            resist = G * CRR + 0.5 * AIR_RHO * CDA_M2 * v * v / self.mass_kg
+            power = LAUNCH_POWER_SHARE * P_MAX_KW * 1000 / (self.mass_kg * max(v, 1.0))
+            a_max = max(0.1, min(SOLO_LAUNCH_MS2, power - resist) - G * grade)
         # the driver closes a speed gap in 2 s, but brakes within 0.6 s: the target speed
         # already follows the braking curve to the next stop, so a lazier response would
         # roll past a planned stop
@@ -254,6 +347,7 @@ class Truck:
         v = max(0.0, v + a * h)
         self._s = min(route.length_m, self._s + v * h)
         self._v, self._a = v, a
+        self._fast_progress()
         stop = self._next_stop()
         if stop is not None and route.cum_m[stop.at] - self._s < 1.5 and v < 0.6:
             self._arrive(stop)
@@ -285,6 +379,8 @@ class Truck:
             self._s = 0.0
             self._stops_done = set()
             self._harsh_to, self._harsh_done = None, False
+            self._launch = False
+            self._plan_fast_corner()
         else:
             self._phase, self._phase_left = Phase.DWELL, stop.dwell_s
             self._pto_stop = any(w in stop.reason.lower() for w in PTO_WORK)
@@ -310,19 +406,60 @@ class Truck:
         self._cruise_jitter += self.rng.gauss(0, 0.05)
         self._cruise_jitter = max(-1.2, min(0.6, self._cruise_jitter))
         target = route.points[i].limit_kmh / 3.6 + self._cruise_jitter
-        # slow down for sharp turns ahead and for the next stop
-        for j in range(i + 1, len(route.points)):
-            d = route.cum_m[j] - self._s
+        # slow down for the curves ahead (at their speed CURVE_LEAD_M before they start,
+        # held through them) and for the next stop
+        for j in range(max(i, 1), len(route.points) - 1):
+            curve = route.curve(j)
+            if curve is None:
+                continue
+            entry = route.cum_m[j] - curve.half_m
+            d = entry - CURVE_LEAD_M - self._s
             if d > 600:
                 break
-            turn = route.turn_deg(j)
-            v_turn = max(15 / 3.6, route.points[i].limit_kmh / 3.6 * (1 - turn / 110))
-            target = min(target, math.sqrt(v_turn**2 + 2 * BRAKE_MS2 * max(d, 0)))
+            if self._s > route.cum_m[j] + curve.half_m:
+                continue  # behind us
+            lateral = FAST_CORNER_MS2 if j == self._fast_j else DESIGN_LATERAL_MS2
+            v_curve = min(route.points[j - 1].limit_kmh / 3.6,
+                          math.sqrt(lateral * curve.radius_m))
+            target = min(target, math.sqrt(v_curve**2 + 2 * BRAKE_MS2 * max(d, 0)))
         stop = self._next_stop()
         if stop is not None:
             d = route.cum_m[stop.at] - self._s
             target = min(target, math.sqrt(2 * BRAKE_MS2 * max(d - 1.0, 0.0)) + 0.3)
         return max(0.0, target)
+
+    def _plan_fast_corner(self) -> None:
+        """The curve of this leg that ``fast_corner_at`` says is taken too fast."""
+        self._fast_j, self._fast_entered = None, False
+        at = self.params.fast_corner_at
+        if at is not None:
+            self._fast_j = self._next_real_curve(self.route.length_m * at)
+
+    def _next_real_curve(self, from_m: float) -> int | None:
+        route = self.route
+        for j in range(1, len(route.points) - 1):
+            curve = route.curve(j)
+            if (curve is not None and abs(curve.turn_deg) >= FAST_CORNER_MIN_DEG
+                    and route.cum_m[j] - curve.half_m >= from_m):
+                return j
+        return None
+
+    def _fast_progress(self) -> None:
+        """Arm, enter and leave the curve taken too fast."""
+        route = self.route
+        if self._fast_armed and self._fast_j is None:
+            # one the driver has not started braking for yet (600 m is his look-ahead)
+            self._fast_j = self._next_real_curve(self._s + 600 * (self._v > 0.3))
+            self._fast_armed, self._fast_entered = False, False
+        j = self._fast_j
+        curve = route.curve(j) if j is not None else None
+        if j is None or curve is None:
+            return
+        if not self._fast_entered and self._s >= route.cum_m[j] - curve.half_m:
+            self._fast_entered = True
+            self.fast_corners += 1
+        if self._s > route.cum_m[j] + curve.half_m:
+            self._fast_j, self._fast_entered = None, False
 
     def _grade(self) -> float:
         route, i = self.route, self._segment()
@@ -334,8 +471,17 @@ class Truck:
         a, b = route.points[i], route.points[i + 1]
         seg = route.cum_m[i + 1] - route.cum_m[i]
         f = min(1.0, max(0.0, (self._s - route.cum_m[i]) / seg)) if seg > 0 else 0.0
+        heading = route.bearings[i]
+        for j in (i, i + 1):  # the second half of the arc at i, the first of the next one
+            curve = route.curve(j) if 0 < j < len(route.points) - 1 else None
+            if curve is None:
+                continue
+            start = route.cum_m[j] - curve.half_m
+            if start <= self._s <= route.cum_m[j] + curve.half_m:
+                share = (self._s - start) / (2 * curve.half_m)
+                heading = (route.bearings[j - 1] + curve.turn_deg * share) % 360.0
         return (a.lat + (b.lat - a.lat) * f, a.lon + (b.lon - a.lon) * f,
-                a.alt_m + (b.alt_m - a.alt_m) * f, route.bearings[i])
+                a.alt_m + (b.alt_m - a.alt_m) * f, heading)
 
     def _faults(self, t: float) -> None:
         if self._fault_until and t >= self._fault_until:
@@ -360,7 +506,8 @@ class Truck:
         moved_km = haversine_m(st.lat, st.lon, lat, lon) / 1000.0
         running = self._phase is not Phase.PARKED
         gear, rpm = self._gear_rpm(v, a) if running else (0, 0.0)
-        force = MASS_KG * (G * CRR + G * self._grade() + a) + 0.5 * AIR_RHO * CDA_M2 * v * v
+        force = self.mass_kg * (G * CRR + G * self._grade() + a) + \
+            0.5 * AIR_RHO * CDA_M2 * v * v
         power_kw = force * v / 1000.0 if v > 0.1 else 0.0
         if not running:
             rate, load = 0.0, 0.0

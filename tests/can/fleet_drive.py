@@ -1,10 +1,21 @@
 """A short simulated drive for the derived fleet events (trip, idle, harsh, driver).
 
-One leg of 1.2 km on a straight road at 50 km/h: parked, a long warm-up at idle (an
-``idle`` event), the route's emergency stop (``harsh`` braking, sim/truck.py), the depot
-at the end (ignition off: the trip ends ``trip_end_timeout_s`` later). Used in process by
-tests/can/test_fleet_wiring.py and tests/uplink/test_schema.py, and through the real
-agent by tests/sim/test_e2e_fleet.py.
+One leg of 1.2 km at 50 km/h, 800 m east then a left turn (a 90-degree curve of 45 m
+radius) and 400 m north, driven by a solo tractor (no trailer) with every optional
+scenario of sim/truck.py on, in this order:
+
+- parked, then a long warm-up at idle (an ``idle`` event) during which the driver pulls
+  his tachograph card for :data:`CARD_OUT_FOR_S` (``driver`` events: card out, rest;
+  card in, work);
+- the hard pull-away of the solo tractor (``harsh`` acceleration,
+  :data:`sim.truck.SOLO_LAUNCH_MS2`);
+- the curve taken too fast (``harsh`` cornering, :data:`sim.truck.FAST_CORNER_MS2` lateral);
+- the leg's emergency stop at :data:`HARSH_BRAKE_AT` of it, the last harsh event
+  (``harsh`` braking, 4.5 m/s^2);
+- the depot at the end (ignition off: the trip ends ``trip_end_timeout_s`` later).
+
+Used in process by tests/can/test_fleet_wiring.py and tests/uplink/test_schema.py, and
+through the real agent by tests/sim/test_e2e_fleet.py.
 """
 
 from __future__ import annotations
@@ -19,30 +30,45 @@ from drivers.nmea_epoch import NmeaDecoder
 from gateway.clock import Clock
 from gateway.ingest import Ingest
 from sim import nmea_out
+from sim.faults import FaultPlan
 from sim.j1939_out import Schedule
 from sim.route import Route, Stop, Waypoint, build_route
-from sim.runner import fix_of
+from sim.runner import TruckSim, fix_of
 from sim.truck import Phase, Truck, TruckParams
 
 T0 = dt.datetime(2026, 12, 1, 8, 0, 0, tzinfo=dt.UTC)
 LAT, LON0 = 53.54, 9.90
 LEG_M = 1200.0
 WARMUP_S = 40.0  # model seconds idling before departure
+START_PARKED_S = 2.0
+CURVE_AT_M = 800.0  # the left turn (point 2)
+CURVE_R_M = 45.0
+HARSH_BRAKE_AT = 0.75  # share of the leg: 900 m, after the curve
+CARD_OUT_AT_S = 26.0  # model time: in the warm-up (2 s .. 42 s)
+CARD_OUT_FOR_S = 8.0
 #: thresholds for a drive in model time (no time-lapse)
 EVENTS = EventsConfig(trip_end_timeout_s=30.0, idle_min_s=20.0)
 
 
 def short_route() -> Route:
-    """Four points due east, 400 m apart, limit 50 km/h; the depot at the end."""
-    deg_per_m = 1 / (111_320.0 * 0.5948)  # cos(53.54 deg)
-    pts = tuple(Waypoint(LAT, LON0 + i * 400.0 * deg_per_m, 10.0, 50.0) for i in range(4))
+    """Three points due east, 400 m apart, then one 400 m north (a left turn of radius
+    :data:`CURVE_R_M` at point 2), limit 50 km/h; the depot at the end."""
+    lon_per_m = 1 / (111_320.0 * 0.5948)  # cos(53.54 deg)
+    lat_per_m = 1 / 111_195.0
+    east = [(LAT, LON0 + i * 400.0 * lon_per_m) for i in range(3)]
+    north = (LAT + 400.0 * lat_per_m, east[-1][1])
+    pts = tuple(Waypoint(lat, lon, 10.0, 50.0, CURVE_R_M if i == 2 else None)
+                for i, (lat, lon) in enumerate([*east, north]))
     return build_route("fleet-short", pts, (Stop(3, 0.0, "depot"),))
 
 
 def short_truck(seed: int = 11, *, park_s: float = 600.0) -> Truck:
-    """The truck of :func:`short_route` (no DTCs), parked until 2 s in."""
+    """The truck of :func:`short_route` (no DTCs), parked until 2 s in: a solo tractor
+    that takes the curve too fast and whose driver pulls his card in the warm-up."""
     return Truck(short_route(), seed=seed, params=TruckParams(
-        start_parked_s=2.0, warmup_s=WARMUP_S, park_s=park_s, fault_every_s=0))
+        start_parked_s=START_PARKED_S, warmup_s=WARMUP_S, park_s=park_s, fault_every_s=0,
+        harsh_brake_at=HARSH_BRAKE_AT, solo=True, fast_corner_at=0.5,
+        card_out_at_s=CARD_OUT_AT_S, card_out_for_s=CARD_OUT_FOR_S))
 
 
 @dataclass
@@ -54,9 +80,12 @@ class Drive:
 
 
 def drive_in_process(events_cfg: EventsConfig = EVENTS, *, after_park_s: float = 45.0,
-                     dt_s: float = 0.02) -> Drive:
+                     dt_s: float = 0.02, truck: Truck | None = None,
+                     faults: FaultPlan | None = None) -> Drive:
     """Model -> NMEA (1 Hz) and J1939 frames -> the gateway's decoders -> Ingest, with a
-    tick every second; ``after_park_s`` of model time parked at the end."""
+    tick every second; ``after_park_s`` of model time parked at the end. ``truck``:
+    another than :func:`short_truck`; ``faults``: applied as ``truckgw sim truck
+    --fault`` does (its times are model seconds here: no time-lapse)."""
     now = {"s": 0.0}
 
     def mono() -> float:
@@ -66,7 +95,8 @@ def drive_in_process(events_cfg: EventsConfig = EVENTS, *, after_park_s: float =
                   system_synced=lambda: True)
     out: list[Event] = []
     ingest = Ingest(out.append, clock, events=events_cfg, mono=mono)
-    truck = short_truck()
+    truck = truck or short_truck()
+    sim = TruckSim(truck, faults=faults) if faults is not None else None  # no outputs
     sched = Schedule(request_every_s=0)
     can, gps = J1939Decoder(), NmeaDecoder()
     next_epoch, next_tick = 1.0, 1.0
@@ -74,6 +104,8 @@ def drive_in_process(events_cfg: EventsConfig = EVENTS, *, after_park_s: float =
     parked_at = None
     for _ in range(round(900 / dt_s)):  # bounded: 15 model minutes at most
         now["s"] += dt_s
+        if sim is not None:
+            sim.apply_faults(now["s"])
         state = truck.step(dt_s)
         if odo_on is None and state.phase is not Phase.PARKED:
             odo_on = state.odometer_km

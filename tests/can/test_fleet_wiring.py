@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -25,11 +26,29 @@ from config.errors import ConfigError, StoreError
 from config.events import Event, Priority, decode_body
 from config.loader import check_config
 from config.schema import EventsConfig
-from drivers.j1939 import J1939Decoder, make_id
+from drivers.j1939 import J1939Decoder, SignalUpdate, make_id
 from gateway.app import FLEET_STATE_KEY, Agent, Phase
 from gateway.cli import main
 from gateway.sdnotify import Notifier
-from tests.can.fleet_drive import EVENTS, drive_in_process
+from sim.faults import FaultPlan, parse_fault
+from sim.j1939_out import SA_TACHO, Schedule
+from sim.truck import FAST_CORNER_MS2, SOLO_LAUNCH_MS2, Truck, TruckParams
+from tests.can.fleet_drive import (
+    CARD_OUT_AT_S,
+    CARD_OUT_FOR_S,
+    CURVE_AT_M,
+    CURVE_R_M,
+    EVENTS,
+    HARSH_BRAKE_AT,
+    LAT,
+    LON0,
+    START_PARKED_S,
+    T0,
+    WARMUP_S,
+    drive_in_process,
+    short_route,
+    short_truck,
+)
 
 DERIVED = {"trip", "idle", "harsh", "driver"}
 
@@ -62,6 +81,87 @@ def test_ingest_derives_trip_idle_harsh_and_driver_from_a_simulated_drive() -> N
     assert all(e.fields["src"] == 0xEE for e in drivers)  # the tachograph
     # the derived events are critical: evicted last
     assert {e.priority for e in d.events if e.type in DERIVED} == {Priority.CRITICAL}
+
+
+T0_MS = round(T0.timestamp() * 1000)
+DEPART_S = START_PARKED_S + WARMUP_S  # model time the truck pulls away
+M_PER_DEG_LON = 111_320.0 * 0.5948  # at 53.54 deg north, as fleet_drive.short_route
+
+
+def driver1(events: list[Event]) -> list[tuple[float, bool, int]]:
+    """(seconds into the drive, card present, working state) of driver 1's events."""
+    return [((e.ts_ms - T0_MS) / 1000, e.fields["card_present"], e.fields["working_state"])
+            for e in of(events, "driver") if e.fields["driver"] == 1]
+
+
+def test_the_drive_has_a_harsh_acceleration_a_harsh_cornering_and_a_card_removal() -> None:
+    """The optional scenarios of sim/truck.py that tests/can/fleet_drive.py switches on."""
+    d = drive_in_process()
+    assert (d.truck.hard_launches, d.truck.fast_corners, d.truck.card_removals) == (1, 1, 1)
+    harsh = of(d.events, "harsh")
+    assert [h.fields["kind"] for h in harsh] == ["acceleration", "cornering", "braking"]
+    accel, corner, _brake = harsh
+    # the solo tractor pulls away hard at the end of the warm-up
+    assert (accel.ts_ms - T0_MS) / 1000 == pytest.approx(DEPART_S + 1, abs=1.0)
+    assert accel.fields["peak_ms2"] == pytest.approx(SOLO_LAUNCH_MS2, abs=0.05)
+    assert 3.0 <= accel.fields["duration_s"] <= 7.0  # until 3 m/s short of 50 km/h
+    assert accel.fields["speed_kmh"] < 10
+    assert accel.fields["lon"] - LON0 < 20 / M_PER_DEG_LON  # at the start
+    # the 45 m curve taken at 43 km/h: v^2 / r = 3.2 m/s^2, at the curve, about 6 s long
+    v_kmh = math.sqrt(FAST_CORNER_MS2 * CURVE_R_M) * 3.6
+    assert corner.fields["peak_ms2"] == pytest.approx(FAST_CORNER_MS2, abs=0.1)
+    assert corner.fields["speed_kmh"] == pytest.approx(v_kmh, abs=1.0)
+    assert 4.0 <= corner.fields["duration_s"] <= 7.0  # the 71 m arc at 12 m/s
+    east_m = (corner.fields["lon"] - LON0) * M_PER_DEG_LON
+    assert CURVE_AT_M - 50 <= east_m <= CURVE_AT_M and corner.fields["lat"] == pytest.approx(
+        LAT, abs=1e-4)
+    # the card out in the warm-up (rest), back in (work), then driving
+    got = driver1(d.events)
+    assert [(c, w) for _t, c, w in got] == [(True, 2), (False, 0), (True, 2), (True, 3)]
+    assert got[1][0] == pytest.approx(CARD_OUT_AT_S, abs=0.1)
+    assert got[2][0] == pytest.approx(CARD_OUT_AT_S + CARD_OUT_FOR_S, abs=0.1)
+    assert got[3][0] == pytest.approx(DEPART_S, abs=0.5)
+
+
+def test_the_scenarios_on_demand_through_the_fault_plan_on_a_laden_truck() -> None:
+    """``--fault corner@50 --fault card-out@20+6``: the same events, at the asked times;
+    a laden 30 t truck pulls away at 0.9 m/s^2 at most: no harsh acceleration."""
+    assert (parse_fault("corner@5").duration_s, parse_fault("card-out@5").duration_s) == (0, 30)
+    truck = Truck(short_route(), seed=11, params=TruckParams(
+        start_parked_s=START_PARKED_S, warmup_s=WARMUP_S, fault_every_s=0,
+        harsh_brake_at=HARSH_BRAKE_AT))
+    d = drive_in_process(truck=truck, faults=FaultPlan.parse(["card-out@20+6", "corner@50"]))
+    assert (truck.hard_launches, truck.fast_corners, truck.card_removals) == (0, 1, 1)
+    harsh = of(d.events, "harsh")
+    assert [h.fields["kind"] for h in harsh] == ["cornering", "braking"]
+    assert harsh[0].fields["peak_ms2"] == pytest.approx(FAST_CORNER_MS2, abs=0.1)
+    got = driver1(d.events)
+    assert [(c, w) for _t, c, w in got] == [(True, 2), (False, 0), (True, 2), (True, 3)]
+    assert [t for t, _c, _w in got[1:3]] == pytest.approx([20.0, 26.0], abs=0.1)
+
+
+def test_a_card_pulled_with_the_ignition_on_leaves_tco1_and_di() -> None:
+    """TCO1 says no card (rest) at once; DI goes on with an empty driver 1 field, sent
+    on the change: the status file's driver is gone."""
+    truck = short_truck()
+    sched = Schedule(request_every_s=0)
+    dec = J1939Decoder()
+    t, card, before = 0.0, [], None
+    while t < CARD_OUT_AT_S + 2.0:  # bounded: 28 model seconds
+        t += 0.01
+        state = truck.step(0.01)
+        for f in sched.due(t, state):
+            d = dec.feed(round(t * 1000), f.arbitration_id, f.data)
+            if isinstance(d, SignalUpdate) and d.sa == SA_TACHO and \
+                    "driver1_card_present" in d.values:
+                card.append((t, d.values["driver1_card_present"]))
+        if before is None and t >= CARD_OUT_AT_S - 0.5:
+            before = dec.identity.drivers_dict()
+    assert before == {"EE": {"driver1": truck.tacho.driver_id}}
+    assert truck.card_removals == 1
+    assert card[-1][1] is False
+    assert min(ts for ts, present in card if not present) == pytest.approx(CARD_OUT_AT_S, abs=0.1)
+    assert dec.identity.drivers_dict() == {"EE": {}}
 
 
 def test_events_disabled_records_none_of_them() -> None:

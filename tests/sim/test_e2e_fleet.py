@@ -1,10 +1,12 @@
 """End to end: derived fleet events from a simulated drive, through a real agent process.
 
 Simulator ptys (GPS, slcan USB-CAN) -> ``truckgw run`` child -> real Mosquitto -> sink.
-The truck drives the short leg of tests/can/fleet_drive.py (a long warm-up at idle, one
-emergency stop, the depot, ignition off) at a time-lapse of :data:`SPEED`. Mid-trip the
-agent is killed with SIGKILL and started again: the sink must still get ONE trip whose
-odometer distance covers the whole leg, plus the idle, harsh braking and driver events.
+The truck drives the short leg of tests/can/fleet_drive.py (a long warm-up at idle with
+the driver's card pulled for a while, a solo tractor's hard pull-away, a curve taken too
+fast, one emergency stop, the depot, ignition off) at a time-lapse of :data:`SPEED`.
+Mid-trip the agent is killed with SIGKILL and started again: the sink must still get ONE
+trip whose odometer distance covers the whole leg, plus the idle event, the harsh
+acceleration, cornering and braking, and the driver events (card out, card in).
 
 Time-lapse: the agent's clock is real, the truck's is :data:`SPEED` times faster, so
 durations shrink and accelerations grow by that factor; the ``[events]`` thresholds
@@ -15,6 +17,7 @@ model seconds of it).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +31,8 @@ from sim.ports import PtyPort
 from sim.runner import TruckSim
 from sim.sink import Sink, session_store_conf
 from sim.slcan_adapter import SlcanPtyAdapter
-from sim.truck import Phase
-from tests.can.fleet_drive import LEG_M, WARMUP_S, short_truck
+from sim.truck import FAST_CORNER_MS2, SOLO_LAUNCH_MS2, Phase
+from tests.can.fleet_drive import CARD_OUT_FOR_S, CURVE_R_M, LEG_M, WARMUP_S, short_truck
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -68,7 +71,9 @@ async def test_a_drive_killed_mid_trip_gives_one_trip_and_every_derived_event(
     gw = GatewayProcess(tmp_path / "gw", truck_config(
         truck_id=TRUCK, workdir=tmp_path / "gw", mqtt_host=broker.host, mqtt_port=broker.port,
         gps_port=str(gps.link), can_channel=can.channel, extra=EVENTS))
-    sink = Sink(broker.host, broker.port, "fleet", client_id=f"e2e-fleet-{broker.port}")
+    received = tmp_path / "events.jsonl"
+    sink = Sink(broker.host, broker.port, "fleet", client_id=f"e2e-fleet-{broker.port}",
+                jsonl=received)
     truck = short_truck(park_s=3600.0)  # stays parked after the leg
     sim = TruckSim(truck, gps=gps, can=can, speed=SPEED, seed=11)
     can.device.on_transmit = sim.on_frame_from_host
@@ -124,3 +129,25 @@ async def test_a_drive_killed_mid_trip_gives_one_trip_and_every_derived_event(
     assert seen["missing"] == seen["missing_announced"], seen
     assert by_type.get("seq_gap", 0) >= 1, by_type
     assert st.odometer_km <= odo["on"]
+    # every event once, in the order the agent recorded them
+    events = sorted((e for line in received.read_text().splitlines()
+                     if not (e := json.loads(line))["duplicate"]), key=lambda e: e["seq"])
+    harsh = [e for e in events if e["type"] == "harsh"]
+    assert [e["kind"] for e in harsh] == ["acceleration", "cornering", "braking"], harsh
+    accel, corner, brake = harsh
+    assert (truck.hard_launches, truck.fast_corners) == (1, 1)
+    # over one agent second (SPEED model seconds) of the pull-away at SOLO_LAUNCH_MS2
+    assert accel["peak_ms2"] / SPEED == pytest.approx(SOLO_LAUNCH_MS2, abs=0.2)
+    # it starts within the first agent second of the pull-away, and before the kill
+    assert accel["speed_kmh"] <= SOLO_LAUNCH_MS2 * SPEED * 3.6 + 3 and accel["ts"] < killed_ms
+    # the 45 m curve at 43 km/h (3.2 m/s^2): the 1 Hz fixes are 36 m of it apart here
+    assert 2.8 <= corner["peak_ms2"] / SPEED <= FAST_CORNER_MS2 + 0.3, corner
+    assert corner["speed_kmh"] == pytest.approx((FAST_CORNER_MS2 * CURVE_R_M) ** 0.5 * 3.6,
+                                                abs=2.5)
+    assert killed_ms < corner["ts"] < brake["ts"] < trip["ts"]
+    assert truck.card_removals == 1
+    card = [(e["ts"], e["card_present"], e["working_state"]) for e in events
+            if e["type"] == "driver" and e["driver"] == 1]
+    assert [(c, w) for _ts, c, w in card] == [(True, 2), (False, 0), (True, 2), (True, 3)], card
+    assert (card[2][0] - card[1][0]) / 1000 == pytest.approx(CARD_OUT_FOR_S / SPEED, abs=0.5)
+    assert trip["start_ts"] < card[1][0] < card[3][0] <= accel["ts"]  # in the warm-up

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -220,6 +221,12 @@ async def test_replay_of_a_real_capture_reaches_the_sink(
     assert t["missing"] == 0
 
 
+FLEET_VIEW = re.compile(
+    r"gear +\d+ \(selected \d+\) +AdBlue \d+\.\d %\s*\n"
+    r"\s*driver +DF\d+ +working state (drive|work|available|rest)\s*\n"
+    r"\s*trips +\d+ +idling \d+ +harsh \d+")
+
+
 def test_demo_runs_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "demo", "--plain", "--duration", "100",
@@ -237,12 +244,15 @@ def test_demo_runs_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
                 out.append(chunk.decode(errors="replace"))
             text = "".join(out)
             if any(line.strip().startswith("received") and " 0 events" not in line
-                   for line in text.splitlines()):
+                   for line in text.splitlines()) and FLEET_VIEW.search(text):
                 break
             time.sleep(0.2)
         text = "".join(out)
         assert proc.poll() is None, text
         assert "gps" in text or "position" in text
+        # the live view shows what operators buy telematics for, from the real pipeline:
+        # gear and AdBlue from the bus, the driver's card (DI) and tachograph state
+        assert FLEET_VIEW.search(text), text[-3000:]
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=40)
     finally:

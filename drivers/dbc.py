@@ -3,7 +3,9 @@
 :func:`load_dbc` turns every 29-bit message of a DBC file into a :class:`DbcSpec`, an
 entry of the J1939 decode table (:class:`drivers.j1939.Spec`): it is matched on the
 **PGN** of the message's identifier, whatever the priority and source address the
-frame arrives with, and a DBC message replaces the built-in entry of the same PGN.
+frame arrives with. A PGN the built-in table already decodes keeps its built-in
+decoding (the wire contract's field names stay the same), and the DBC message is skipped
+with a warning (docs/can.md).
 11-bit messages are skipped (J1939 uses 29-bit identifiers only).
 
 The J1939-71 not-available rule applies to every DBC signal, on its raw bits, as it

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -21,11 +22,11 @@ from sim.nats import (
     Fleet,
     JetStreamSinkProcess,
     NatsCluster,
-    NatsUnavailableError,
     find_nats_server,
     truck_config,
 )
 from sim.sink_fleet import fleet_events, truck_messages
+from tests.cluster.conftest import running_cluster
 from tests.sink.helpers import count, query
 from tests.uplink.helpers import append_many, wait_until
 
@@ -37,17 +38,11 @@ PASSWORDS = {"TRUCK_0001_PASSWORD": "pw-0001", "TRUCK_0002_PASSWORD": "pw-0002",
 
 
 @pytest.fixture
-def secured_cluster(tmp_path: Path) -> object:
-    try:
-        cluster = NatsCluster(3, workdir=tmp_path / "nats", include=DEPLOY / "auth.conf",
-                              env=PASSWORDS)
-        cluster.start()
-    except NatsUnavailableError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+def secured_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """The cluster with the shipped authorization (deploy/nats/auth.conf)."""
+    with running_cluster(tmp_path / "nats", include=DEPLOY / "auth.conf",
+                         env=PASSWORDS) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 def _nats_login(url: str, user: str, password: str) -> bool:

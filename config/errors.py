@@ -19,11 +19,15 @@ class ConfigError(GatewayError):
     """A truck configuration is invalid.
 
     ``problems`` holds every finding as ``(file, key_path, reason)``; ``str()`` gives
-    one line per finding in the form ``file: key.path: reason``.
+    one line per finding in the form ``file: key.path: reason``. ``warnings`` are the
+    warnings found in the same pass (``file: key: reason``), so that one run of
+    ``check-config`` shows all of them.
     """
 
-    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+    def __init__(self, problems: list[tuple[str, str, str]],
+                 warnings: list[str] | None = None) -> None:
         self.problems = list(problems)
+        self.warnings = list(warnings or [])
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:

@@ -113,12 +113,12 @@ def check_parsed(
     cfg: TruckConfig | None = ctx.build(TruckConfig, data, "")
     if ctx.problems or cfg is None:
         _cross_check_the_rest(data, ctx)
-        raise ConfigError(ctx.problems)
+        raise ConfigError(ctx.problems, ctx.warnings)
     cfg = dataclasses.replace(cfg, source=source)
     _cross_checks(cfg, ctx)
     _unused_by_mode(data, cfg, ctx)
     if ctx.problems:
-        raise ConfigError(ctx.problems)
+        raise ConfigError(ctx.problems, ctx.warnings)
     return cfg, tuple(ctx.warnings)
 
 
@@ -136,13 +136,14 @@ def _cross_check_the_rest(data: Mapping[str, Any], ctx: _Ctx) -> None:
     trimmed = _without(data, reported)
     if trimmed is None:
         return
-    again = _Ctx(name=ctx.name, base=ctx.base)
+    again = _Ctx(name=ctx.name, base=ctx.base, read_secrets=ctx.read_secrets)
     cfg = again.build(TruckConfig, trimmed, "")
     if cfg is None or again.problems:
         return  # still unbuildable: what was reported stands alone
     _cross_checks(cfg, again)
     ctx.problems.extend(pr for pr in again.problems
                         if not any(pr[1] == k or pr[1].startswith(k + ".") for k in reported))
+    ctx.warnings.extend(w for w in again.warnings if w not in ctx.warnings)
 
 
 def _without(data: Mapping[str, Any], keys: set[str]) -> dict[str, Any] | None:

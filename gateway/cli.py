@@ -46,6 +46,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             for line in exc.lines():
                 print(line, file=sys.stderr)
+            for msg in exc.warnings:  # found in the same pass: all of it at once
+                print(f"warning: {msg}", file=sys.stderr)
             status = EX_CONFIG
             continue
         for msg in found:

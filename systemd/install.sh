@@ -25,6 +25,8 @@
 #   SRC          what pip installs (default: the checkout this script lives in)
 #   PYTHON       interpreter for the virtualenv (default python3, needs >= 3.11)
 #   PIP_ARGS     extra pip arguments
+#   EXTRAS       optional extras to install, e.g. "dbc" (cantools, for [can].dbc_file);
+#                default: "dbc" when the existing config sets dbc_file, else none
 #   ROOT         install into this directory instead of / (image building, tests);
 #                then the unit is enabled offline and not started unless START=1
 #   PREFIX       where the venvs and docs go (default /opt/truckgw)
@@ -47,6 +49,7 @@ PREFIX=${PREFIX:-/opt/truckgw}
 BINDIR=${BINDIR:-/usr/local/bin}
 PYTHON=${PYTHON:-python3}
 PIP_ARGS=${PIP_ARGS:-}
+EXTRAS=${EXTRAS:-}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
 KEEP_VENVS=${KEEP_VENVS:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -191,13 +194,23 @@ do_install() {
     "$PYTHON" -m venv "$venv"
     # a failed pip install leaves no half venv behind
     trap 'rm -rf "$venv"' EXIT
+    # a truck whose config decodes OEM signals from a DBC file needs cantools in every
+    # new version too, or the new venv fails its check-config and the upgrade is refused
+    if [ -z "$EXTRAS" ] && [ -f "$ROOT$CONF" ] && \
+            grep -Eq '^[[:space:]]*dbc_file[[:space:]]*=' "$ROOT$CONF"; then
+        EXTRAS=dbc
+        say "$CONF sets dbc_file: installing the dbc extra (cantools)"
+    fi
+    spec_extras=""
+    if [ -n "$EXTRAS" ]; then spec_extras="[$EXTRAS]"; fi
     if [ -n "$WHEELHOUSE" ]; then
         # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
-            --find-links "$WHEELHOUSE" $PIP_ARGS truckgw
+            --find-links "$WHEELHOUSE" $PIP_ARGS "truckgw$spec_extras"
     else
         # shellcheck disable=SC2086
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS "$SRC"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS \
+            "$SRC$spec_extras"
     fi
     say "installed $("$venv/bin/truckgw" --version) into $PREFIX/$venv_rel"
     mkdir -p "$ROOT$PREFIX/share/doc"

@@ -185,6 +185,29 @@ def test_rules_across_keys_run_in_the_same_pass_as_the_key_errors(tmp_path: Path
                             "truck_id"], info.value.problems
 
 
+def test_check_config_shows_the_warnings_of_a_file_with_errors_in_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file with an error and warnings: one run prints both (not the warnings only once
+    the error is fixed)."""
+    key = tmp_path / "mqtt.password"
+    key.write_text("pw\n")
+    key.chmod(0o640)  # readable by its group: a warning
+    path = write(tmp_path, 'truck_id = "TRK-0001"\n[gps]\nport = "/dev/null"\n'
+                 '[mqtt]\nhost = "broker"\nprotocol = "3.1.1"\nusername = "u"\n'
+                 'password_file = "mqtt.password"\nallow_insecure_password = true\n'
+                 'keepalive_s = 0\n')
+    with pytest.raises(ConfigError) as info:
+        check_config(path)
+    assert [k for _f, k, _r in info.value.problems] == ["mqtt.keepalive_s"]
+    assert any("mqtt.protocol" in w for w in info.value.warnings), info.value.warnings
+    assert any("password_file" in w and "its group" in w for w in info.value.warnings)
+    assert main(["check-config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "mqtt.keepalive_s" in err
+    assert "warning:" in err and "mqtt.protocol" in err and "password_file" in err
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_config(tmp_path / "nope.toml")

@@ -10,6 +10,7 @@ sandbox lives in a folder every user can traverse, removed at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -238,6 +239,29 @@ def test_first_install_without_broker_is_refused(sandbox: Sandbox) -> None:
     assert not (root / "opt/truckgw").exists()  # refused before changing anything
     assert "\ntruckgw:" not in (root / "etc/passwd").read_text()
     assert not sandbox["log"].exists()
+
+
+@pytest.mark.slow
+def test_an_upgrade_keeps_the_dbc_extra_of_a_truck_that_uses_a_dbc_file(
+        sandbox: Sandbox) -> None:
+    """A config with ``[can].dbc_file``: the new venv gets cantools, so its check-config
+    passes and the upgrade goes through (it was refused for want of the extra)."""
+    root = sandbox["root"]
+    res = first_install(sandbox)
+    assert res.returncode == 0, res.stdout + res.stderr
+    conf = root / "etc/truckgw/truckgw.toml"
+    dbc = root / "etc/truckgw/oem.dbc"
+    dbc.write_bytes((ROOT_DIR / "tests/data/j1939/oem-example.dbc").read_bytes())
+    text = conf.read_text()
+    assert "\n[can]\n" in text
+    conf.write_text(text.replace("\n[can]\n", '\n[can]\ndbc_file = "oem.dbc"\n', 1))
+    report = sandbox["top"] / "pip-report.json"  # what pip was asked to install
+    res = run_install(sandbox, START="1", PIP_ARGS=f"--no-deps --report {report}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "installing the dbc extra" in res.stdout
+    items = json.loads(report.read_text())["install"]
+    asked = [i for i in items if i["metadata"]["name"] == "truckgw"]
+    assert asked and asked[0].get("requested_extras") == ["dbc"], items
 
 
 @pytest.mark.slow

@@ -469,7 +469,7 @@ class Delivery:
             return []
         if flight.lane is None:
             if reason_code >= 0x80:
-                log.error("uplink: broker refused the status message: %s",
+                log.error("uplink: broker refused a status or remote-management message: %s",
                           reason_name(reason_code))
             return []
         if flight.lane is Lane.LIVE:

@@ -81,9 +81,12 @@ def _worth_a_probe(exc: UplinkError) -> bool:
 class LinkHooks(Protocol):
     """Optional listener on the connection (remote management, :mod:`gateway.remote`):
     ``on_connected`` after the online status (it may subscribe and set
-    ``client.on_message``), ``on_disconnected`` when the connection is over."""
+    ``client.on_message``), ``on_disconnected`` when the connection is over.
+    ``sent(mid, nbytes)`` must be called after each QoS 1 publish the listener makes on
+    the client: the delivery core tracks every packet id in flight, so that one paho
+    hands out again while still in flight is never taken for another message's."""
 
-    def on_connected(self, client: mqtt.Client) -> None:
+    def on_connected(self, client: mqtt.Client, sent: Callable[[int, int], None]) -> None:
         """The connection is up and the online status published."""
 
     def on_disconnected(self) -> None:
@@ -241,10 +244,14 @@ class Link:
             log.exception("uplink: internal error in a connection task; reconnecting")
             self._do(self.core.disconnected(time.monotonic(), 0, f"internal error: {exc!r}"))
 
+    def _side_sent(self, mid: int, nbytes: int) -> None:
+        """A QoS 1 message of a hook (remote management) went as packet ``mid``."""
+        self.core.status_sent(mid, nbytes, time.monotonic())
+
     async def _deliver(self) -> None:
         await self._publish_status("online", await self.status.online_fields())
         if self.hooks is not None and self.client is not None:
-            self.hooks.on_connected(self.client)
+            self.hooks.on_connected(self.client, self._side_sent)
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._sender(), name="uplink-sender"),

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,6 +117,7 @@ class RemoteShell:
         self.window = commands.RequestWindow.load(raw if isinstance(raw, list) else [])
         self._queue: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue(QUEUE_MAX)
         self._client: mqtt.Client | None = None
+        self._sent: Callable[[int, int], None] | None = None
         self._reply_props = _props(PacketTypes.PUBLISH) if self.v5 else None
         self.counters: dict[str, int] = {
             "messages": 0, "commands_run": 0, "refused": 0, "unsigned_refused": 0,
@@ -131,10 +132,12 @@ class RemoteShell:
 
     # ------------------------------------------------------------------ uplink hooks
 
-    def on_connected(self, client: mqtt.Client) -> None:
+    def on_connected(self, client: mqtt.Client, sent: Callable[[int, int], None]) -> None:
         """A broker accepted the connection: confirm, report, subscribe (never raises:
-        remote management must not take the uplink down)."""
+        remote management must not take the uplink down). ``sent(mid, nbytes)``: each
+        QoS 1 publish of ours, for the uplink's table of packet ids in flight."""
         self._client = client
+        self._sent = sent
         try:
             self._connected(client)
         except Exception:
@@ -365,8 +368,10 @@ class RemoteShell:
         client = self._client
         if client is None:
             return
-        client.publish(reported_topic(self.prefix, self.truck_id), self.reported_payload(),
-                       qos=1, retain=True, properties=self._reply_props)
+        payload = self.reported_payload()
+        self._note(client.publish(reported_topic(self.prefix, self.truck_id), payload,
+                                  qos=1, retain=True, properties=self._reply_props),
+                   len(payload))
 
     # ------------------------------------------------------------------ commands
 
@@ -483,7 +488,12 @@ class RemoteShell:
         payload = commands.encode_reply(req.request_id if req else None,
                                         req.name if req else None, code, body,
                                         truck_id=self.truck_id, now_ms=self.agent.wall_ms())
-        client.publish(topic, payload, qos=1, properties=props)
+        self._note(client.publish(topic, payload, qos=1, properties=props), len(payload))
+
+    def _note(self, info: mqtt.MQTTMessageInfo, nbytes: int) -> None:
+        """Tell the uplink the packet id of a message we published."""
+        if self._sent is not None and info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self._sent(info.mid, nbytes)
 
     def _count_refusal(self, exc: RefusedError) -> None:
         self.counters["refused"] += 1

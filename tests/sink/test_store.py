@@ -208,3 +208,20 @@ def test_the_fleet_queries_are_served_by_their_indexes(store: SinkStore, db_url:
     assert index in latest, latest
     assert query(db_url, "SELECT truck_id, seq FROM latest_position ORDER BY 1") == [
         ("T1", 19), ("T2", 1)]
+
+
+def test_sqlite_commits_are_durable_unless_the_url_opts_out(tmp_path: Path) -> None:
+    """synchronous=FULL by default (an acked message survives a power cut of the sink's
+    host); ``?synchronous=normal`` opts out; anything else is a config error."""
+    from gateway.sink.sqlite_store import SqliteSinkStore  # noqa: PLC0415
+
+    for query_part, want in (("", 2), ("?synchronous=normal", 1), ("?synchronous=full", 2)):
+        store = open_store(f"sqlite:///{tmp_path / 'f.db'}{query_part}")
+        assert isinstance(store, SqliteSinkStore)
+        try:
+            assert store.write(msg("T1", gps(1, 100, 48.0))) in (0, 1)
+            assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == want
+        finally:
+            store.close()
+    with pytest.raises(SinkStoreConfigError, match="synchronous"):
+        open_store(f"sqlite:///{tmp_path / 'f.db'}?synchronous=off")

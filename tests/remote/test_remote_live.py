@@ -117,6 +117,7 @@ async def test_live_push_changes_the_event_rate_without_a_restart(
         assert sorted(verdict["live_keys"]) == ["can.sampling.max_interval_s",
                                                 "can.sampling.min_interval_s"]
         assert verdict["restart_keys"] == []
+        pushed_at = max(event_seqs(obs), default=0)  # what the fleet had at the push
         await asyncio.sleep(1.5)  # the state file is rewritten once a second
         after = await rate(4.0)
         assert after > 5 * before + 5, (before, after)
@@ -144,7 +145,6 @@ async def test_live_push_changes_the_event_rate_without_a_restart(
         assert assert_wire_valid(obs) >= 3
         # nothing dropped or sent twice across the push: once drained, the seqs the
         # fleet received run without a hole and each arrived once (no reconnect here)
-        pushed_at = max(event_seqs(obs))
         stop.set()
         await drive
         def drained() -> bool:

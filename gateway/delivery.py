@@ -420,11 +420,8 @@ class Delivery:
             self._n.released_events += len(pub.seqs)
             return [Release(pub.seqs)]
         if mid in self._flights:
-            self._outbox.appendleft(pub)
-            self.last_error = f"packet id {mid} handed out again while still in flight"
-            log.error("uplink: %s; reconnecting, nothing unacknowledged is lost",
-                      self.last_error)
-            return self._end(now, self.last_error, prompt=True)
+            self._outbox.appendleft(pub)  # released with the rest
+            return self._id_reused(mid, now)
         self._flights[mid] = _Flight(pub.seqs, pub.lane, len(pub.payload),
                                      now + self._m.publish_timeout_s)
         if pub.lane is Lane.LIVE:
@@ -453,12 +450,16 @@ class Delivery:
         if self.state is not UplinkState.CONNECTED:
             return
         if mid in self._flights:
-            self.last_error = f"packet id {mid} handed out again while still in flight"
-            log.error("uplink: %s; reconnecting, nothing unacknowledged is lost",
-                      self.last_error)
-            self._side.extend(self._end(now, self.last_error, prompt=True))
+            self._side.extend(self._id_reused(mid, now))
             return
         self._flights[mid] = _Flight((), None, nbytes, now + self._m.publish_timeout_s)
+
+    def _id_reused(self, mid: int, now: float) -> list[Action]:
+        """paho handed out ``mid`` again while it is still in flight: end the connection
+        (everything unacknowledged is released; the next client has fresh ids)."""
+        self.last_error = f"packet id {mid} handed out again while still in flight"
+        log.error("uplink: %s; reconnecting, nothing unacknowledged is lost", self.last_error)
+        return self._end(now, self.last_error, prompt=True)
 
     # ---------------------------------------------------------------- broker answers
 

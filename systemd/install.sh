@@ -99,26 +99,23 @@ current_stamp() {
     if [ -L "$ROOT$PREFIX/current" ]; then basename "$(readlink "$ROOT$PREFIX/current")"; fi
 }
 
-# a certificate placed for the service: 0640 root:truckgw (not secret; the group reads it)
-place_file() {  # $1 source, $2 name under $CONF_DIR
+# a file placed for the service, replaced atomically: $1 source, $2 name under $CONF_DIR,
+# $3 owner uid, $4 mode, $5 what the message calls the owner
+place() {
     [ -f "$1" ] || die "$1 not found"
     cp -f "$1" "$ROOT$CONF_DIR/.$2.new"
-    chown "0:$gid" "$ROOT$CONF_DIR/.$2.new"
-    chmod 0640 "$ROOT$CONF_DIR/.$2.new"
+    chown "$3:$gid" "$ROOT$CONF_DIR/.$2.new"
+    chmod "$4" "$ROOT$CONF_DIR/.$2.new"
     mv -f "$ROOT$CONF_DIR/.$2.new" "$ROOT$CONF_DIR/$2"
-    say "placed $CONF_DIR/$2 (0640 root:$SERVICE_USER)"
+    say "placed $CONF_DIR/$2 ($4 $5)"
 }
+
+# a certificate: 0640 root:truckgw (not secret; the group reads it)
+place_file() { place "$1" "$2" 0 0640 "root:$SERVICE_USER"; }
 
 # a secret (private key, password): the service user's alone, 0600 truckgw:truckgw (the
 # one rule): group truckgw is also how administrators read the status, never a secret
-place_secret() {  # $1 source, $2 name under $CONF_DIR
-    [ -f "$1" ] || die "$1 not found"
-    cp -f "$1" "$ROOT$CONF_DIR/.$2.new"
-    chown "$uid:$gid" "$ROOT$CONF_DIR/.$2.new"
-    chmod 0600 "$ROOT$CONF_DIR/.$2.new"
-    mv -f "$ROOT$CONF_DIR/.$2.new" "$ROOT$CONF_DIR/$2"
-    say "placed $CONF_DIR/$2 (0600 $SERVICE_USER)"
-}
+place_secret() { place "$1" "$2" "$uid" 0600 "$SERVICE_USER"; }
 
 # secrets of an earlier install (0640 root:truckgw, the rule before) are made the service
 # user's alone, so that a status reader in group truckgw cannot read them

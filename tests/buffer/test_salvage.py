@@ -31,7 +31,7 @@ from config.events import Event, Priority, decode_body, encode_body
 from gateway.health import read_state
 from sim.broker import Mosquitto
 from sim.sink import Sink, session_store_conf
-from tests.service.agent_env import Inputs, reaped, start_agent, truck_toml, wait_for
+from tests.service.agent_env import devices_and_config, reaped, start_agent, wait_for
 
 from .conftest import make_event
 
@@ -228,11 +228,7 @@ def test_agent_restarted_on_a_damaged_file_delivers_or_announces_every_seq(
     """A real agent, Mosquitto and sink: broker down, 2,000+ pending, agent stopped, a
     middle page overwritten, agent started, broker up: every seq delivered or announced."""
     broker = mosquitto_factory(session_store_conf(tmp_path / "mosq-store"))
-    inputs = Inputs(tmp_path)
-    assert inputs.gps is not None and inputs.can is not None
-    conf = tmp_path / "truck.toml"
-    conf.write_text(truck_toml(tmp_path, mqtt_port=broker.port, gps_port=inputs.gps.link,
-                               can_channel=inputs.can.channel))
+    inputs, conf = devices_and_config(tmp_path, broker.port)
     db = tmp_path / "buffer.db"
     log = tmp_path / "agent.log"
     sink = Sink(broker.host, broker.port, client_id=f"salvage-sink-{broker.port}")

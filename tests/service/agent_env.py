@@ -13,7 +13,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+from gateway.health import read_state
 from sim.j1939_out import Frame, can_id
 from sim.nmea_out import GpsFix, epoch
 from sim.ports import PtyPort
@@ -145,6 +147,23 @@ class Inputs:
             self.gps.close()
         if self.can is not None:
             self.can.close()
+
+
+def devices_and_config(workdir: Path, mqtt_port: int) -> tuple[Inputs, Path]:
+    """A GPS and a CAN adapter on ptys, and ``truck.toml`` in ``workdir`` for them
+    (:func:`truck_toml`, broker on ``mqtt_port``)."""
+    inputs = Inputs(workdir)
+    assert inputs.gps is not None and inputs.can is not None
+    conf = workdir / "truck.toml"
+    conf.write_text(truck_toml(workdir, mqtt_port=mqtt_port, gps_port=inputs.gps.link,
+                               can_channel=inputs.can.channel))
+    return inputs, conf
+
+
+def state_section(workdir: Path, name: str) -> dict[str, Any]:
+    """One section of the agent's state file in ``workdir`` (empty until there is one)."""
+    sec = (read_state(workdir / "state.json") or {}).get(name)
+    return sec if isinstance(sec, dict) else {}
 
 
 def start_agent(config: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

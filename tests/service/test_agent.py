@@ -21,9 +21,11 @@ from sim.sink import Sink
 from tests.service.agent_env import (
     Inputs,
     NotifyListener,
+    devices_and_config,
     free_port,
     reaped,
     start_agent,
+    state_section,
     truck_toml,
     wait_for,
 )
@@ -94,11 +96,8 @@ def test_gps_vanishing_and_can_errors_do_not_stop_the_uplink(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     """Unplug the GPS, then the CAN adapter: delivery goes on; SIGTERM publishes offline."""
-    inputs = Inputs(tmp_path)
+    inputs, conf = devices_and_config(tmp_path, mosquitto.port)
     assert inputs.can is not None and inputs.gps is not None
-    conf = tmp_path / "truck.toml"
-    conf.write_text(truck_toml(tmp_path, mqtt_port=mosquitto.port, gps_port=inputs.gps.link,
-                               can_channel=inputs.can.channel))
     log = tmp_path / "agent.log"
     sink = Sink(mosquitto.host, mosquitto.port, sqlite=tmp_path / "sink.db")
     sink.start()
@@ -112,8 +111,7 @@ def test_gps_vanishing_and_can_errors_do_not_stop_the_uplink(
             con.close()
 
     def section(name: str) -> dict[str, Any]:
-        sec = (read_state(tmp_path / "state.json") or {}).get(name)
-        return sec if isinstance(sec, dict) else {}
+        return state_section(tmp_path, name)
 
     try:
         assert sink.wait_connected(15)
@@ -167,16 +165,12 @@ def test_steady_state_writes_no_info_line_every_interval(
     """Recording and delivering for eight metrics intervals (and four status intervals):
     no INFO message comes back interval after interval (the seq high-water mark is at
     DEBUG and in the state file), so a truck in steady state does not fill its journal."""
-    inputs = Inputs(tmp_path)
+    inputs, conf = devices_and_config(tmp_path, mosquitto.port)
     assert inputs.can is not None and inputs.gps is not None
-    conf = tmp_path / "truck.toml"
-    conf.write_text(truck_toml(tmp_path, mqtt_port=mosquitto.port, gps_port=inputs.gps.link,
-                               can_channel=inputs.can.channel))
     log = tmp_path / "agent.log"
 
     def section(name: str) -> dict[str, Any]:
-        sec = (read_state(tmp_path / "state.json") or {}).get(name)
-        return sec if isinstance(sec, dict) else {}
+        return state_section(tmp_path, name)
 
     try:
         with reaped(start_agent(conf, log, {})) as proc:

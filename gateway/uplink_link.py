@@ -48,11 +48,11 @@ from gateway.delivery_actions import (
 from gateway.diagnose import diagnose
 from gateway.uplink_conn import (
     SocketDriver,
+    TopicAliases,
     connect_blocking,
     is_failure,
     keep_tls_session,
     make_client,
-    publish_props,
     reason_text,
 )
 from gateway.uplink_settle import Settler
@@ -100,8 +100,9 @@ class LinkSetup:
     cfg: TruckConfig
     events_topic: str
     status_topic: str
-    events_props: Any
-    status_props: Any
+    #: MQTT 5 content types (None under 3.1.1)
+    events_type: str | None
+    status_type: str | None
 
     @classmethod
     def from_config(cls, cfg: TruckConfig) -> LinkSetup:
@@ -112,8 +113,8 @@ class LinkSetup:
             cfg,
             wire.events_topic(m.topic_prefix, cfg.truck_id, m.encoding, m.protocol),
             wire.status_topic(m.topic_prefix, cfg.truck_id),
-            publish_props(wire.content_type(m.encoding) if v5 else None),
-            publish_props(wire.CONTENT_TYPE_JSON if v5 else None),
+            wire.content_type(m.encoding) if v5 else None,
+            wire.CONTENT_TYPE_JSON if v5 else None,
         )
 
 
@@ -144,6 +145,7 @@ class Link:
         self._closing = False
         self._reconnect: Reconnect | None = None
         self._lease: tuple[Lane, asyncio.Future[Batch | None]] | None = None
+        self._aliases = TopicAliases(0)  # the broker's maximum comes with CONNACK
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -346,7 +348,7 @@ class Link:
     async def _sender(self) -> None:
         core, client, wake = self.core, self.client, self._wake
         assert client is not None  # noqa: S101  # started only once connected
-        topic, props = self.setup.events_topic, self.setup.events_props
+        topic, ctype, aliases = self.setup.events_topic, self.setup.events_type, self._aliases
         while True:
             wake.clear()
             now = time.monotonic()
@@ -354,7 +356,8 @@ class Link:
             if act is None:
                 await wake.wait()
             elif isinstance(act, Publish):
-                info = client.publish(topic, act.payload, qos=1, properties=props)
+                name, props = aliases.publish_args(topic, ctype)
+                info = client.publish(name, act.payload, qos=1, properties=props)
                 if info.rc != _OK:
                     self._do(core.publish_failed(act, now, mqtt.error_string(info.rc)))
                     return
@@ -407,8 +410,9 @@ class Link:
         if self.client is None or self.core.state is not UplinkState.CONNECTED:
             return None
         payload = self.status.payload(state, fields)
-        info = self.client.publish(self.setup.status_topic, payload, qos=1, retain=True,
-                                   properties=self.setup.status_props)
+        name, props = self._aliases.publish_args(self.setup.status_topic,
+                                                 self.setup.status_type)
+        info = self.client.publish(name, payload, qos=1, retain=True, properties=props)
         if info.rc != _OK:
             return None
         now = time.monotonic()
@@ -430,6 +434,9 @@ class Link:
             return
         maxp = getattr(props, "MaximumPacketSize", None) if props is not None else None
         recv = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        aliases = getattr(props, "TopicAliasMaximum", None) if props is not None else None
+        if isinstance(aliases, int) and self.m.protocol == "5":
+            self._aliases = TopicAliases(aliases)
         self.core.connack(
             time.monotonic(),
             max_packet_size=maxp if isinstance(maxp, int) else None,

@@ -11,6 +11,8 @@ benchmarks can all drive it through plain method calls:
 - :meth:`TcpProxy.delay`: add ``ms`` of latency in each direction (RTT + 2 x ms)
   without limiting throughput (chunks are timestamped and released in order).
 - :meth:`TcpProxy.cut`: close every open connection (new ones are still accepted).
+- ``record=True``: keep what each client sent, one ``bytearray`` per connection in
+  :attr:`TcpProxy.sent` (to look at the packets a client put on the wire).
 
 Run stand-alone for manual chaos: ``python -m sim.proxy --target 127.0.0.1:1883``.
 """
@@ -38,8 +40,10 @@ class _Pipe:
     """One direction of one connection."""
 
     def __init__(self, proxy: TcpProxy, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, conn: _Conn) -> None:
+                 writer: asyncio.StreamWriter, conn: _Conn,
+                 record: bytearray | None = None) -> None:
         self.proxy = proxy
+        self.record = record
         self.reader = reader
         self.writer = writer
         self.conn = conn
@@ -56,6 +60,8 @@ class _Pipe:
             if self.conn.dead:
                 continue  # blackholed: swallow
             self.proxy.bytes_forwarded += len(data)
+            if self.record is not None:
+                self.record += data
             self.queue.append((time.monotonic() + self.proxy.delay_s, data))
             self.ready.set()
 
@@ -95,8 +101,11 @@ class TcpProxy:
     """Listens on ``listen_host:port`` (port 0 = free) and forwards to ``target``."""
 
     def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1",
-                 listen_port: int = 0) -> None:
+                 listen_port: int = 0, record: bool = False) -> None:
         self.target = (target_host, target_port)
+        self.record = record
+        #: with ``record``: the bytes each client sent, one entry per connection
+        self.sent: list[bytearray] = []
         self.host = listen_host
         self.port = listen_port
         self.delay_s = 0.0
@@ -228,7 +237,11 @@ class TcpProxy:
             except OSError:
                 return
             conn.writers.append(swriter)
-            up = _Pipe(self, creader, swriter, conn)
+            rec = None
+            if self.record:
+                rec = bytearray()
+                self.sent.append(rec)
+            up = _Pipe(self, creader, swriter, conn, rec)
             down = _Pipe(self, sreader, cwriter, conn)
             conn.tasks = [asyncio.ensure_future(_guard(p, conn)) for p in
                           (up.pump_in(), up.pump_out(), down.pump_in(), down.pump_out())]
